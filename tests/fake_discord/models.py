@@ -724,10 +724,12 @@ class InteractionRecord:
 
     @property
     def all_messages(self) -> List[MessageRecord]:
-        out = []
-        if self.original is not None:
-            out.append(self.original)
-        return out + self.followups
+        """@original (if any) then followups, without duplicates (a followup may *be* @original)."""
+        out: List[MessageRecord] = []
+        for m in ([self.original] if self.original is not None else []) + self.followups:
+            if all(m is not o for o in out):
+                out.append(m)
+        return out
 
     def since(self, t: float) -> float:
         """Seconds between the dispatch and monotonic time *t*."""

@@ -1,0 +1,212 @@
+"""A fake Discord (REST + gateway + attachment CDN) for testing discord.py bots.
+
+The fake is an aiohttp server on 127.0.0.1 with an ephemeral port. An *unmodified*
+discord.py 2.x ``Client`` (with an ``app_commands.CommandTree``) runs against it;
+the bot may live in the test process or in a subprocess (``python -m bot``). All
+traffic is recorded so tests can assert on it.
+
+Pointing discord.py at the fake (in the bot process, before ``client.start``/``login``)::
+
+    import discord, yarl
+    discord.http.Route.BASE = fake.api_base                       # "http://127.0.0.1:PORT/api/v10"
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(fake.gateway_url)  # "ws://127.0.0.1:PORT/gateway"
+    await client.start(fake.bot_token)
+
+A plain ``Client`` never calls ``GET /gateway``; it connects to ``DEFAULT_GATEWAY``
+directly (``AutoShardedClient`` calls ``GET /gateway/bot``, also served).
+``fake.env()`` returns ``DISCORD_TOKEN``, ``DISCORD_API_BASE``, ``DISCORD_GATEWAY_URL``,
+``DISCORD_APPLICATION_ID``, ``DISCORD_GUILD_ID`` for a subprocess.
+
+Quick start::
+
+    async with FakeDiscord(token_ttl=900) as fake:       # starts the server
+        proc = await start_bot_subprocess(env=fake.env())
+        await fake.wait_ready()                           # IDENTIFY → READY → GUILD_CREATE done
+        await fake.wait_for_commands(guild=fake.guild, names=["stylize"])
+        img = fake.add_attachment("cat.png", png_bytes, "image/png")
+        inter = await fake.send_slash_command("stylize", user="alice", options={"image": img})
+        cb = await inter.wait_for_callback()
+        assert cb.type == 5 and cb.at < 3.0               # deferred within 3 s
+        msg = await inter.wait_for_followup(timeout=30)
+        assert msg.attachments[0].data.startswith(b"\\x89PNG")
+        click = await fake.click_button(inter, "retry", user="alice")
+        ...
+
+``wait_ready()`` returns once READY and every GUILD_CREATE were sent; discord.py itself
+fires ``on_ready`` ``guild_ready_timeout`` (2 s by default) later, but interactions sent in
+between are handled normally. If the bot syncs commands in ``on_ready`` rather than
+``setup_hook``, wait with ``wait_for_commands`` before sending commands. Stop the bot
+before leaving ``async with`` (the fake closes sockets with 1001, which discord.py would
+try to reconnect from).
+
+Construction: ``FakeDiscord(token_ttl=900.0, interaction_deadline=3.0, bot_token=None,
+bot_name="StyleBot", heartbeat_interval=41.25, attachment_size_limit=10 MiB, app_flags=0,
+allowed_privileged_intents=None, with_defaults=True)``.
+
+* ``token_ttl``: seconds an interaction token is valid for webhook routes (followups,
+  @original); afterwards they answer 401 ``{"code": 50027, "message": "Invalid Webhook Token"}``.
+  ``send_slash_command(..., token_ttl=...)`` overrides it per interaction;
+  ``fake.expire_token(rec)`` expires one now.
+* ``interaction_deadline``: the initial callback must arrive within this many seconds of
+  the dispatch, else 404 ``10062 Unknown interaction`` (``None`` disables).
+* ``allowed_privileged_intents``: ``None`` records intents only; an int enforces, closing
+  the gateway with 4014 when other privileged intents are requested.
+* ``with_defaults``: one guild ``fake.guild`` ("Fake Guild"), one text channel
+  ``fake.channel`` ("general"), users ``owner`` (guild owner; also the application owner),
+  ``alice``, ``bob``, ``mod`` (has MANAGE_MESSAGES). The bot is a member with a managed role
+  whose bits are ``fake.bot_permissions`` (settable; becomes ``app_permissions``).
+
+Identity / addresses: ``fake.application_id`` (== bot user id), ``fake.bot_user``,
+``fake.owner``, ``fake.bot_token``, ``fake.port``, ``fake.base_url``, ``fake.api_base``,
+``fake.gateway_url``. Requests to authenticated routes without ``Authorization: Bot
+<bot_token>`` answer 401 (discord.py raises ``LoginFailure``); a wrong IDENTIFY token closes
+the gateway with 4004.
+
+Entities (records in :mod:`fake_discord.models`; anywhere a user/channel/guild is expected
+you may pass the record, its id, or for users the username):
+
+* ``add_guild(name, id=None, owner=None, everyone_permissions=...) -> Guild``
+* ``add_channel(name, guild=None, type=0, id=None, topic=None) -> Channel``
+* ``add_user(username, id=None, guild=None, join=True, permissions=0, roles=(), global_name=None,
+  bot=False, nick=None, locale="en-US") -> User`` (``permissions`` creates and assigns a role)
+* ``add_role(name, permissions=0, guild=None) -> Role``; ``add_member(user, guild=None, ...)``
+* ``user(ref) -> User``; ``dm_channel(user) -> Channel``; ``permissions_of(user, guild=None)``
+* ``add_attachment(name, data, content_type=None, description=None) -> dict``: an attachment
+  object (id, filename, size, url, proxy_url, content_type, width/height via Pillow or None)
+  whose bytes are served at ``GET /attachments/<name>``.
+* ``Permissions``, ``Intents``, ``MessageFlags``: bit constants.
+
+Interactions (each returns an :class:`InteractionRecord` once INTERACTION_CREATE was sent;
+they first wait for a READY session):
+
+* ``await send_slash_command(name, user=None, options={}, attachments=[], subcommand=None,
+  guild=None, channel=None, dm=False, locale=None, token_ttl=None)``: the command must have been
+  synced (PUT) to the fake (guild commands win over global, and set ``data.guild_id``). Option
+  types are taken from the synced definition: attachment options take ``add_attachment`` dicts
+  (or the registered name) and are put in ``data.resolved.attachments``; user/role/channel
+  options are resolved too. ``subcommand="group sub"``. Misuse raises ``FakeDiscordError``.
+* ``await send_autocomplete(name, focused, value="", options=..., ...)`` (type 4); the bot's
+  choices land in ``rec.autocomplete_choices``.
+* ``await click_button(target, custom_id, user=None, values=None)`` (type 3; alias ``select``
+  for select menus with ``values``): *target* is a ``MessageRecord``, message id, or an
+  ``InteractionRecord`` (its messages are searched newest first). The default user is the one
+  who ran the original command.
+* ``await submit_modal(rec, {custom_id: value}, user=None)`` (type 5) after the bot answered
+  *rec* with a modal (callback 9).
+
+``InteractionRecord``: ``id``, ``token``, ``type``, ``name``, ``user``, ``guild_id``,
+``channel_id``, ``payload`` (what was dispatched), ``message_id`` (component: clicked message),
+``callbacks`` (list of ``CallbackRecord(type, data, files, at, status, query)``; ``at`` =
+seconds since dispatch, ``status`` = what the fake answered), ``ack`` / ``ack_latency`` /
+``acknowledged`` / ``deferred``, ``original`` (current ``MessageRecord`` of @original or None),
+``followups`` (list of ``MessageRecord``), ``all_messages``, ``original_edits`` (list of
+``(seconds_since_dispatch, payload)``), ``rejected`` (``RequestRecord`` s refused for this token:
+expired, unknown message, double ack...), ``autocomplete_choices``, ``modal``,
+``texts()``, ``ephemeral_texts()``, ``public_texts()``, ``files()``, ``since(t)``,
+``await wait_for_callback()``, ``await wait_for_followup()``, ``await wait_for_followups(n)``,
+``await wait_for_reply()`` (first non-loading message), ``await wait_until(pred)``.
+
+Discord behaviour reproduced for callbacks/webhooks: types 4/5/6/7/8/9 (json or multipart with
+``payload_json`` + ``files[n]``); a second callback → 400 ``40060``; wrong type for the
+interaction → 400 ``50035``; with ``?with_response=1`` (discord.py ≥ 2.5 always sends it) the
+body is an ``InteractionCallbackResponse`` (``interaction`` + ``resource.message``), else 204.
+A type-5 defer creates a *loading* @original (flag 128, + 64 if ephemeral); the **first
+followup after it replaces that loading message** (same id, keeps the defer's ephemerality),
+later followups are new messages. Followups before any callback → 404 ``10015``.
+
+``MessageRecord``: ``id``, ``channel_id``, ``guild_id``, ``author``, ``content``, ``embeds``,
+``components``, ``attachments`` (``AttachmentRecord`` with ``filename``, ``data`` bytes,
+``content_type``, ``width``, ``height``, ``url``), ``flags``, ``ephemeral``, ``loading``,
+``kind`` ("channel" / "original" / "followup"), ``deleted``, ``history`` (pre-edit snapshots),
+``reactions``, ``interaction_id``, ``created_t``/``edited_t`` (monotonic), ``text()``,
+``custom_ids()``, ``find_component(custom_id)``, ``buttons()``, ``to_json()``.
+
+Channel messages: ``POST/GET/PATCH/DELETE /channels/{id}/messages[/{mid}]`` (json or
+multipart), ``POST /users/@me/channels`` (DMs), typing, reactions, plus GET routes for
+users/guilds/channels/members/roles. Validation: content > 2000 chars / > 10 embeds →
+400 ``50035``; empty message → 400 ``50006``; uploads over ``attachment_size_limit`` → 413 ``40005``.
+
+Failure injection:
+
+* ``inject_fault(path_regex, method=None, status=500, times=1, delay=0.0, body=None,
+  retry_after=0.1) -> Fault``: the next *times* requests whose path (relative to the API base,
+  e.g. ``/channels/1/messages``; raw path for ``/attachments/...``) ``re.search``-matches
+  answer *status* (``status=None`` → only delay). ``Fault.hits`` counts matches.
+  Note: discord.py retries 500/502/504/524 itself (sleeping 1 s, 3 s, ...), so one injected 500
+  costs the bot ~1 s and is then invisible unless you look at ``fault.hits``/``fake.requests``.
+  ``status=429`` sends a real rate-limit answer (``Via`` header + ``retry_after``).
+* ``clear_faults()``; ``refuse_channel(channel, status=403, code=50001, message="Missing
+  Access")`` / ``allow_channel``; ``block_dms(user)`` → 403 ``50007`` on DM sends; ``expire_token(rec)``.
+
+Commands: ``commands(guild=None)`` (stored definitions with ids), ``command_sync_count(guild=None)``
+(bulk PUTs per scope), ``command_puts`` (list of ``(guild_id|None, payload, t)``),
+``await wait_for_commands(guild=None, names=())``.
+
+Gateway: HELLO → IDENTIFY → READY (+ ``GUILD_CREATE`` per guild with channels, roles and
+members) ; heartbeats ACKed; RESUME replays missed dispatches then ``RESUMED`` (unknown
+session → op 9 ``false``); op 8 member requests answered; ``compress=zlib-stream`` honoured
+(binary zlib frames with the sync-flush suffix). ``identify_payloads`` (token stripped),
+``intents`` / ``privileged_intents`` (of the latest IDENTIFY), ``resume_payloads``,
+``presence_updates``, ``gateway_received``, ``session`` / ``sessions``, ``await wait_ready()``,
+``await dispatch(event, data)`` (raw DISPATCH), ``await gateway_reconnect()`` (op 7),
+``await gateway_disconnect(code=4000)``.
+
+Records / waiting: ``requests`` (every HTTP request as ``RequestRecord(method, path, query, t,
+json, files, status, response, fault, authorized)``), ``requests_to(path_regex, method=None)``,
+``unhandled`` (requests no route matched: 404), ``events`` (``Event(kind, t, data)``; kinds:
+request, fault, interaction_create, callback, followup, message_create, message_edit,
+message_delete, webhook_edit, token_rejected, commands_put, command_upsert, dm_channel,
+attachment_download, typing, reaction_add, gateway_connect, gateway_disconnect, gateway_op,
+gateway_dispatch, identify, ready, resumed), ``events_of(kind)``, ``messages`` (id → record),
+``messages_in(channel, include_ephemeral=False, include_deleted=False)``, ``dms_to(user)``,
+``interactions``, ``await wait_for(predicate, timeout=10)`` (``predicate()`` takes no
+arguments; re-checked after each event and every 0.1 s; returns its truthy value; raises
+``asyncio.TimeoutError`` describing the last events), ``await wait_for_event(kind, predicate,
+timeout, since=None)``, ``await wait_for_message(channel=None, predicate=None, dm_to=None)``.
+
+Rate-limit headers are never sent (discord.py copes: it only reads them when
+``X-Ratelimit-Remaining`` is present). JSON bodies are sent with ``Content-Type:
+application/json`` exactly — discord.py ignores JSON labelled ``...; charset=utf-8``.
+"""
+
+from .models import (
+    AttachmentRecord,
+    CallbackRecord,
+    Channel,
+    Event,
+    Fault,
+    Guild,
+    Intents,
+    InteractionRecord,
+    Member,
+    MessageFlags,
+    MessageRecord,
+    Permissions,
+    RequestRecord,
+    Role,
+    StoredFile,
+    User,
+)
+from .server import FakeDiscord, FakeDiscordError, GatewaySession
+
+__all__ = [
+    "AttachmentRecord",
+    "CallbackRecord",
+    "Channel",
+    "Event",
+    "FakeDiscord",
+    "FakeDiscordError",
+    "Fault",
+    "GatewaySession",
+    "Guild",
+    "Intents",
+    "InteractionRecord",
+    "Member",
+    "MessageFlags",
+    "MessageRecord",
+    "Permissions",
+    "RequestRecord",
+    "Role",
+    "StoredFile",
+    "User",
+]

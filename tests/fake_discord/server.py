@@ -1,0 +1,1986 @@
+"""The fake Discord server (REST + gateway + attachment files) on aiohttp.
+
+See the package docstring (``tests/fake_discord/__init__.py``) for the test-facing API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import socket
+import time
+import urllib.parse
+import uuid
+import zlib
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from aiohttp import WSMsgType, web
+
+from .models import (
+    AttachmentRecord,
+    CallbackRecord,
+    Channel,
+    Event,
+    Fault,
+    Guild,
+    Intents,
+    InteractionRecord,
+    Member,
+    MessageFlags,
+    MessageRecord,
+    Permissions,
+    RequestRecord,
+    Role,
+    StoredFile,
+    User,
+    as_id,
+    image_size,
+    iso_now,
+    snowflake,
+    sniff_content_type,
+)
+
+log = logging.getLogger("fake_discord")
+
+API_PREFIX = "/api/v10"
+
+# Discord JSON error codes used by the fake
+UNKNOWN_CHANNEL = 10003
+UNKNOWN_GUILD = 10004
+UNKNOWN_MEMBER = 10007
+UNKNOWN_MESSAGE = 10008
+UNKNOWN_USER = 10013
+UNKNOWN_WEBHOOK = 10015
+UNKNOWN_COMMAND = 10063
+UNKNOWN_INTERACTION = 10062
+INTERACTION_ALREADY_ACKNOWLEDGED = 40060
+REQUEST_TOO_LARGE = 40005
+MISSING_ACCESS = 50001
+CANNOT_EDIT_OTHERS_MESSAGE = 50005
+CANNOT_SEND_EMPTY_MESSAGE = 50006
+CANNOT_SEND_TO_USER = 50007
+INVALID_WEBHOOK_TOKEN = 50027
+INVALID_RECIPIENTS = 50033
+INVALID_FORM_BODY = 50035
+
+_ALLOWED_CALLBACKS = {
+    2: {4, 5, 9},  # application command
+    3: {4, 5, 6, 7, 9},  # message component
+    4: {8},  # autocomplete
+    5: {4, 5, 6, 7},  # modal submit
+}
+
+_OPTION_VALUE_TYPES = {3: str, 4: int, 5: bool, 10: float}
+
+_NAME_RE = re.compile(r"^[-_'\w]{1,32}$", re.UNICODE)
+
+WaitPredicate = Callable[[], Any]
+
+
+class _Body:
+    __slots__ = ("json", "files", "raw")
+
+    def __init__(self, json_: Any, files: List[StoredFile], raw: bytes = b"") -> None:
+        self.json = json_
+        self.files = files
+        self.raw = raw
+
+
+if hasattr(web, "RequestKey"):  # aiohttp >= 3.12 wants typed keys for request storage
+    _BODY_KEY: Any = web.RequestKey("fake_discord_body", _Body)
+    _RECORD_KEY: Any = web.RequestKey("fake_discord_record", RequestRecord)
+else:  # pragma: no cover
+    _BODY_KEY, _RECORD_KEY = "fake_discord_body", "fake_discord_record"
+
+
+class FakeDiscordError(AssertionError):
+    """Raised by test-facing helpers on misuse (unknown command, missing component...)."""
+
+
+def _json(data: Any, status: int = 200, headers: Optional[Dict[str, str]] = None) -> web.Response:
+    # NB: discord.py only parses a body as JSON when Content-Type is *exactly*
+    # "application/json" (no charset), so never use web.json_response(text=...).
+    return web.Response(body=json.dumps(data).encode(), status=status, content_type="application/json",
+                        headers=headers)
+
+
+def _error(status: int, code: int, message: str, errors: Optional[Dict[str, Any]] = None,
+           headers: Optional[Dict[str, str]] = None) -> web.Response:
+    body: Dict[str, Any] = {"message": message, "code": code}
+    if errors:
+        body["errors"] = errors
+    return _json(body, status=status, headers=headers)
+
+
+def _form_error(field: str, code: str, message: str) -> web.Response:
+    errors: Dict[str, Any] = {}
+    cur = errors
+    parts = field.split(".")
+    for part in parts[:-1]:
+        cur = cur.setdefault(part, {})
+    cur[parts[-1]] = {"_errors": [{"code": code, "message": message}]}
+    return _error(400, INVALID_FORM_BODY, "Invalid Form Body", errors)
+
+
+def _no_content() -> web.Response:
+    return web.Response(status=204)
+
+
+class _GatewayConnection:
+    """One websocket connection to /gateway."""
+
+    def __init__(self, ws: web.WebSocketResponse, compress: Optional[str], query: Dict[str, str]) -> None:
+        self.ws = ws
+        self.compress = compress
+        self.query = query
+        self._zlib = zlib.compressobj() if compress == "zlib-stream" else None
+        self._lock = asyncio.Lock()
+        self.session: Optional["GatewaySession"] = None
+        self.heartbeats = 0
+
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed
+
+    async def send(self, payload: Dict[str, Any]) -> bool:
+        text = json.dumps(payload)
+        async with self._lock:
+            if self.ws.closed:
+                return False
+            try:
+                if self._zlib is not None:
+                    data = self._zlib.compress(text.encode()) + self._zlib.flush(zlib.Z_SYNC_FLUSH)
+                    await self.ws.send_bytes(data)
+                else:
+                    await self.ws.send_str(text)
+            except (ConnectionError, RuntimeError):
+                return False
+        return True
+
+    async def close(self, code: int = 1000, message: bytes = b"") -> None:
+        if not self.ws.closed:
+            try:
+                await self.ws.close(code=code, message=message)
+            except Exception:  # pragma: no cover
+                pass
+
+
+class GatewaySession:
+    """A gateway session (survives reconnects via RESUME)."""
+
+    def __init__(self, fake: "FakeDiscord", session_id: str, identify: Dict[str, Any]) -> None:
+        self.fake = fake
+        self.id = session_id
+        self.identify = identify
+        self.intents: Optional[int] = identify.get("intents")
+        self.shard = identify.get("shard")
+        self.seq = 0
+        self.buffer: List[Dict[str, Any]] = []
+        self.connection: Optional[_GatewayConnection] = None
+        self.resumes = 0
+        self.ready = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None and not self.connection.closed
+
+    async def dispatch(self, event: str, data: Any) -> int:
+        self.seq += 1
+        payload = {"op": 0, "t": event, "s": self.seq, "d": data}
+        self.buffer.append(payload)
+        self.fake._record("gateway_dispatch", {"t": event, "s": self.seq, "d": data})
+        if self.connection is not None:
+            await self.connection.send(payload)
+        return self.seq
+
+
+class FakeDiscord:
+    """A Discord API + gateway double for discord.py. See the package docstring."""
+
+    def __init__(
+        self,
+        *,
+        token_ttl: float = 900.0,
+        interaction_deadline: Optional[float] = 3.0,
+        bot_token: Optional[str] = None,
+        bot_name: str = "StyleBot",
+        heartbeat_interval: float = 41.25,
+        attachment_size_limit: int = 10 * 1024 * 1024,
+        app_flags: int = 0,
+        allowed_privileged_intents: Optional[int] = None,
+        with_defaults: bool = True,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.token_ttl = float(token_ttl)
+        self.interaction_deadline = interaction_deadline
+        self.application_id = snowflake()
+        self.bot_token = bot_token or f"{self.application_id}.fake.{secrets.token_urlsafe(24)}"
+        self.heartbeat_interval = heartbeat_interval
+        self.attachment_size_limit = attachment_size_limit
+        self.app_flags = app_flags
+        self.allowed_privileged_intents = allowed_privileged_intents
+        self.host = host
+        self.port: Optional[int] = None
+
+        # entities
+        self.guild: Optional[Guild] = None
+        self.channel: Optional[Channel] = None
+        self._bot_role_ids: Dict[int, int] = {}
+        self._bot_permissions = Permissions.DEFAULT_BOT
+        self.users: Dict[int, User] = {}
+        self.guilds: Dict[int, Guild] = {}
+        self.channels: Dict[int, Channel] = {}
+        self._dm_channels: Dict[int, Channel] = {}
+        self.bot_user = User(id=self.application_id, username=bot_name, bot=True)
+        self.users[self.bot_user.id] = self.bot_user
+        self.owner = self.add_user("owner", join=False)
+        self.bot_permissions = Permissions.DEFAULT_BOT
+
+        # records
+        self.messages: Dict[int, MessageRecord] = {}
+        self._channel_messages: Dict[int, List[int]] = {}
+        self.interactions: List[InteractionRecord] = []
+        self._interactions_by_id: Dict[int, InteractionRecord] = {}
+        self._interactions_by_token: Dict[str, InteractionRecord] = {}
+        self.requests: List[RequestRecord] = []
+        self.events: List[Event] = []
+        self.unhandled: List[RequestRecord] = []
+        self._files: Dict[str, Tuple[bytes, Optional[str]]] = {}
+        self._attachments_by_name: Dict[str, AttachmentRecord] = {}
+
+        # commands: scope None = global, else guild id -> {(name, type): command json}
+        self._commands: Dict[Optional[int], Dict[Tuple[str, int], Dict[str, Any]]] = {None: {}}
+        self.command_puts: List[Tuple[Optional[int], List[Dict[str, Any]], float]] = []
+
+        # failure injection
+        self.faults: List[Fault] = []
+        self._refused_channels: Dict[int, Tuple[int, int, str]] = {}
+        self._blocked_dm_users: set = set()
+
+        # gateway
+        self.sessions: Dict[str, GatewaySession] = {}
+        self.session: Optional[GatewaySession] = None
+        self.connections: List[_GatewayConnection] = []
+        self.identify_payloads: List[Dict[str, Any]] = []
+        self.resume_payloads: List[Dict[str, Any]] = []
+        self.presence_updates: List[Dict[str, Any]] = []
+        self.gateway_received: List[Dict[str, Any]] = []
+
+        self._waiters: List[asyncio.Future] = []
+        self._runner: Optional[web.AppRunner] = None
+        self._ws_tasks: set = set()
+
+        # defaults
+        if with_defaults:
+            self.guild = self.add_guild("Fake Guild", owner=self.owner)
+            self.channel = self.add_channel("general")
+            self.add_user("alice")
+            self.add_user("bob")
+            self.add_user("mod", permissions=Permissions.MANAGE_MESSAGES)
+
+    # ======================================================================
+    # lifecycle
+    # ======================================================================
+    async def start(self) -> "FakeDiscord":
+        app = web.Application(middlewares=[self._middleware], client_max_size=256 * 1024 * 1024)
+        self._setup_routes(app)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, 0))
+        self.port = sock.getsockname()[1]
+        site = web.SockSite(self._runner, sock, shutdown_timeout=1.0)
+        await site.start()
+        self._record("server_started", {"port": self.port})
+        return self
+
+    async def stop(self) -> None:
+        for conn in list(self.connections):
+            await conn.close(1001, b"fake shutting down")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for fut in self._waiters:
+            if not fut.done():
+                fut.cancel()
+        self._waiters.clear()
+
+    async def __aenter__(self) -> "FakeDiscord":
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    # -- addresses ---------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def api_base(self) -> str:
+        """Value for ``discord.http.Route.BASE``."""
+        return f"{self.base_url}{API_PREFIX}"
+
+    @property
+    def gateway_url(self) -> str:
+        """Value for ``discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY`` (wrap in ``yarl.URL``)."""
+        return f"ws://{self.host}:{self.port}/gateway"
+
+    def env(self, prefix: str = "DISCORD_") -> Dict[str, str]:
+        """Environment variables a bot subprocess can use to find the fake."""
+        return {
+            f"{prefix}TOKEN": self.bot_token,
+            f"{prefix}API_BASE": self.api_base,
+            f"{prefix}GATEWAY_URL": self.gateway_url,
+            f"{prefix}APPLICATION_ID": str(self.application_id),
+            f"{prefix}GUILD_ID": str(self.guild.id) if self.guild else "",
+        }
+
+    # ======================================================================
+    # entities
+    # ======================================================================
+    def add_guild(self, name: str = "Guild", *, id: Optional[int] = None, owner: Any = None,
+                  everyone_permissions: int = Permissions.DEFAULT_EVERYONE) -> Guild:
+        gid = id or snowflake()
+        owner_user = self.user(owner) if owner is not None else self.owner
+        guild = Guild(id=gid, name=name, owner_id=owner_user.id)
+        guild.roles[gid] = Role(id=gid, guild_id=gid, name="@everyone", permissions=everyone_permissions)
+        bot_role = Role(id=snowflake(), guild_id=gid, name=self.bot_user.username, permissions=0,
+                        position=1, managed=True, bot_id=self.bot_user.id)
+        guild.roles[bot_role.id] = bot_role
+        self._bot_role_ids[gid] = bot_role.id
+        guild.members[self.bot_user.id] = Member(user=self.bot_user, guild_id=gid, roles=[bot_role.id])
+        guild.members[owner_user.id] = Member(user=owner_user, guild_id=gid)
+        self.guilds[gid] = guild
+        if self.guild is None:
+            self.guild = guild
+        self._sync_bot_role(guild)
+        return guild
+
+    def _sync_bot_role(self, guild: Guild) -> None:
+        rid = self._bot_role_ids.get(guild.id)
+        if rid is not None:
+            guild.roles[rid].permissions = self._bot_permissions
+
+    @property
+    def bot_permissions(self) -> int:
+        """Permission bits of the bot's managed role (→ ``app_permissions``); settable."""
+        return self._bot_permissions
+
+    @bot_permissions.setter
+    def bot_permissions(self, value: int) -> None:
+        self._bot_permissions = int(value)
+        for guild in self.guilds.values():
+            self._sync_bot_role(guild)
+
+    def add_channel(self, name: str = "channel", *, guild: Any = None, type: int = 0,
+                    id: Optional[int] = None, topic: Optional[str] = None) -> Channel:
+        g = self._guild(guild)
+        cid = id or snowflake()
+        channel = Channel(id=cid, type=type, name=name, guild_id=g.id, position=len(g.channels), topic=topic)
+        g.channels[cid] = channel
+        self.channels[cid] = channel
+        return channel
+
+    def add_role(self, name: str, permissions: int = 0, *, guild: Any = None) -> Role:
+        g = self._guild(guild)
+        role = Role(id=snowflake(), guild_id=g.id, name=name, permissions=int(permissions), position=len(g.roles))
+        g.roles[role.id] = role
+        return role
+
+    def add_user(self, username: str, *, id: Optional[int] = None, guild: Any = None, join: bool = True,
+                 permissions: int = 0, roles: Iterable[Any] = (), global_name: Optional[str] = None,
+                 bot: bool = False, nick: Optional[str] = None, locale: str = "en-US") -> User:
+        """Create a user; by default it joins the default guild (``join=False`` to skip).
+
+        ``permissions`` creates a role "<username>-perms" with those bits and assigns it.
+        """
+        user = User(id=id or snowflake(), username=username, global_name=global_name or username.title(),
+                    bot=bot, locale=locale)
+        self.users[user.id] = user
+        if join and (guild is not None or self.guild is not None):
+            self.add_member(user, guild=guild, permissions=permissions, roles=roles, nick=nick)
+        return user
+
+    def add_member(self, user: Any, *, guild: Any = None, permissions: int = 0, roles: Iterable[Any] = (),
+                   nick: Optional[str] = None) -> Member:
+        u = self.user(user)
+        g = self._guild(guild)
+        role_ids = [as_id(r) for r in roles]
+        if permissions:
+            role_ids.append(self.add_role(f"{u.username}-perms", permissions, guild=g).id)
+        member = Member(user=u, guild_id=g.id, roles=role_ids, nick=nick)
+        g.members[u.id] = member
+        return member
+
+    def user(self, ref: Any) -> User:
+        """Look a user up by record, id or username."""
+        if isinstance(ref, User):
+            return ref
+        if isinstance(ref, str) and not ref.isdigit():
+            for u in self.users.values():
+                if u.username == ref:
+                    return u
+            raise FakeDiscordError(f"no user named {ref!r}")
+        uid = as_id(ref)
+        if uid not in self.users:
+            raise FakeDiscordError(f"no user with id {uid}")
+        return self.users[uid]
+
+    def default_user(self) -> User:
+        g = self.guild
+        if g is not None:
+            for m in g.members.values():
+                if not m.user.bot and m.user.id != g.owner_id:
+                    return m.user
+        for u in self.users.values():
+            if not u.bot:
+                return u
+        raise FakeDiscordError("no users")
+
+    def _guild(self, ref: Any) -> Guild:
+        if ref is None:
+            if self.guild is None:
+                raise FakeDiscordError("no default guild")
+            return self.guild
+        if isinstance(ref, Guild):
+            return ref
+        gid = as_id(ref)
+        if gid not in self.guilds:
+            raise FakeDiscordError(f"no guild {gid}")
+        return self.guilds[gid]
+
+    def _channel(self, ref: Any) -> Channel:
+        if ref is None:
+            if self.channel is None:
+                raise FakeDiscordError("no default channel")
+            return self.channel
+        if isinstance(ref, Channel):
+            return ref
+        cid = as_id(ref)
+        if cid not in self.channels:
+            raise FakeDiscordError(f"no channel {cid}")
+        return self.channels[cid]
+
+    def dm_channel(self, user: Any) -> Channel:
+        """The DM channel between the bot and *user* (created on demand)."""
+        u = self.user(user)
+        ch = self._dm_channels.get(u.id)
+        if ch is None:
+            ch = Channel(id=snowflake(), type=1, recipient=u)
+            self._dm_channels[u.id] = ch
+            self.channels[ch.id] = ch
+        return ch
+
+    def permissions_of(self, user: Any, guild: Any = None) -> int:
+        return self._guild(guild).permissions_of(self.user(user).id)
+
+    # -- attachments -------------------------------------------------------
+    def add_attachment(self, name: str, data: bytes, content_type: Optional[str] = None, *,
+                       description: Optional[str] = None) -> Dict[str, Any]:
+        """Register downloadable bytes; returns a Discord attachment object (dict).
+
+        The bytes are served at ``GET /attachments/<name>`` (the attachment's ``url``
+        and ``proxy_url``). Width/height are filled in when Pillow can read the data.
+        """
+        data = bytes(data)
+        ctype = content_type or sniff_content_type(name, data)
+        quoted = urllib.parse.quote(name)
+        self._files[name] = (data, ctype)
+        width, height = image_size(data) if (ctype or "").startswith("image/") or ctype is None else (None, None)
+        att = AttachmentRecord(id=snowflake(), filename=name.rsplit("/", 1)[-1], data=data, content_type=ctype,
+                               url=f"{self.base_url}/attachments/{quoted}",
+                               proxy_url=f"{self.base_url}/attachments/{quoted}?proxy=1",
+                               description=description, ephemeral=True, width=width, height=height)
+        self._attachments_by_name[name] = att
+        return att.to_json()
+
+    def _store_upload(self, channel_id: int, sf: StoredFile, filename: Optional[str],
+                      description: Optional[str]) -> AttachmentRecord:
+        aid = snowflake()
+        filename = (filename or sf.filename or "file").replace(" ", "_")
+        ctype = sniff_content_type(filename, sf.data)
+        if ctype is None and sf.content_type not in (None, "application/octet-stream"):
+            ctype = sf.content_type
+        key = f"{channel_id}/{aid}/{filename}"
+        self._files[key] = (sf.data, ctype)
+        url = f"{self.base_url}/attachments/{channel_id}/{aid}/{urllib.parse.quote(filename)}"
+        width, height = image_size(sf.data) if (ctype or "").startswith("image/") else (None, None)
+        return AttachmentRecord(id=aid, filename=filename, data=sf.data, content_type=ctype, url=url,
+                                proxy_url=url + "?proxy=1", description=description, width=width, height=height)
+
+    # ======================================================================
+    # failure injection
+    # ======================================================================
+    def inject_fault(self, path: str, *, method: Optional[str] = None, status: Optional[int] = 500,
+                     times: Optional[int] = 1, delay: float = 0.0, body: Any = None,
+                     retry_after: float = 0.1) -> Fault:
+        """The next *times* requests whose path matches regex *path* (``re.search``) get *status*.
+
+        The path is relative to the API base for API routes (``/channels/123/messages``,
+        ``/webhooks/<app>/<token>``, ``/interactions/<id>/<token>/callback``) and the raw
+        path otherwise (``/attachments/x.png``). ``method=None`` matches any method.
+        ``delay`` sleeps first; ``status=None`` with a delay only delays, then serves normally.
+        ``times=None`` = forever. ``status=429`` answers a proper rate-limit (``Via`` header,
+        ``retry_after`` body) that discord.py retries.
+        """
+        headers: Dict[str, str] = {}
+        if status == 429:
+            headers["Via"] = "1.1 google"
+            headers["Retry-After"] = str(retry_after)
+            if body is None:
+                body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False,
+                        "code": 0}
+        fault = Fault(method=method, pattern=re.compile(path), status=status, times=times, delay=delay,
+                      body=body, headers=headers)
+        self.faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def refuse_channel(self, channel: Any, *, status: int = 403, code: int = MISSING_ACCESS,
+                       message: str = "Missing Access") -> None:
+        """Make message POST/PATCH in *channel* answer ``status`` with Discord error ``code``."""
+        self._refused_channels[as_id(channel)] = (status, code, message)
+
+    def allow_channel(self, channel: Any) -> None:
+        self._refused_channels.pop(as_id(channel), None)
+
+    def block_dms(self, user: Any) -> None:
+        """Messages to this user's DM channel answer 403 / 50007 ("Cannot send messages to this user")."""
+        self._blocked_dm_users.add(self.user(user).id)
+
+    def unblock_dms(self, user: Any) -> None:
+        self._blocked_dm_users.discard(self.user(user).id)
+
+    def expire_token(self, interaction: InteractionRecord) -> None:
+        """Expire an interaction's token now (webhook routes then answer 401 / 50027)."""
+        interaction.expires_t = time.monotonic() - 0.001
+
+    # ======================================================================
+    # recording / waiting
+    # ======================================================================
+    def _record(self, kind: str, data: Any = None) -> Event:
+        ev = Event(kind=kind, t=time.monotonic(), data=data)
+        self.events.append(ev)
+        self._wake()
+        return ev
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_for(self, predicate: WaitPredicate, timeout: float = 10.0, *, what: Optional[str] = None) -> Any:
+        """Wait until ``predicate()`` (no arguments) returns something truthy; return it.
+
+        Re-evaluated after every recorded event (request, gateway op, message...) and at
+        least every 0.1 s. Raises ``asyncio.TimeoutError`` with a description on timeout.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                desc = what or getattr(predicate, "__name__", repr(predicate))
+                raise asyncio.TimeoutError(f"timed out after {timeout}s waiting for {desc}; "
+                                           f"last events: {self.events[-8:]!r}")
+            fut = loop.create_future()
+            self._waiters.append(fut)
+            await asyncio.wait({fut}, timeout=min(remaining, 0.1))
+
+    async def wait_for_event(self, kind: Optional[str] = None, predicate: Optional[Callable[[Event], Any]] = None,
+                             timeout: float = 10.0, *, since: Optional[float] = None) -> Event:
+        """Wait for an :class:`Event` of *kind* (and matching ``predicate(event)``).
+
+        Events already recorded count unless ``since`` (a monotonic time) excludes them.
+        """
+        def find():
+            for ev in self.events:
+                if since is not None and ev.t < since:
+                    continue
+                if kind is not None and ev.kind != kind:
+                    continue
+                if predicate is None or predicate(ev):
+                    return ev
+            return None
+        return await self.wait_for(find, timeout, what=f"event {kind!r}")
+
+    def events_of(self, kind: str) -> List[Event]:
+        return [e for e in self.events if e.kind == kind]
+
+    def requests_to(self, path: str, method: Optional[str] = None) -> List[RequestRecord]:
+        """Recorded requests whose path matches regex *path* (``re.search``)."""
+        rx = re.compile(path)
+        return [r for r in self.requests if rx.search(r.path) and (method is None or r.method == method.upper())]
+
+    # -- message views ----------------------------------------------------
+    def messages_in(self, channel: Any, *, include_ephemeral: bool = False,
+                    include_deleted: bool = False) -> List[MessageRecord]:
+        """Messages the bot has in *channel* (channel posts, interaction responses, followups), oldest first."""
+        cid = as_id(channel)
+        out = []
+        for mid in self._channel_messages.get(cid, []):
+            msg = self.messages[mid]
+            if msg.deleted and not include_deleted:
+                continue
+            if msg.ephemeral and not include_ephemeral:
+                continue
+            out.append(msg)
+        return out
+
+    def dms_to(self, user: Any) -> List[MessageRecord]:
+        u = self.user(user)
+        ch = self._dm_channels.get(u.id)
+        return [] if ch is None else self.messages_in(ch)
+
+    async def wait_for_message(self, channel: Any = None, predicate: Optional[Callable[[MessageRecord], Any]] = None,
+                               timeout: float = 10.0, *, dm_to: Any = None) -> MessageRecord:
+        """Wait for a (non-ephemeral) message in *channel* (or DM to *dm_to*) matching *predicate*."""
+        def find():
+            msgs = self.dms_to(dm_to) if dm_to is not None else self.messages_in(self._channel(channel))
+            for m in msgs:
+                if predicate is None or predicate(m):
+                    return m
+            return None
+        return await self.wait_for(find, timeout, what="message")
+
+    # -- commands -----------------------------------------------------------
+    def commands(self, guild: Any = None) -> List[Dict[str, Any]]:
+        """Registered command definitions (global when *guild* is None)."""
+        scope = None if guild is None else as_id(guild)
+        return list(self._commands.get(scope, {}).values())
+
+    def command_sync_count(self, guild: Any = None) -> int:
+        """How many bulk PUTs hit the global (guild=None) or a guild's command list."""
+        scope = None if guild is None else as_id(guild)
+        return sum(1 for s, _, _ in self.command_puts if s == scope)
+
+    async def wait_for_commands(self, guild: Any = None, names: Iterable[str] = (), timeout: float = 10.0
+                                ) -> List[Dict[str, Any]]:
+        wanted = set(names)
+        scope = None if guild is None else as_id(guild)
+
+        def check():
+            if not any(s == scope for s, _, _ in self.command_puts):
+                return None
+            have = {c["name"] for c in self.commands(scope)}
+            return self.commands(scope) if wanted <= have else None
+        return await self.wait_for(check, timeout, what=f"command sync ({scope}) {sorted(wanted)}")
+
+    # -- gateway state ---------------------------------------------------------
+    @property
+    def intents(self) -> Optional[int]:
+        """Intents of the latest IDENTIFY (None before one)."""
+        return self.identify_payloads[-1].get("intents") if self.identify_payloads else None
+
+    @property
+    def privileged_intents(self) -> int:
+        """Privileged intent bits requested in the latest IDENTIFY (0 = none)."""
+        return (self.intents or 0) & Intents.PRIVILEGED
+
+    async def wait_ready(self, timeout: float = 15.0) -> GatewaySession:
+        """Wait until a client identified and got READY + all GUILD_CREATEs."""
+        return await self.wait_for(lambda: self.session if (self.session and self.session.ready.is_set()
+                                                           and self.session.connected) else None,
+                                   timeout, what="gateway READY")
+
+    async def dispatch(self, event: str, data: Any) -> int:
+        """Send a raw DISPATCH event to the current session; returns its sequence number."""
+        session = await self.wait_ready()
+        return await session.dispatch(event, data)
+
+    async def gateway_reconnect(self) -> None:
+        """Send op 7 RECONNECT (discord.py then RESUMEs on a new connection)."""
+        if self.session and self.session.connection:
+            await self.session.connection.send({"op": 7, "d": None})
+
+    async def gateway_disconnect(self, code: int = 4000) -> None:
+        """Close the current gateway socket with *code* (4000 → discord.py resumes)."""
+        if self.session and self.session.connection:
+            await self.session.connection.close(code, b"fake disconnect")
+
+    # ======================================================================
+    # interactions (test -> bot)
+    # ======================================================================
+    def _find_command(self, name: str, guild_id: Optional[int], ctype: int = 1) -> Tuple[Dict[str, Any], bool]:
+        if guild_id is not None:
+            cmd = self._commands.get(guild_id, {}).get((name, ctype))
+            if cmd is not None:
+                return cmd, True
+        cmd = self._commands[None].get((name, ctype))
+        if cmd is not None:
+            return cmd, False
+        known = sorted({n for scope in self._commands.values() for (n, _t) in scope})
+        raise FakeDiscordError(f"command {name!r} is not registered with the fake (not synced?); known: {known}")
+
+    def _base_interaction(self, itype: int, data: Dict[str, Any], user: User, channel: Channel,
+                          guild: Optional[Guild], locale: Optional[str] = None) -> Dict[str, Any]:
+        iid = snowflake()
+        token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48)
+        payload: Dict[str, Any] = {
+            "id": str(iid),
+            "application_id": str(self.application_id),
+            "type": itype,
+            "data": data,
+            "token": token,
+            "version": 1,
+            "locale": locale or user.locale,
+            "entitlements": [],
+            "attachment_size_limit": self.attachment_size_limit,
+            "channel": channel.to_json(),
+            "channel_id": str(channel.id),
+        }
+        if guild is not None:
+            perms = guild.permissions_of(user.id)
+            member = guild.members.get(user.id) or Member(user=user, guild_id=guild.id)
+            payload.update(
+                guild_id=str(guild.id),
+                guild={"id": str(guild.id), "locale": guild.locale, "features": []},
+                guild_locale=guild.locale,
+                member=member.to_json(permissions=perms),
+                app_permissions=str(guild.permissions_of(self.bot_user.id)),
+                authorizing_integration_owners={"0": str(guild.id)},
+                context=0,
+            )
+            payload["channel"]["permissions"] = str(perms)
+        else:
+            payload.update(
+                user=user.to_json(),
+                app_permissions=str(self.bot_permissions),
+                authorizing_integration_owners={"0": "0"},
+                context=1,
+            )
+        return payload
+
+    def _where(self, user: Any, guild: Any, channel: Any, dm: bool) -> Tuple[User, Optional[Guild], Channel]:
+        u = self.user(user) if user is not None else self.default_user()
+        if dm:
+            return u, None, self.dm_channel(u)
+        ch = self._channel(channel)
+        if ch.is_dm:
+            return u, None, ch
+        g = self.guilds[ch.guild_id] if guild is None else self._guild(guild)
+        if u.id not in g.members:
+            raise FakeDiscordError(f"user {u.username} is not a member of guild {g.name}")
+        return u, g, ch
+
+    def _resolve_value(self, opt_type: int, value: Any, resolved: Dict[str, Dict[str, Any]],
+                       guild: Optional[Guild]) -> Any:
+        if opt_type in _OPTION_VALUE_TYPES:
+            return _OPTION_VALUE_TYPES[opt_type](value)
+        if opt_type == 11:  # attachment
+            if isinstance(value, str) and value in self._attachments_by_name:
+                att = self._attachments_by_name[value].to_json()
+            elif isinstance(value, AttachmentRecord):
+                att = value.to_json()
+            elif isinstance(value, dict):
+                att = value
+            else:
+                raise FakeDiscordError(f"attachment option needs an add_attachment() dict, got {value!r}")
+            resolved.setdefault("attachments", {})[str(att["id"])] = att
+            return str(att["id"])
+        if opt_type in (6, 9) and not isinstance(value, Role):
+            try:
+                u = self.user(value)
+            except FakeDiscordError:
+                if opt_type == 9:
+                    u = None
+                else:
+                    raise
+            if u is not None:
+                resolved.setdefault("users", {})[str(u.id)] = u.to_json()
+                if guild is not None and u.id in guild.members:
+                    resolved.setdefault("members", {})[str(u.id)] = guild.members[u.id].to_json(
+                        with_user=False, permissions=guild.permissions_of(u.id))
+                return str(u.id)
+        if opt_type in (8, 9):
+            if guild is None:
+                raise FakeDiscordError("role options need a guild")
+            role = value if isinstance(value, Role) else guild.roles.get(as_id(value))
+            if role is None:
+                raise FakeDiscordError(f"no role {value!r}")
+            resolved.setdefault("roles", {})[str(role.id)] = role.to_json()
+            return str(role.id)
+        if opt_type == 7:
+            ch = self._channel(value)
+            resolved.setdefault("channels", {})[str(ch.id)] = {
+                "id": str(ch.id), "name": ch.name, "type": ch.type, "permissions": str(Permissions.ALL),
+                "parent_id": None, "flags": 0}
+            return str(ch.id)
+        return value
+
+    def _build_options(self, cmd: Dict[str, Any], options: Dict[str, Any], attachments: List[Any],
+                       subcommand: Optional[str], guild: Optional[Guild], focused: Optional[str] = None,
+                       ) -> Tuple[List[Dict[str, Any]], Dict[str, Dict[str, Any]]]:
+        resolved: Dict[str, Dict[str, Any]] = {}
+        defs = cmd.get("options") or []
+        path = subcommand.split() if subcommand else []
+        wrappers: List[Dict[str, Any]] = []
+        for part in path:
+            sub = next((o for o in defs if o.get("name") == part and o.get("type") in (1, 2)), None)
+            if sub is None:
+                raise FakeDiscordError(f"no subcommand/group {part!r} in {cmd['name']!r}")
+            wrappers.append({"type": sub["type"], "name": part})
+            defs = sub.get("options") or []
+        if any(o.get("type") in (1, 2) for o in defs):
+            raise FakeDiscordError(f"command {cmd['name']!r} needs subcommand=... "
+                                   f"(one of {[o['name'] for o in defs]})")
+        pending_atts = list(attachments)
+        leaf: List[Dict[str, Any]] = []
+        given = dict(options)
+        for d in defs:
+            name = d["name"]
+            if name not in given and d.get("type") == 11 and pending_atts:
+                given[name] = pending_atts.pop(0)
+            if name not in given:
+                if d.get("required") and focused is None:
+                    raise FakeDiscordError(f"required option {name!r} of {cmd['name']!r} missing")
+                continue
+            value = given.pop(name)
+            entry: Dict[str, Any] = {"name": name, "type": d["type"]}
+            if focused == name:
+                entry["value"] = str(value)
+                entry["focused"] = True
+            else:
+                entry["value"] = self._resolve_value(d["type"], value, resolved, guild)
+                choices = d.get("choices")
+                if choices and entry["value"] not in [c["value"] for c in choices]:
+                    raise FakeDiscordError(f"{entry['value']!r} is not a choice of option {name!r}: "
+                                           f"{[c['value'] for c in choices]}")
+            leaf.append(entry)
+        if given:
+            raise FakeDiscordError(f"unknown option(s) {sorted(given)} for {cmd['name']!r}; "
+                                   f"defined: {[d['name'] for d in defs]}")
+        out = leaf
+        for w in reversed(wrappers):
+            w["options"] = out
+            out = [w]
+        return out, resolved
+
+    async def _send_interaction(self, payload: Dict[str, Any], *, name: str, user: User, guild: Optional[Guild],
+                                channel: Channel, message_id: Optional[int] = None,
+                                token_ttl: Optional[float] = None) -> InteractionRecord:
+        session = await self.wait_ready()
+        rec = InteractionRecord(self, id=int(payload["id"]), token=payload["token"], type=payload["type"],
+                                name=name, user=user, guild_id=guild.id if guild else None, channel_id=channel.id,
+                                payload=payload, ttl=self.token_ttl if token_ttl is None else token_ttl,
+                                message_id=message_id)
+        self.interactions.append(rec)
+        self._interactions_by_id[rec.id] = rec
+        self._interactions_by_token[rec.token] = rec
+        self._record("interaction_create", rec)
+        rec.dispatched_t = time.monotonic()
+        rec.expires_t = rec.dispatched_t + (self.token_ttl if token_ttl is None else token_ttl)
+        await session.dispatch("INTERACTION_CREATE", payload)
+        return rec
+
+    async def send_slash_command(self, name: str, *, user: Any = None, options: Optional[Dict[str, Any]] = None,
+                                 attachments: Iterable[Any] = (), subcommand: Optional[str] = None,
+                                 guild: Any = None, channel: Any = None, dm: bool = False,
+                                 locale: Optional[str] = None, token_ttl: Optional[float] = None,
+                                 ) -> InteractionRecord:
+        """Dispatch INTERACTION_CREATE (type 2) for a synced chat-input command.
+
+        ``options`` maps option name → value (attachment options take ``add_attachment`` dicts,
+        user options a user/username/id, channel/role options records or ids). ``attachments``
+        fills attachment options not given in ``options``, in definition order.
+        ``subcommand`` is ``"sub"`` or ``"group sub"``. ``dm=True`` sends it from the user's DM.
+        """
+        u, g, ch = self._where(user, guild, channel, dm)
+        cmd, is_guild_cmd = self._find_command(name, g.id if g else None)
+        opts, resolved = self._build_options(cmd, options or {}, list(attachments), subcommand, g)
+        data: Dict[str, Any] = {"id": cmd["id"], "name": name, "type": 1, "options": opts}
+        if resolved:
+            data["resolved"] = resolved
+        if is_guild_cmd:
+            data["guild_id"] = cmd["guild_id"]
+        payload = self._base_interaction(2, data, u, ch, g, locale)
+        full = " ".join([name, *(subcommand.split() if subcommand else [])])
+        return await self._send_interaction(payload, name=full, user=u, guild=g, channel=ch, token_ttl=token_ttl)
+
+    async def send_autocomplete(self, name: str, focused: str, value: str = "", *, user: Any = None,
+                                options: Optional[Dict[str, Any]] = None, subcommand: Optional[str] = None,
+                                guild: Any = None, channel: Any = None, dm: bool = False) -> InteractionRecord:
+        """Dispatch an autocomplete interaction (type 4); read ``rec.autocomplete_choices`` afterwards."""
+        u, g, ch = self._where(user, guild, channel, dm)
+        cmd, is_guild_cmd = self._find_command(name, g.id if g else None)
+        opts = dict(options or {})
+        opts[focused] = value
+        built, resolved = self._build_options(cmd, opts, [], subcommand, g, focused=focused)
+        data: Dict[str, Any] = {"id": cmd["id"], "name": name, "type": 1, "options": built}
+        if resolved:
+            data["resolved"] = resolved
+        if is_guild_cmd:
+            data["guild_id"] = cmd["guild_id"]
+        payload = self._base_interaction(4, data, u, ch, g)
+        return await self._send_interaction(payload, name=name, user=u, guild=g, channel=ch)
+
+    def _message_with_component(self, target: Any, custom_id: str) -> MessageRecord:
+        if isinstance(target, InteractionRecord):
+            candidates = list(reversed(target.all_messages))
+        elif isinstance(target, MessageRecord):
+            candidates = [target]
+        else:
+            candidates = [self.messages[as_id(target)]]
+        for msg in candidates:
+            msg = self.messages.get(msg.id, msg)
+            if msg.deleted:
+                continue
+            if msg.find_component(custom_id) is not None:
+                return msg
+        have = [cid for m in candidates for cid in m.custom_ids()]
+        raise FakeDiscordError(f"no component with custom_id {custom_id!r} (available: {have})")
+
+    async def click_button(self, target: Any, custom_id: str, *, user: Any = None,
+                           values: Optional[List[str]] = None) -> InteractionRecord:
+        """Dispatch a component interaction (type 3) for *custom_id* on a bot message.
+
+        *target* is a :class:`MessageRecord`, a message id, or an :class:`InteractionRecord`
+        (its @original/followups are searched, newest first). ``values`` is for select menus.
+        """
+        msg = self._message_with_component(target, custom_id)
+        comp = msg.find_component(custom_id)
+        assert comp is not None
+        if comp.get("disabled"):
+            raise FakeDiscordError(f"component {custom_id!r} is disabled")
+        if comp.get("type") == 2 and comp.get("style") == 5:
+            raise FakeDiscordError(f"component {custom_id!r} is a link button")
+        if user is None and msg.interaction_metadata is not None:
+            user = int(msg.interaction_metadata["user"]["id"])
+        ch = self.channels[msg.channel_id]
+        u, g, ch = self._where(user, None if ch.is_dm else ch.guild_id, ch, ch.is_dm)
+        data: Dict[str, Any] = {"custom_id": custom_id, "component_type": comp.get("type", 2)}
+        if comp.get("type") in (3, 5, 6, 7, 8):
+            data["values"] = list(values or [])
+        elif values is not None:
+            raise FakeDiscordError("values= only applies to select menus")
+        payload = self._base_interaction(3, data, u, ch, g)
+        payload["message"] = msg.to_json()
+        return await self._send_interaction(payload, name=custom_id, user=u, guild=g, channel=ch, message_id=msg.id)
+
+    select = click_button
+
+    async def submit_modal(self, interaction: InteractionRecord, values: Dict[str, Any], *,
+                           user: Any = None) -> InteractionRecord:
+        """Submit the modal the bot opened (callback type 9) on *interaction*.
+
+        *values* maps text-input custom_id → string (select custom_id → list of strings).
+        """
+        modal = interaction.modal
+        if modal is None:
+            raise FakeDiscordError("the bot did not answer this interaction with a modal")
+
+        def convert(comp: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+            t = comp.get("type")
+            if t == 1:
+                return {"type": 1, "components": [c for c in map(convert, comp.get("components", [])) if c]}
+            if t == 18:
+                inner = convert(comp["component"])
+                return {"type": 18, "id": comp.get("id", 0), "component": inner} if inner else None
+            cid = comp.get("custom_id")
+            if cid is None:
+                return None
+            if t == 4:
+                return {"type": 4, "id": comp.get("id", 0), "custom_id": cid, "value": str(values.get(cid, ""))}
+            return {"type": t, "id": comp.get("id", 0), "custom_id": cid, "values": list(values.get(cid, []))}
+
+        comps = [c for c in map(convert, modal.get("components", [])) if c]
+        u = self.user(user) if user is not None else interaction.user
+        ch = self.channels[interaction.channel_id]
+        g = self.guilds.get(interaction.guild_id) if interaction.guild_id else None
+        payload = self._base_interaction(5, {"custom_id": modal["custom_id"], "components": comps}, u, ch, g)
+        if interaction.message_id is not None and interaction.message_id in self.messages:
+            payload["message"] = self.messages[interaction.message_id].to_json()
+        return await self._send_interaction(payload, name=modal["custom_id"], user=u, guild=g, channel=ch,
+                                            message_id=interaction.message_id)
+
+    # ======================================================================
+    # HTTP plumbing
+    # ======================================================================
+    def _setup_routes(self, app: web.Application) -> None:
+        r = app.router
+        a = API_PREFIX
+        r.add_get("/gateway", self._ws_gateway)
+        r.add_get("/attachments/{key:.+}", self._get_attachment)
+        r.add_get(a + "/gateway", self._get_gateway)
+        r.add_get(a + "/gateway/bot", self._get_gateway_bot)
+        r.add_get(a + "/users/@me", self._get_me)
+        r.add_get(a + "/users/{user_id:\\d+}", self._get_user)
+        r.add_post(a + "/users/@me/channels", self._create_dm)
+        r.add_get(a + "/applications/@me", self._get_application)
+        r.add_get(a + "/oauth2/applications/@me", self._get_application)
+        for prefix in ("/applications/{app_id}/commands", "/applications/{app_id}/guilds/{guild_id}/commands"):
+            r.add_get(a + prefix, self._get_commands)
+            r.add_put(a + prefix, self._put_commands)
+            r.add_post(a + prefix, self._post_command)
+            r.add_get(a + prefix + "/{command_id}", self._get_command)
+            r.add_patch(a + prefix + "/{command_id}", self._patch_command)
+            r.add_delete(a + prefix + "/{command_id}", self._delete_command)
+        r.add_post(a + "/interactions/{interaction_id}/{token}/callback", self._interaction_callback)
+        r.add_post(a + "/webhooks/{webhook_id}/{token}", self._webhook_execute)
+        r.add_get(a + "/webhooks/{webhook_id}/{token}/messages/{message_id}", self._webhook_get_message)
+        r.add_patch(a + "/webhooks/{webhook_id}/{token}/messages/{message_id}", self._webhook_edit_message)
+        r.add_delete(a + "/webhooks/{webhook_id}/{token}/messages/{message_id}", self._webhook_delete_message)
+        r.add_get(a + "/channels/{channel_id}", self._get_channel)
+        r.add_get(a + "/channels/{channel_id}/messages", self._list_messages)
+        r.add_post(a + "/channels/{channel_id}/messages", self._create_message)
+        r.add_get(a + "/channels/{channel_id}/messages/{message_id}", self._get_message)
+        r.add_patch(a + "/channels/{channel_id}/messages/{message_id}", self._edit_message)
+        r.add_delete(a + "/channels/{channel_id}/messages/{message_id}", self._delete_message)
+        r.add_post(a + "/channels/{channel_id}/typing", self._typing)
+        r.add_put(a + "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me", self._add_reaction)
+        r.add_delete(a + "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me",
+                     self._remove_reaction)
+        r.add_get(a + "/guilds/{guild_id}", self._get_guild)
+        r.add_get(a + "/guilds/{guild_id}/channels", self._get_guild_channels)
+        r.add_get(a + "/guilds/{guild_id}/roles", self._get_guild_roles)
+        r.add_get(a + "/guilds/{guild_id}/members/{user_id}", self._get_member)
+        r.add_route("*", "/{tail:.*}", self._unhandled)
+
+    @staticmethod
+    def _rel_path(request: web.Request) -> str:
+        path = request.path
+        if path.startswith(API_PREFIX + "/"):
+            return path[len(API_PREFIX):]
+        return path
+
+    def _needs_auth(self, method: str, rel: str, raw: str) -> bool:
+        if not raw.startswith(API_PREFIX + "/"):
+            return False
+        if rel.startswith("/webhooks/") and rel.count("/") >= 3:
+            return False
+        if rel.startswith("/interactions/"):
+            return False
+        if rel == "/gateway":
+            return False
+        return True
+
+    async def _body(self, request: web.Request) -> _Body:
+        cached = request.get(_BODY_KEY)
+        if cached is not None:
+            return cached
+        js: Any = None
+        files: List[StoredFile] = []
+        raw = b""
+        if request.content_type.startswith("multipart/"):
+            reader = await request.multipart()
+            while True:
+                part = await reader.next()
+                if part is None:
+                    break
+                data = await part.read(decode=False)
+                if part.name == "payload_json":
+                    js = json.loads(data.decode() or "null")
+                else:
+                    files.append(StoredFile(field=part.name or "", filename=part.filename or "file",
+                                            data=bytes(data), content_type=part.headers.get("Content-Type")))
+        elif request.body_exists:
+            raw = await request.read()
+            if raw:
+                try:
+                    js = json.loads(raw)
+                except ValueError:
+                    js = None
+        body = _Body(js, files, raw)
+        request[_BODY_KEY] = body
+        return body
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        rel = self._rel_path(request)
+        if request.path == "/gateway" and request.headers.get("Upgrade", "").lower() == "websocket":
+            return await handler(request)
+        rec = RequestRecord(method=request.method, path=rel, query=dict(request.query), t=time.monotonic())
+        request[_RECORD_KEY] = rec
+        self.requests.append(rec)
+        response: Optional[web.StreamResponse] = None
+        try:
+            response = await self._handle(request, handler, rec, rel)
+            return response
+        except web.HTTPException as exc:
+            response = exc
+            raise
+        finally:
+            rec.status = response.status if response is not None else 500
+            if isinstance(response, web.Response) and isinstance(response.body, bytes) \
+                    and response.content_type == "application/json":
+                try:
+                    rec.response = json.loads(response.body)
+                except ValueError:
+                    pass
+            self._record("request", rec)
+
+    async def _handle(self, request: web.Request, handler: Callable, rec: RequestRecord, rel: str
+                      ) -> web.StreamResponse:
+        for fault in self.faults:
+            if fault.matches(request.method, rel):
+                fault.hits += 1
+                rec.fault = True
+                self._record("fault", {"request": rec, "fault": fault})
+                if fault.delay:
+                    await asyncio.sleep(fault.delay)
+                if fault.status is not None:
+                    body = await self._body(request)
+                    rec.json, rec.files = body.json, body.files
+                    payload = fault.body if fault.body is not None else {
+                        "message": f"{fault.status}: injected fault", "code": 0}
+                    return _json(payload, status=fault.status, headers=fault.headers)
+                break
+        if self._needs_auth(request.method, rel, request.path):
+            rec.authorized = request.headers.get("Authorization", "") == f"Bot {self.bot_token}"
+            if not rec.authorized:
+                return _error(401, 0, "401: Unauthorized")
+        if request.body_exists and request.method in ("POST", "PUT", "PATCH"):
+            body = await self._body(request)
+            rec.json, rec.files = body.json, body.files
+        return await handler(request)
+
+    async def _unhandled(self, request: web.Request) -> web.Response:
+        rec = request.get(_RECORD_KEY)
+        if rec is not None:
+            self.unhandled.append(rec)
+        log.warning("fake discord: unhandled %s %s", request.method, request.path)
+        return _error(404, 0, "404: Not Found")
+
+    # ======================================================================
+    # REST handlers: misc
+    # ======================================================================
+    async def _get_gateway(self, request: web.Request) -> web.Response:
+        return _json({"url": self.gateway_url})
+
+    async def _get_gateway_bot(self, request: web.Request) -> web.Response:
+        return _json({"url": self.gateway_url, "shards": 1,
+                      "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 14400000,
+                                              "max_concurrency": 1}})
+
+    def _me_json(self) -> Dict[str, Any]:
+        data = self.bot_user.to_json()
+        data.update(verified=True, mfa_enabled=False, locale="en-US", email=None, bio="")
+        return data
+
+    async def _get_me(self, request: web.Request) -> web.Response:
+        return _json(self._me_json())
+
+    async def _get_user(self, request: web.Request) -> web.Response:
+        uid = int(request.match_info["user_id"])
+        user = self.users.get(uid)
+        if user is None:
+            return _error(404, UNKNOWN_USER, "Unknown User")
+        return _json(user.to_json())
+
+    async def _get_application(self, request: web.Request) -> web.Response:
+        return _json({
+            "id": str(self.application_id),
+            "name": self.bot_user.username,
+            "icon": None,
+            "description": "",
+            "summary": "",
+            "type": None,
+            "hook": True,
+            "rpc_origins": [],
+            "bot_public": True,
+            "bot_require_code_grant": False,
+            "bot": self.bot_user.to_json(),
+            "owner": self.owner.to_json(),
+            "team": None,
+            "verify_key": "0" * 64,
+            "flags": self.app_flags,
+            "interactions_endpoint_url": None,
+            "role_connections_verification_url": None,
+            "redirect_uris": [],
+            "tags": [],
+            "approximate_guild_count": len(self.guilds),
+            "integration_types_config": {"0": {}},
+        })
+
+    async def _get_attachment(self, request: web.Request) -> web.Response:
+        key = urllib.parse.unquote(request.match_info["key"])
+        entry = self._files.get(key)
+        if entry is None:
+            return web.Response(status=404, text="Not Found")
+        data, ctype = entry
+        self._record("attachment_download", {"key": key, "size": len(data)})
+        return web.Response(body=data, content_type=ctype or "application/octet-stream")
+
+    async def _get_guild(self, request: web.Request) -> web.Response:
+        g = self.guilds.get(int(request.match_info["guild_id"]))
+        if g is None:
+            return _error(404, UNKNOWN_GUILD, "Unknown Guild")
+        data = g.to_json()
+        for key in ("members", "channels", "threads", "presences", "voice_states", "joined_at", "large",
+                    "member_count", "stage_instances", "guild_scheduled_events", "soundboard_sounds"):
+            data.pop(key, None)
+        return _json(data)
+
+    async def _get_guild_channels(self, request: web.Request) -> web.Response:
+        g = self.guilds.get(int(request.match_info["guild_id"]))
+        if g is None:
+            return _error(404, UNKNOWN_GUILD, "Unknown Guild")
+        return _json([c.to_json() for c in g.channels.values()])
+
+    async def _get_guild_roles(self, request: web.Request) -> web.Response:
+        g = self.guilds.get(int(request.match_info["guild_id"]))
+        if g is None:
+            return _error(404, UNKNOWN_GUILD, "Unknown Guild")
+        return _json([r.to_json() for r in g.roles.values()])
+
+    async def _get_member(self, request: web.Request) -> web.Response:
+        g = self.guilds.get(int(request.match_info["guild_id"]))
+        if g is None:
+            return _error(404, UNKNOWN_GUILD, "Unknown Guild")
+        m = g.members.get(int(request.match_info["user_id"]))
+        if m is None:
+            return _error(404, UNKNOWN_MEMBER, "Unknown Member")
+        return _json(m.to_json())
+
+    # ======================================================================
+    # REST handlers: application commands
+    # ======================================================================
+    def _command_scope(self, request: web.Request) -> Tuple[Optional[int], Optional[web.Response]]:
+        if request.match_info["app_id"] != str(self.application_id):
+            return None, _error(403, MISSING_ACCESS, "Missing Access")
+        gid = request.match_info.get("guild_id")
+        if gid is None:
+            return None, None
+        if int(gid) not in self.guilds:
+            return None, _error(403, MISSING_ACCESS, "Missing Access")
+        return int(gid), None
+
+    def _validate_command(self, cmd: Any, index: Optional[int]) -> Optional[web.Response]:
+        prefix = "" if index is None else f"{index}."
+        if not isinstance(cmd, dict) or not isinstance(cmd.get("name"), str):
+            return _form_error(f"{prefix}name", "BASE_TYPE_REQUIRED", "This field is required")
+        ctype = cmd.get("type", 1)
+        name = cmd["name"]
+        if ctype == 1:
+            if not _NAME_RE.match(name) or name != name.lower():
+                return _form_error(f"{prefix}name", "APPLICATION_COMMAND_INVALID_NAME",
+                                   "Command name is invalid")
+            desc = cmd.get("description") or ""
+            if not 1 <= len(desc) <= 100:
+                return _form_error(f"{prefix}description", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+        opts = cmd.get("options") or []
+        if len(opts) > 25:
+            return _form_error(f"{prefix}options", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
+        seen_optional = False
+        for i, opt in enumerate(opts):
+            if opt.get("type") in (1, 2):
+                continue
+            if not _NAME_RE.match(opt.get("name", "")) or opt["name"] != opt["name"].lower():
+                return _form_error(f"{prefix}options.{i}.name", "APPLICATION_COMMAND_INVALID_NAME",
+                                   "Command name is invalid")
+            if opt.get("required"):
+                if seen_optional:
+                    return _form_error(f"{prefix}options.{i}.required", "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID",
+                                       "Required options must be placed before non-required options")
+            else:
+                seen_optional = True
+        return None
+
+    def _store_command(self, scope: Optional[int], cmd: Dict[str, Any], existing: Dict[Tuple[str, int], Dict[str, Any]]
+                       ) -> Dict[str, Any]:
+        key = (cmd["name"], int(cmd.get("type", 1)))
+        old = existing.get(key)
+        out = dict(cmd)
+        out["id"] = old["id"] if old else str(snowflake())
+        out["application_id"] = str(self.application_id)
+        out["version"] = str(snowflake())
+        out["type"] = key[1]
+        out.setdefault("description", "")
+        out.setdefault("options", [])
+        out.setdefault("default_member_permissions", None)
+        out.setdefault("dm_permission", True)
+        out.setdefault("nsfw", False)
+        out.setdefault("contexts", None)
+        out.setdefault("integration_types", [0])
+        if scope is not None:
+            out["guild_id"] = str(scope)
+        return out
+
+    async def _get_commands(self, request: web.Request) -> web.Response:
+        scope, err = self._command_scope(request)
+        if err:
+            return err
+        return _json(self.commands(scope))
+
+    async def _put_commands(self, request: web.Request) -> web.Response:
+        scope, err = self._command_scope(request)
+        if err:
+            return err
+        payload = (await self._body(request)).json
+        if not isinstance(payload, list):
+            return _form_error("_", "BASE_TYPE_ARRAY", "Must be an array")
+        if len(payload) > 100:
+            return _form_error("_", "BASE_TYPE_MAX_LENGTH", "Must be 100 or fewer in length.")
+        for i, cmd in enumerate(payload):
+            bad = self._validate_command(cmd, i)
+            if bad is not None:
+                return bad
+        old = self._commands.get(scope, {})
+        new: Dict[Tuple[str, int], Dict[str, Any]] = {}
+        for cmd in payload:
+            stored = self._store_command(scope, cmd, old)
+            new[(stored["name"], stored["type"])] = stored
+        self._commands[scope] = new
+        self.command_puts.append((scope, payload, time.monotonic()))
+        self._record("commands_put", {"guild_id": scope, "names": [c["name"] for c in payload]})
+        return _json(list(new.values()))
+
+    async def _post_command(self, request: web.Request) -> web.Response:
+        scope, err = self._command_scope(request)
+        if err:
+            return err
+        cmd = (await self._body(request)).json
+        bad = self._validate_command(cmd, None)
+        if bad is not None:
+            return bad
+        table = self._commands.setdefault(scope, {})
+        existed = (cmd["name"], int(cmd.get("type", 1))) in table
+        stored = self._store_command(scope, cmd, table)
+        table[(stored["name"], stored["type"])] = stored
+        self._record("command_upsert", {"guild_id": scope, "name": stored["name"]})
+        return _json(stored, status=200 if existed else 201)
+
+    def _command_by_id(self, scope: Optional[int], command_id: str) -> Optional[Tuple[Tuple[str, int], Dict[str, Any]]]:
+        for key, cmd in self._commands.get(scope, {}).items():
+            if cmd["id"] == command_id:
+                return key, cmd
+        return None
+
+    async def _get_command(self, request: web.Request) -> web.Response:
+        scope, err = self._command_scope(request)
+        if err:
+            return err
+        found = self._command_by_id(scope, request.match_info["command_id"])
+        if found is None:
+            return _error(404, UNKNOWN_COMMAND, "Unknown application command")
+        return _json(found[1])
+
+    async def _patch_command(self, request: web.Request) -> web.Response:
+        scope, err = self._command_scope(request)
+        if err:
+            return err
+        found = self._command_by_id(scope, request.match_info["command_id"])
+        if found is None:
+            return _error(404, UNKNOWN_COMMAND, "Unknown application command")
+        key, cmd = found
+        patch = (await self._body(request)).json or {}
+        cmd = {**cmd, **patch}
+        table = self._commands[scope]
+        del table[key]
+        table[(cmd["name"], int(cmd.get("type", 1)))] = cmd
+        return _json(cmd)
+
+    async def _delete_command(self, request: web.Request) -> web.Response:
+        scope, err = self._command_scope(request)
+        if err:
+            return err
+        found = self._command_by_id(scope, request.match_info["command_id"])
+        if found is None:
+            return _error(404, UNKNOWN_COMMAND, "Unknown application command")
+        del self._commands[scope][found[0]]
+        return _no_content()
+
+    # ======================================================================
+    # messages: shared helpers
+    # ======================================================================
+    def _validate_message_payload(self, payload: Dict[str, Any], files: List[StoredFile], *, creating: bool,
+                                  existing_attachments: int = 0) -> Optional[web.Response]:
+        content = payload.get("content")
+        if content is not None and not isinstance(content, str):
+            return _form_error("content", "BASE_TYPE_STRING", "Must be a string.")
+        if content and len(content) > 2000:
+            return _form_error("content", "BASE_TYPE_MAX_LENGTH", "Must be 2000 or fewer in length.")
+        embeds = payload.get("embeds") or []
+        if len(embeds) > 10:
+            return _form_error("embeds", "BASE_TYPE_MAX_LENGTH", "Must be 10 or fewer in length.")
+        for i, emb in enumerate(embeds):
+            if len(emb.get("description") or "") > 4096:
+                return _form_error(f"embeds.{i}.description", "BASE_TYPE_MAX_LENGTH",
+                                   "Must be 4096 or fewer in length.")
+            if len(emb.get("title") or "") > 256:
+                return _form_error(f"embeds.{i}.title", "BASE_TYPE_MAX_LENGTH", "Must be 256 or fewer in length.")
+        comps = payload.get("components") or []
+        flags = int(payload.get("flags") or 0)
+        if not flags & MessageFlags.IS_COMPONENTS_V2 and len(comps) > 5:
+            return _form_error("components", "BASE_TYPE_MAX_LENGTH", "Must be 5 or fewer in length.")
+        if len(files) > 10:
+            return _form_error("files", "BASE_TYPE_MAX_LENGTH", "Must be 10 or fewer in length.")
+        if sum(len(f.data) for f in files) > self.attachment_size_limit:
+            return _error(413, REQUEST_TOO_LARGE, "Request entity too large")
+        if creating and not content and not embeds and not files and not comps and not payload.get("sticker_ids") \
+                and not payload.get("poll") and not existing_attachments:
+            return _error(400, CANNOT_SEND_EMPTY_MESSAGE, "Cannot send an empty message")
+        return None
+
+    def _resolve_attachments(self, channel_id: int, payload: Dict[str, Any], files: List[StoredFile],
+                             existing: List[AttachmentRecord], *, editing: bool) -> List[AttachmentRecord]:
+        by_index: Dict[int, StoredFile] = {}
+        for pos, sf in enumerate(files):
+            m = re.fullmatch(r"files?\[(\d+)\]", sf.field)
+            by_index[int(m.group(1)) if m else pos] = sf
+        existing_by_id = {a.id: a for a in existing}
+        result: List[AttachmentRecord] = []
+        used: set = set()
+        spec = payload.get("attachments")
+        if spec is not None:
+            for a in spec:
+                try:
+                    aid = int(a.get("id"))
+                except (TypeError, ValueError):
+                    continue
+                if aid in existing_by_id:
+                    result.append(existing_by_id[aid])
+                elif aid in by_index and aid not in used:
+                    used.add(aid)
+                    result.append(self._store_upload(channel_id, by_index[aid], a.get("filename"),
+                                                     a.get("description")))
+            for idx in sorted(by_index):
+                if idx not in used:
+                    result.append(self._store_upload(channel_id, by_index[idx], None, None))
+        else:
+            result = list(existing) if editing else []
+            for idx in sorted(by_index):
+                result.append(self._store_upload(channel_id, by_index[idx], None, None))
+        return result
+
+    def _add_message(self, msg: MessageRecord) -> MessageRecord:
+        self.messages[msg.id] = msg
+        self._channel_messages.setdefault(msg.channel_id, []).append(msg.id)
+        self._record("message_create", msg)
+        return msg
+
+    @staticmethod
+    def _apply_fields(msg: MessageRecord, payload: Dict[str, Any]) -> None:
+        if "content" in payload:
+            msg.content = payload["content"] or ""
+        if "embeds" in payload:
+            msg.embeds = list(payload["embeds"] or [])
+        elif "embed" in payload:
+            msg.embeds = [payload["embed"]] if payload["embed"] else []
+        if "components" in payload:
+            msg.components = list(payload["components"] or [])
+        if payload.get("flags") is not None:
+            settable = MessageFlags.SUPPRESS_EMBEDS | MessageFlags.IS_COMPONENTS_V2
+            msg.flags = (msg.flags & ~settable) | (int(payload["flags"]) & settable)
+
+    def _edit(self, msg: MessageRecord, payload: Dict[str, Any], files: List[StoredFile]) -> MessageRecord:
+        msg.history.append(msg.snapshot())
+        self._apply_fields(msg, payload)
+        if "attachments" in payload or files:
+            msg.attachments = self._resolve_attachments(msg.channel_id, payload, files, msg.attachments,
+                                                        editing=True)
+        msg.flags &= ~MessageFlags.LOADING
+        msg.edited_timestamp = iso_now()
+        msg.edited_t = time.monotonic()
+        self._record("message_edit", msg)
+        return msg
+
+    def _new_message(self, channel: Channel, payload: Dict[str, Any], files: List[StoredFile], *,
+                     kind: str = "channel", interaction: Optional[InteractionRecord] = None,
+                     flags: int = 0, mtype: int = 0) -> MessageRecord:
+        msg = MessageRecord(id=snowflake(), channel_id=channel.id, guild_id=channel.guild_id, author=self.bot_user,
+                            kind=kind, type=mtype, tts=bool(payload.get("tts", False)))
+        self._apply_fields(msg, payload)
+        keep = MessageFlags.SUPPRESS_EMBEDS | MessageFlags.SUPPRESS_NOTIFICATIONS | MessageFlags.IS_COMPONENTS_V2
+        msg.flags = (int(payload.get("flags") or 0) & keep) | flags
+        msg.attachments = self._resolve_attachments(channel.id, payload, files, [], editing=False)
+        if msg.ephemeral:
+            for a in msg.attachments:
+                a.ephemeral = True
+        if interaction is not None:
+            msg.webhook_id = self.application_id
+            msg.application_id = self.application_id
+            msg.interaction_id = interaction.id
+            meta: Dict[str, Any] = {
+                "id": str(interaction.id),
+                "type": interaction.type,
+                "user": interaction.user.to_json(),
+                "authorizing_integration_owners": interaction.payload.get("authorizing_integration_owners", {}),
+            }
+            if interaction.type == 2:
+                meta["name"] = interaction.name
+                meta["command_type"] = 1
+            if interaction.message_id is not None:
+                meta["interacted_message_id"] = str(interaction.message_id)
+            if kind == "followup" and interaction.original_id is not None:
+                meta["original_response_message_id"] = str(interaction.original_id)
+            msg.interaction_metadata = meta
+        return self._add_message(msg)
+
+    # ======================================================================
+    # REST handlers: channel messages
+    # ======================================================================
+    def _channel_or_error(self, request: web.Request) -> Tuple[Optional[Channel], Optional[web.Response]]:
+        try:
+            cid = int(request.match_info["channel_id"])
+        except ValueError:
+            return None, _error(404, UNKNOWN_CHANNEL, "Unknown Channel")
+        ch = self.channels.get(cid)
+        if ch is None:
+            return None, _error(404, UNKNOWN_CHANNEL, "Unknown Channel")
+        return ch, None
+
+    def _refusal(self, ch: Channel) -> Optional[web.Response]:
+        refused = self._refused_channels.get(ch.id)
+        if refused is not None:
+            status, code, message = refused
+            return _error(status, code, message)
+        if ch.is_dm and ch.recipient is not None and ch.recipient.id in self._blocked_dm_users:
+            return _error(403, CANNOT_SEND_TO_USER, "Cannot send messages to this user")
+        return None
+
+    def _channel_message(self, ch: Channel, request: web.Request) -> Tuple[Optional[MessageRecord], Optional[web.Response]]:
+        try:
+            mid = int(request.match_info["message_id"])
+        except ValueError:
+            return None, _error(404, UNKNOWN_MESSAGE, "Unknown Message")
+        msg = self.messages.get(mid)
+        if msg is None or msg.channel_id != ch.id or msg.deleted or msg.ephemeral:
+            return None, _error(404, UNKNOWN_MESSAGE, "Unknown Message")
+        return msg, None
+
+    async def _get_channel(self, request: web.Request) -> web.Response:
+        ch, err = self._channel_or_error(request)
+        return err or _json(ch.to_json())  # type: ignore[union-attr]
+
+    async def _list_messages(self, request: web.Request) -> web.Response:
+        ch, err = self._channel_or_error(request)
+        if err:
+            return err
+        limit = int(request.query.get("limit", "50"))
+        msgs = list(reversed(self.messages_in(ch)))[:limit]
+        return _json([m.to_json() for m in msgs])
+
+    async def _create_message(self, request: web.Request) -> web.Response:
+        ch, err = self._channel_or_error(request)
+        if err:
+            return err
+        assert ch is not None
+        refused = self._refusal(ch)
+        if refused is not None:
+            return refused
+        body = await self._body(request)
+        payload = body.json or {}
+        bad = self._validate_message_payload(payload, body.files, creating=True)
+        if bad is not None:
+            return bad
+        mtype = 19 if payload.get("message_reference") else 0
+        msg = self._new_message(ch, payload, body.files, kind="channel", mtype=mtype)
+        data = msg.to_json()
+        if payload.get("nonce") is not None:
+            data["nonce"] = payload["nonce"]
+        return _json(data)
+
+    async def _get_message(self, request: web.Request) -> web.Response:
+        ch, err = self._channel_or_error(request)
+        if err:
+            return err
+        msg, err = self._channel_message(ch, request)  # type: ignore[arg-type]
+        return err or _json(msg.to_json())  # type: ignore[union-attr]
+
+    async def _edit_message(self, request: web.Request) -> web.Response:
+        ch, err = self._channel_or_error(request)
+        if err:
+            return err
+        assert ch is not None
+        refused = self._refusal(ch)
+        if refused is not None:
+            return refused
+        msg, err = self._channel_message(ch, request)
+        if err:
+            return err
+        assert msg is not None
+        if msg.author.id != self.bot_user.id:
+            return _error(403, CANNOT_EDIT_OTHERS_MESSAGE, "Cannot edit a message authored by another user")
+        body = await self._body(request)
+        payload = body.json or {}
+        bad = self._validate_message_payload(payload, body.files, creating=False)
+        if bad is not None:
+            return bad
+        return _json(self._edit(msg, payload, body.files).to_json())
+
+    async def _delete_message(self, request: web.Request) -> web.Response:
+        ch, err = self._channel_or_error(request)
+        if err:
+            return err
+        msg, err = self._channel_message(ch, request)  # type: ignore[arg-type]
+        if err:
+            return err
+        assert msg is not None
+        msg.deleted = True
+        self._record("message_delete", msg)
+        return _no_content()
+
+    async def _typing(self, request: web.Request) -> web.Response:
+        ch, err = self._channel_or_error(request)
+        if err:
+            return err
+        self._record("typing", {"channel_id": ch.id})  # type: ignore[union-attr]
+        return _no_content()
+
+    async def _add_reaction(self, request: web.Request) -> web.Response:
+        ch, err = self._channel_or_error(request)
+        if err:
+            return err
+        msg, err = self._channel_message(ch, request)  # type: ignore[arg-type]
+        if err:
+            return err
+        emoji = urllib.parse.unquote(request.match_info["emoji"])
+        msg.reactions.append(emoji)  # type: ignore[union-attr]
+        self._record("reaction_add", {"message": msg, "emoji": emoji})
+        return _no_content()
+
+    async def _remove_reaction(self, request: web.Request) -> web.Response:
+        ch, err = self._channel_or_error(request)
+        if err:
+            return err
+        msg, err = self._channel_message(ch, request)  # type: ignore[arg-type]
+        if err:
+            return err
+        emoji = urllib.parse.unquote(request.match_info["emoji"])
+        if emoji in msg.reactions:  # type: ignore[union-attr]
+            msg.reactions.remove(emoji)  # type: ignore[union-attr]
+        return _no_content()
+
+    async def _create_dm(self, request: web.Request) -> web.Response:
+        payload = (await self._body(request)).json or {}
+        try:
+            uid = int(payload.get("recipient_id"))
+        except (TypeError, ValueError):
+            return _form_error("recipient_id", "BASE_TYPE_REQUIRED", "This field is required")
+        if uid not in self.users or uid == self.bot_user.id:
+            return _error(400, INVALID_RECIPIENTS, "Invalid Recipient(s)")
+        ch = self.dm_channel(uid)
+        self._record("dm_channel", ch)
+        return _json(ch.to_json())
+
+    # ======================================================================
+    # REST handlers: interactions
+    # ======================================================================
+    async def _interaction_callback(self, request: web.Request) -> web.Response:
+        rec = request[_RECORD_KEY]
+        try:
+            iid = int(request.match_info["interaction_id"])
+        except ValueError:
+            return _error(404, UNKNOWN_INTERACTION, "Unknown interaction")
+        inter = self._interactions_by_id.get(iid)
+        if inter is None or inter.token != request.match_info["token"]:
+            return _error(404, UNKNOWN_INTERACTION, "Unknown interaction")
+        now = time.monotonic()
+        body = await self._body(request)
+        payload = body.json or {}
+        ctype = int(payload.get("type", 0))
+        data = payload.get("data") or {}
+        cb = CallbackRecord(type=ctype, data=data, files=body.files, at=now - inter.dispatched_t, status=0,
+                            query=dict(request.query))
+        inter.callbacks.append(cb)
+
+        def fail(resp: web.Response) -> web.Response:
+            cb.status = resp.status
+            inter.rejected.append(rec)
+            self._record("callback", {"interaction": inter, "callback": cb})
+            return resp
+
+        if inter.acknowledged:
+            return fail(_error(400, INTERACTION_ALREADY_ACKNOWLEDGED, "Interaction has already been acknowledged."))
+        if self.interaction_deadline is not None and cb.at > self.interaction_deadline:
+            return fail(_error(404, UNKNOWN_INTERACTION, "Unknown interaction"))
+        if ctype not in _ALLOWED_CALLBACKS.get(inter.type, set()):
+            return fail(_form_error("type", "INTERACTION_RESPONSE_TYPE_INVALID",
+                                    f"Interaction response type {ctype} is not valid for interaction type {inter.type}"))
+        channel = self.channels[inter.channel_id]
+        msg: Optional[MessageRecord] = None
+        if ctype in (4, 7):
+            bad = self._validate_message_payload(data, body.files, creating=(ctype == 4))
+            if bad is not None:
+                return fail(bad)
+        if ctype == 4:
+            flags = int(data.get("flags") or 0) & MessageFlags.EPHEMERAL
+            msg = self._new_message(channel, data, body.files, kind="original", interaction=inter, flags=flags,
+                                    mtype=20 if inter.type == 2 else 0)
+            inter.original_id = msg.id
+        elif ctype == 5:
+            flags = MessageFlags.LOADING | (int(data.get("flags") or 0) & MessageFlags.EPHEMERAL)
+            msg = self._new_message(channel, {}, [], kind="original", interaction=inter, flags=flags,
+                                    mtype=20 if inter.type == 2 else 0)
+            inter.original_id = msg.id
+        elif ctype == 6:
+            if inter.message_id is not None:
+                inter.original_id = inter.message_id
+        elif ctype == 7:
+            if inter.message_id is None or inter.message_id not in self.messages:
+                return fail(_error(400, INVALID_FORM_BODY, "Invalid Form Body"))
+            msg = self._edit(self.messages[inter.message_id], data, body.files)
+            inter.original_id = msg.id
+        elif ctype == 8:
+            inter.autocomplete_choices = list(data.get("choices") or [])
+        elif ctype == 9:
+            inter.modal = data
+        cb.status = 200
+        self._record("callback", {"interaction": inter, "callback": cb})
+
+        with_response = request.query.get("with_response", "").lower() in ("1", "true")
+        if not with_response:
+            cb.status = 204
+            return _no_content()
+        out: Dict[str, Any] = {"interaction": {"id": str(inter.id), "type": inter.type}}
+        if msg is not None:
+            out["interaction"].update(response_message_id=str(msg.id), response_message_loading=msg.loading,
+                                      response_message_ephemeral=msg.ephemeral)
+            out["resource"] = {"type": ctype, "message": msg.to_json()}
+        return _json(out)
+
+    def _webhook_interaction(self, request: web.Request) -> Tuple[Optional[InteractionRecord], Optional[web.Response]]:
+        rec = request[_RECORD_KEY]
+        inter = self._interactions_by_token.get(request.match_info["token"])
+        if request.match_info["webhook_id"] != str(self.application_id):
+            if inter is not None:
+                inter.rejected.append(rec)
+            return None, _error(404, UNKNOWN_WEBHOOK, "Unknown Webhook")
+        if inter is None or inter.expired:
+            if inter is not None:
+                inter.rejected.append(rec)
+                self._record("token_rejected", {"interaction": inter, "request": rec})
+            return None, _error(401, INVALID_WEBHOOK_TOKEN, "Invalid Webhook Token")
+        return inter, None
+
+    def _webhook_message(self, inter: InteractionRecord, request: web.Request
+                         ) -> Tuple[Optional[MessageRecord], Optional[web.Response]]:
+        ref = request.match_info["message_id"]
+        if ref == "@original":
+            mid = inter.original_id
+        else:
+            try:
+                mid = int(ref)
+            except ValueError:
+                mid = None
+            if mid not in (inter.original_id, *inter.followup_ids):
+                mid = None
+        msg = self.messages.get(mid) if mid is not None else None
+        if msg is None or msg.deleted:
+            inter.rejected.append(request[_RECORD_KEY])
+            return None, _error(404, UNKNOWN_MESSAGE, "Unknown Message")
+        return msg, None
+
+    async def _webhook_execute(self, request: web.Request) -> web.Response:
+        inter, err = self._webhook_interaction(request)
+        if err:
+            return err
+        assert inter is not None
+        if not inter.acknowledged:
+            inter.rejected.append(request[_RECORD_KEY])
+            return _error(404, UNKNOWN_WEBHOOK, "Unknown Webhook")
+        body = await self._body(request)
+        payload = body.json or {}
+        bad = self._validate_message_payload(payload, body.files, creating=True)
+        if bad is not None:
+            inter.rejected.append(request[_RECORD_KEY])
+            return bad
+        original = self.messages.get(inter.original_id) if inter.original_id else None
+        ack = inter.ack
+        if (original is not None and original.loading and not inter.followup_ids and ack is not None
+                and ack.type == 5):
+            # Discord: the first followup after a "thinking" defer replaces the loading
+            # message (keeping the defer's ephemerality) instead of creating a new one.
+            msg = self._edit(original, payload, body.files)
+            msg.edited_timestamp = None
+        else:
+            flags = int(payload.get("flags") or 0) & MessageFlags.EPHEMERAL
+            msg = self._new_message(self.channels[inter.channel_id], payload, body.files, kind="followup",
+                                    interaction=inter, flags=flags)
+        inter.followup_ids.append(msg.id)
+        self._record("followup", {"interaction": inter, "message": msg})
+        if request.query.get("wait", "").lower() in ("1", "true"):
+            return _json(msg.to_json())
+        return _no_content()
+
+    async def _webhook_get_message(self, request: web.Request) -> web.Response:
+        inter, err = self._webhook_interaction(request)
+        if err:
+            return err
+        msg, err = self._webhook_message(inter, request)  # type: ignore[arg-type]
+        return err or _json(msg.to_json())  # type: ignore[union-attr]
+
+    async def _webhook_edit_message(self, request: web.Request) -> web.Response:
+        inter, err = self._webhook_interaction(request)
+        if err:
+            return err
+        assert inter is not None
+        msg, err = self._webhook_message(inter, request)
+        if err:
+            return err
+        assert msg is not None
+        body = await self._body(request)
+        payload = body.json or {}
+        bad = self._validate_message_payload(payload, body.files, creating=False)
+        if bad is not None:
+            inter.rejected.append(request[_RECORD_KEY])
+            return bad
+        self._edit(msg, payload, body.files)
+        if msg.id == inter.original_id:
+            inter.original_edits.append((time.monotonic() - inter.dispatched_t, payload))
+        self._record("webhook_edit", {"interaction": inter, "message": msg})
+        return _json(msg.to_json())
+
+    async def _webhook_delete_message(self, request: web.Request) -> web.Response:
+        inter, err = self._webhook_interaction(request)
+        if err:
+            return err
+        msg, err = self._webhook_message(inter, request)  # type: ignore[arg-type]
+        if err:
+            return err
+        msg.deleted = True  # type: ignore[union-attr]
+        self._record("message_delete", msg)
+        return _no_content()
+
+    # ======================================================================
+    # gateway
+    # ======================================================================
+    async def _ws_gateway(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
+        await ws.prepare(request)
+        compress = request.query.get("compress")
+        conn = _GatewayConnection(ws, compress if compress == "zlib-stream" else None, dict(request.query))
+        self.connections.append(conn)
+        self._record("gateway_connect", {"query": dict(request.query)})
+        try:
+            await conn.send({"op": 10, "d": {"heartbeat_interval": int(self.heartbeat_interval * 1000),
+                                             "_trace": ["fake-gateway"]}})
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    try:
+                        payload = json.loads(msg.data)
+                    except ValueError:
+                        await conn.close(4002, b"Error while decoding payload.")
+                        break
+                    await self._handle_gateway_op(conn, payload)
+                elif msg.type == WSMsgType.BINARY:
+                    await conn.close(4002, b"Error while decoding payload.")
+                    break
+                elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+        except (asyncio.CancelledError, ConnectionError):
+            pass
+        finally:
+            if conn.session is not None and conn.session.connection is conn:
+                conn.session.connection = None
+            self._record("gateway_disconnect", {"close_code": ws.close_code})
+        return ws
+
+    async def _handle_gateway_op(self, conn: _GatewayConnection, payload: Dict[str, Any]) -> None:
+        op = payload.get("op")
+        d = payload.get("d")
+        self.gateway_received.append(payload)
+        if op == 1:  # heartbeat
+            conn.heartbeats += 1
+            await conn.send({"op": 11})
+            return
+        self._record("gateway_op", {"op": op, "d": d if op != 2 else {**d, "token": "***"}})
+        if op == 2:
+            await self._identify(conn, d or {})
+        elif op == 6:
+            await self._resume(conn, d or {})
+        elif op == 3:
+            self.presence_updates.append(d)
+        elif op == 8:
+            await self._request_members(conn, d or {})
+        elif op == 4:
+            pass
+        else:
+            log.info("fake gateway: unhandled op %s", op)
+
+    async def _identify(self, conn: _GatewayConnection, d: Dict[str, Any]) -> None:
+        self.identify_payloads.append({k: v for k, v in d.items() if k != "token"})
+        if d.get("token") != self.bot_token:
+            await conn.close(4004, b"Authentication failed.")
+            return
+        intents = d.get("intents")
+        if intents is None:
+            await conn.close(4013, b"Invalid intent(s).")
+            return
+        if self.allowed_privileged_intents is not None and \
+                (intents & Intents.PRIVILEGED) & ~self.allowed_privileged_intents:
+            await conn.close(4014, b"Disallowed intent(s).")
+            return
+        session = GatewaySession(self, uuid.uuid4().hex, d)
+        self.sessions[session.id] = session
+        session.connection = conn
+        conn.session = session
+        self.session = session
+        ready: Dict[str, Any] = {
+            "v": 10,
+            "user": self._me_json(),
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in self.guilds.values()],
+            "session_id": session.id,
+            "session_type": "normal",
+            "resume_gateway_url": self.gateway_url,
+            "application": {"id": str(self.application_id), "flags": self.app_flags},
+            "private_channels": [],
+            "relationships": [],
+            "presences": [],
+            "user_settings": {},
+            "guild_join_requests": [],
+            "geo_ordered_rtc_regions": [],
+            "auth_session_id_hash": "fake",
+            "_trace": ["fake-gateway"],
+        }
+        if d.get("shard") is not None:
+            ready["shard"] = d["shard"]
+        self._record("identify", {"intents": intents, "session_id": session.id})
+        await session.dispatch("READY", ready)
+        for g in self.guilds.values():
+            await session.dispatch("GUILD_CREATE", g.to_json())
+        session.ready.set()
+        self._record("ready", session)
+
+    async def _resume(self, conn: _GatewayConnection, d: Dict[str, Any]) -> None:
+        self.resume_payloads.append({k: v for k, v in d.items() if k != "token"})
+        session = self.sessions.get(d.get("session_id") or "")
+        if d.get("token") != self.bot_token:
+            await conn.close(4004, b"Authentication failed.")
+            return
+        if session is None:
+            await conn.send({"op": 9, "d": False})
+            return
+        old = session.connection
+        session.connection = conn
+        conn.session = session
+        self.session = session
+        session.resumes += 1
+        if old is not None and old is not conn:
+            await old.close(4000, b"session resumed elsewhere")
+        seq = d.get("seq") or 0
+        for payload in list(session.buffer):
+            if payload["s"] > seq:
+                await conn.send(payload)
+        await session.dispatch("RESUMED", {"_trace": ["fake-gateway"]})
+        self._record("resumed", session)
+
+    async def _request_members(self, conn: _GatewayConnection, d: Dict[str, Any]) -> None:
+        if conn.session is None:
+            return
+        gid = int(d.get("guild_id", 0))
+        g = self.guilds.get(gid)
+        members = list(g.members.values()) if g else []
+        if d.get("user_ids"):
+            wanted = {int(x) for x in d["user_ids"]}
+            members = [m for m in members if m.id in wanted]
+        elif d.get("query"):
+            members = [m for m in members if m.user.username.startswith(d["query"])]
+        chunk: Dict[str, Any] = {"guild_id": str(gid), "members": [m.to_json() for m in members],
+                                 "chunk_index": 0, "chunk_count": 1, "not_found": []}
+        if d.get("nonce") is not None:
+            chunk["nonce"] = d["nonce"]
+        await conn.session.dispatch("GUILD_MEMBERS_CHUNK", chunk)
+
