@@ -90,7 +90,7 @@ class _Objective:
     so it is traced once for all scales and all jobs instead of once per shape.
     """
 
-    def __init__(self, extractor: FeatureExtractor, n_content: int, policy: str) -> None:
+    def __init__(self, extractor: FeatureExtractor, n_content: int, policy: str, jit_compile: bool | None) -> None:
         self.extractor = extractor
         self.n_content = n_content
         self.loss_scale = _FLOAT16_LOSS_SCALE if policy == "mixed_float16" else 1.0
@@ -105,8 +105,9 @@ class _Objective:
         self.features = tf.function(lambda x: self.extractor(x), input_signature=[image], reduce_retracing=True)
         self.losses = tf.function(self._losses, input_signature=[image, *targets])
         self.step = tf.function(
-            self._step, input_signature=[image, image, image, image, tf.TensorSpec((), tf.float32), *targets,
-                                         tf.TensorSpec((5,), tf.float32)])
+            self._step, jit_compile=jit_compile,
+            input_signature=[image, image, image, image, tf.TensorSpec((), tf.float32), *targets,
+                             tf.TensorSpec((5,), tf.float32)])
 
     def _losses(self, x, content_targets, content_norms, style_targets, style_norms, weights):
         feats = self.extractor(x)
@@ -136,8 +137,10 @@ class _Objective:
 class Engine:
     """Holds warm models, compiled steps and cached style targets; thread-compatible, not thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, jit_compile: bool | None = None) -> None:
+        """``jit_compile``: compile the step with XLA (per image shape); None lets TensorFlow decide."""
         configure_devices()
+        self.jit_compile = jit_compile
         self._objectives: dict[tuple, _Objective] = {}
         self._style_cache: collections.OrderedDict[tuple, list[tf.Tensor]] = collections.OrderedDict()
         self.style_cache_hits = 0
@@ -149,7 +152,7 @@ class Engine:
         if key not in self._objectives:
             layers = params.content_layers + params.style_layers
             extractor = build_feature_model(params.backbone, params.weights, layers, policy)
-            self._objectives[key] = _Objective(extractor, len(params.content_layers), policy)
+            self._objectives[key] = _Objective(extractor, len(params.content_layers), policy, self.jit_compile)
         return self._objectives[key]
 
     def warm_up(self, params: StylizeParams | None = None) -> None:
