@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 from .errors import Cancelled, ImageError, NSTError, ParamsError, WeightsError
 from .params import StylizeParams
 from .schedule import PRESETS
+from .summary import LossSummary
 
 if TYPE_CHECKING:
-    from .engine import Engine, LossSummary, ProgressEvent, StylizeResult, stylize
+    from .engine import Engine, ProgressEvent, StylizeResult, stylize
 
 __all__ = [
     "Cancelled", "ImageError", "NSTError", "ParamsError", "WeightsError",
@@ -25,7 +26,7 @@ __all__ = [
     "Engine", "LossSummary", "ProgressEvent", "StylizeResult", "stylize",
 ]
 
-_ENGINE_NAMES = {"Engine", "LossSummary", "ProgressEvent", "StylizeResult", "stylize"}
+_ENGINE_NAMES = {"Engine", "ProgressEvent", "StylizeResult", "stylize"}
 
 
 def __getattr__(name: str):

@@ -8,11 +8,10 @@ public surface; progress goes to a callback and cancellation comes from another.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -24,11 +23,11 @@ from .errors import Cancelled, ParamsError
 from .losses import content_loss, gram_matrix, layer_norms, style_loss, tv_loss
 from .params import StylizeParams
 from .schedule import fit_size, scale_sizes, split_steps
+from .summary import LOSS_NAMES, LossSummary
 
 __all__ = ["Engine", "stylize", "ProgressEvent", "LossSummary", "StylizeResult", "ImageInput"]
 
 ImageInput = Image.Image | np.ndarray
-LOSS_NAMES = ("content", "style", "tv", "total")
 HISTORY_POINTS = 64
 PREVIEW_SIZE = 256
 STYLE_CACHE_ENTRIES = 32
@@ -46,35 +45,6 @@ class ProgressEvent:
     size: tuple[int, int]  # (width, height) of the current scale
     losses: dict[str, float]
     preview: np.ndarray | None = None
-
-
-@dataclass
-class LossSummary:
-    """What a run did. Loss components are weighted, so they add up to ``total``."""
-
-    initial: dict[str, float]
-    final: dict[str, float]
-    history: list[dict[str, float]]  # downsampled; each has step and every loss
-    iterations: int
-    scales: list[tuple[int, int]]  # (width, height) of each scale
-    resolution: tuple[int, int]
-    seconds: float
-    notes: list[str] = field(default_factory=list)
-
-    def reduction(self, name: str) -> float:
-        """How far a loss fell: final / initial (0 when it started at 0)."""
-        start = self.initial.get(name, 0.0)
-        return self.final.get(name, 0.0) / start if start else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LossSummary":
-        values = dict(data)
-        values["scales"] = [tuple(s) for s in values["scales"]]
-        values["resolution"] = tuple(values["resolution"])
-        return cls(**values)
 
 
 @dataclass

@@ -1,0 +1,15 @@
+"""The Discord bot that serves :mod:`nst_core` style transfer. No TensorFlow in this process.
+
+Modules, in the order a request travels through them:
+
+* ``config``: the TOML settings, ``NSTBOT_*`` environment overrides, validation.
+* ``app``: the client and command tree, startup (command sync, worker pool), shutdown.
+* ``commands``: ``/stylize``, ``/stylebot status|cancel`` and the Cancel button.
+* ``scheduler``: the fair waiting line and the job record; feeds the worker pool.
+* ``delivery``: status-message updates and getting results to the requester.
+* ``render``: every text, the result embed and the loss chart.
+
+Start it with ``python -m bot --config config.toml`` (``__main__``).
+"""
+
+__all__: list[str] = []

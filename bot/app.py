@@ -1,0 +1,291 @@
+"""The bot process: the Discord client and command tree, startup, command sync and shutdown.
+
+Startup: log in, sync commands (development guilds every time, globally only when the
+definitions changed or ``--sync`` asks), connect to the gateway, and start the worker pool
+in the background (jobs wait in line until it is warm). No privileged intents are used.
+
+Shutdown (SIGTERM or SIGINT): stop taking jobs, tell everyone still waiting, let running
+jobs finish (``[shutdown] running_jobs = "finish"``, within ``timeout_s``) or stop them
+(``"cancel"``), deliver what is pending, then exit with status 0.
+
+This process never imports TensorFlow: the workers do, in their own processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import discord
+import yarl
+from discord import app_commands
+
+from nst_core.params import StylizeParams
+from nst_core.pool.base import WorkerPool, WorkerStartError
+from nst_core.pool.local import LocalPool
+
+from .commands import CancelButton, StyleCommands, StyleLibrary
+from .config import Config
+from .delivery import Messenger
+from .scheduler import Scheduler
+
+__all__ = ["StyleBot", "run", "make_pool", "point_discord_at", "setup_logging", "commands_digest", "sync_commands",
+           "SYNC_STATE_FILE"]
+
+log = logging.getLogger("bot")
+
+SYNC_STATE_FILE = "command_sync.json"
+_RESTART_REASON = ("The bot is restarting, so this job was not started. Please submit it again in a few minutes.")
+_SHUTDOWN_REFUSAL = "The bot is shutting down and is not taking new jobs. Please try again in a few minutes."
+
+
+# --------------------------------------------------------------------------- wiring helpers
+
+
+def point_discord_at(api_base: str, gateway_url: str) -> None:
+    """Send discord.py's REST calls and gateway connection elsewhere (an API proxy, a test fake)."""
+    if api_base:
+        discord.http.Route.BASE = api_base.rstrip("/")
+    if gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+def make_pool(config: Config) -> LocalPool:
+    engine, pool = config.engine, config.pool
+    preset = engine.presets[engine.default_preset]
+    warm = StylizeParams(preset=engine.default_preset, size=min(preset.size, engine.max_size),
+                         iterations=preset.steps, scales=preset.scales, backbone=engine.backbone,
+                         weights=engine.weights, precision=engine.precision)
+    devices: Any = pool.devices.strip().lower()
+    if devices not in ("auto", "cpu"):
+        devices = [d.strip() for d in devices.split(",") if d.strip()]
+    return LocalPool(devices=devices, cpu_workers=pool.workers, warm_params=warm.to_dict(),
+                     timeout_s=pool.job_timeout_s,
+                     # progress events a bit more often than status edits, so each edit is fresh
+                     progress_interval_s=min(1.0, max(0.2, config.progress.edit_interval_s / 2)))
+
+
+_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+class _Formatter(logging.Formatter):
+    """JSON lines (or plain text) with the record's extra fields; secrets replaced."""
+
+    def __init__(self, style: str, secrets: list[str]) -> None:
+        super().__init__()
+        self.json = style == "json"
+        self.secrets = [s for s in secrets if s]
+
+    def format(self, record: logging.LogRecord) -> str:
+        extra = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
+        when = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+        if self.json:
+            data: dict[str, Any] = {"ts": when.isoformat(timespec="milliseconds"), "level": record.levelname,
+                                    "logger": record.name, "msg": record.getMessage(), **extra}
+            if record.exc_info:
+                data["exc"] = self.formatException(record.exc_info)
+            text = json.dumps(data, default=str, ensure_ascii=False)
+        else:
+            fields = " ".join(f"{k}={v!r}" for k, v in extra.items())
+            text = f"{when:%Y-%m-%d %H:%M:%S} {record.levelname} {record.name}: {record.getMessage()} {fields}".rstrip()
+            if record.exc_info:
+                text += "\n" + self.formatException(record.exc_info)
+        for secret in self.secrets:  # defence in depth: nothing should log it, nothing can
+            text = text.replace(secret, "[redacted]")
+        return text
+
+
+def setup_logging(level: str, style: str, secrets: list[str]) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(style, secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # discord.py is chatty at DEBUG (every gateway frame); keep it at INFO unless asked.
+    logging.getLogger("discord").setLevel(level if level != "DEBUG" else "INFO")
+
+
+def commands_digest(tree: app_commands.CommandTree) -> str:
+    """A hash of the global command definitions as Discord would receive them."""
+    payload = [cmd.to_dict(tree) for cmd in sorted(tree.get_commands(), key=lambda c: c.name)]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+async def sync_commands(client: discord.Client, tree: app_commands.CommandTree, config: Config, *,
+                        force: bool = False) -> bool:
+    """Sync to the development guilds, and globally only when needed; True if it synced globally.
+
+    Discord limits how many commands an application may create per day, so the global
+    definitions are only sent again when their hash differs from the one recorded after
+    the last successful sync (kept in a small file beside the storage path).
+    """
+    digest = commands_digest(tree)  # before copying to guilds: the global set only
+    for guild_id in config.discord.dev_guild_ids:
+        guild = discord.Object(guild_id)
+        tree.copy_global_to(guild=guild)
+        try:
+            await tree.sync(guild=guild)
+            log.info("commands synced to development guild", extra={"guild_id": guild_id})
+        except discord.HTTPException as exc:
+            log.warning("command sync to a development guild failed",
+                        extra={"guild_id": guild_id, "status": exc.status, "code": exc.code})
+    state_path = config.storage.state_dir / SYNC_STATE_FILE
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        state = {}
+    key = str(client.application_id)
+    if not force and state.get(key) == digest:
+        log.info("global commands unchanged; not syncing", extra={"digest": digest[:12]})
+        return False
+    try:
+        await tree.sync()
+    except discord.HTTPException as exc:
+        log.error("global command sync failed", extra={"status": exc.status, "code": exc.code})
+        return False
+    state[key] = digest
+    try:
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, state_path)
+    except OSError as exc:
+        log.warning("could not record the command hash", extra={"path": str(state_path), "error": str(exc)})
+    log.info("commands synced globally", extra={"digest": digest[:12], "forced": force})
+    return True
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class StyleBot(discord.Client):
+    """The Discord client, owning the scheduler, the messenger and the worker pool."""
+
+    def __init__(self, config: Config, *, pool: WorkerPool | None = None, force_sync: bool = False) -> None:
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # no voice here: no warning
+        intents = discord.Intents.none()
+        intents.guilds = True  # channel and permission data; nothing privileged
+        super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
+        self.config = config
+        self.force_sync = force_sync
+        self.tree = app_commands.CommandTree(self)
+        self.tree.on_error = self._on_command_error  # type: ignore[method-assign]
+        self.pool = pool if pool is not None else make_pool(config)
+        self.messenger = Messenger(self, edit_interval_s=config.progress.edit_interval_s,
+                                   interaction_ttl_s=config.discord.interaction_ttl_s,
+                                   interaction_margin_s=config.discord.interaction_margin_s)
+        self.scheduler = Scheduler(self.pool, self.messenger, per_user_waiting=config.limits.per_user_waiting,
+                                   queue_max=config.limits.queue_max, max_pixels=config.limits.max_pixels,
+                                   job_timeout_s=config.pool.job_timeout_s)
+        self.style_commands = StyleCommands(config, self.scheduler, self.messenger, StyleLibrary(config.styles.path))
+        self.style_commands.register(self.tree)
+        self.shutdown_requested = asyncio.Event()
+        self._pool_task: asyncio.Task | None = None
+        self._tick_task: asyncio.Task | None = None
+        self._shut_down = False
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(CancelButton)
+        self._pool_task = asyncio.create_task(self._start_pool(), name="pool-start")
+        await sync_commands(self, self.tree, self.config, force=self.force_sync)
+
+    async def on_ready(self) -> None:
+        log.info("connected", extra={"user": str(self.user), "guilds": len(self.guilds)})
+
+    async def _start_pool(self) -> None:
+        log.info("starting workers", extra={"devices": self.config.pool.devices, "workers": self.config.pool.workers})
+        try:
+            await self.pool.start()
+        except WorkerStartError as exc:
+            log.error("workers could not start; refusing jobs", extra={"error": str(exc)})
+            self.scheduler.stop_accepting(
+                "The stylisation workers could not start, so no jobs can run. The operator can see why in the logs.",
+                "The stylisation workers could not start, so this job cannot run.")
+            return
+        log.info("workers ready", extra={"capacity": self.pool.capacity})
+        self.scheduler.set_pool_ready()
+        self._tick_task = asyncio.create_task(self._tick(), name="scheduler-tick")
+
+    async def _tick(self) -> None:
+        """A slow safety net: dispatch if a slot freed up without a job ending (a worker replaced)."""
+        while not self._shut_down:
+            await asyncio.sleep(1.0)
+            if self.scheduler.accepting:
+                self.scheduler.pump()
+
+    async def _on_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        original = getattr(error, "original", error)
+        log.error("command failed", exc_info=(type(original), original, original.__traceback__),
+                  extra={"command": interaction.command.qualified_name if interaction.command else None})
+        text = "Something went wrong while handling that command. It has been logged; please try again."
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+        except discord.HTTPException:
+            pass
+
+    def request_shutdown(self, why: str = "signal") -> None:
+        if not self.shutdown_requested.is_set():
+            log.info("shutdown requested", extra={"why": why})
+            self.shutdown_requested.set()
+
+    async def graceful_shutdown(self) -> None:
+        """Stop taking jobs, tell waiting users, finish or stop running jobs, then close."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        cfg = self.config.shutdown
+        dropped = self.scheduler.stop_accepting(_SHUTDOWN_REFUSAL, _RESTART_REASON)
+        running = self.scheduler.running()
+        log.info("shutting down", extra={"dropped_waiting": len(dropped), "running": len(running),
+                                         "running_jobs": cfg.running_jobs})
+        if self._pool_task is not None and not self._pool_task.done():
+            self._pool_task.cancel()
+        if running and cfg.running_jobs == "finish":
+            if not await self.scheduler.wait_running(cfg.timeout_s):
+                log.warning("running jobs did not finish in time; stopping them", extra={"timeout_s": cfg.timeout_s})
+        await self.pool.shutdown(drain=False)  # whatever still runs ends with a "shutdown" failure
+        await self.scheduler.wait_running(10.0)
+        await self.messenger.drain(timeout=30.0)
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+        await self.close()
+        log.info("stopped")
+
+
+async def run(config: Config, token: str, *, force_sync: bool = False) -> int:
+    """Run the bot until SIGTERM/SIGINT; returns the process exit status."""
+    setup_logging(config.logging.level, config.logging.format, [token])
+    point_discord_at(config.discord.api_base, config.discord.gateway_url)
+    bot = StyleBot(config, force_sync=force_sync)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, bot.request_shutdown, sig.name)
+    status = 0
+    async with bot:
+        runner = asyncio.create_task(bot.start(token, reconnect=True), name="discord-client")
+        stop = asyncio.create_task(bot.shutdown_requested.wait(), name="shutdown-wait")
+        await asyncio.wait({runner, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if runner.done() and runner.exception() is not None:
+            exc = runner.exception()
+            if isinstance(exc, discord.LoginFailure):
+                log.error("Discord refused the token; check DISCORD_TOKEN")
+            else:
+                log.error("the Discord client stopped", exc_info=exc)
+            status = 1
+        await bot.graceful_shutdown()
+        stop.cancel()
+        try:
+            await asyncio.wait_for(runner, 10.0)
+        except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
+            pass
+    return status

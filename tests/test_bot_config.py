@@ -1,0 +1,209 @@
+"""Configuration loading, environment overrides, error messages, and the command-sync state."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import discord
+import pytest
+from discord import app_commands
+
+from bot import app as bot_app
+from bot.commands import StyleCommands
+from bot.config import Config, ConfigError, PresetConfig, load_config, read_token
+
+pytestmark = pytest.mark.timeout(60)
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "config.example.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def flat_keys(obj, prefix: str = "") -> set[str]:
+    keys = set()
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys |= flat_keys(value, f"{prefix}{f.name}.")
+        elif isinstance(value, dict):
+            for name, preset in value.items():
+                keys |= flat_keys(preset, f"{prefix}{f.name}.{name}.")
+        else:
+            keys.add(prefix + f.name)
+    return keys
+
+
+def test_the_example_file_documents_every_option_with_its_default():
+    example = load_config(EXAMPLE, env={})
+    assert example == Config()
+    text = EXAMPLE.read_text()
+    data = tomllib.loads(text)
+    for key in flat_keys(Config()):
+        *tables, name = key.split(".")
+        node = data
+        for table in tables:
+            node = node[table]
+        assert name in node, f"config.example.toml does not set {key}"
+        if "presets" not in tables:  # the preset tables share one comment above them
+            assert re.search(rf"^#.*\n{re.escape(name)}\s*=", text, re.M), f"{key} has no comment above it"
+    assert "DISCORD_TOKEN" in text and "NSTBOT_" in text
+
+
+def test_defaults_and_file_values(tmp_path):
+    assert load_config(None, env={}) == Config()
+    path = write(tmp_path, """
+[discord]
+api_base = "http://127.0.0.1:8080/api/v10"
+dev_guild_ids = [123, 456]
+
+[engine]
+weights = "random"
+backbone = "vgg16"
+max_size = 768
+
+[engine.presets.fast]
+steps = 60
+
+[limits]
+queue_max = 5
+""")
+    config = load_config(path, env={})
+    assert config.discord.api_base == "http://127.0.0.1:8080/api/v10"
+    assert config.discord.dev_guild_ids == (123, 456)
+    assert (config.engine.weights, config.engine.backbone, config.engine.max_size) == ("random", "vgg16", 768)
+    assert config.engine.presets["fast"] == PresetConfig(size=384, steps=60, scales=2)  # size/scales kept
+    assert config.engine.presets["best"] == Config().engine.presets["best"]
+    assert config.limits.queue_max == 5 and config.limits.per_user_waiting == 2
+
+
+def test_environment_overrides_any_key(tmp_path):
+    path = write(tmp_path, "[limits]\nqueue_max = 5\n")
+    env = {
+        "NSTBOT_ENGINE__WEIGHTS": "random",
+        "NSTBOT_LIMITS__QUEUE_MAX": "7",
+        "NSTBOT_PROGRESS__EDIT_INTERVAL_S": "1.5",
+        "NSTBOT_DISCORD__DEV_GUILD_IDS": "11, 22",
+        "NSTBOT_ENGINE__PRESETS__BEST__SIZE": "640",
+        "NSTBOT_SHUTDOWN__RUNNING_JOBS": "Cancel",
+        "NSTBOT_STORAGE__PATH": str(tmp_path / "db.sqlite3"),
+        "UNRELATED": "x",
+    }
+    config = load_config(path, env=env)
+    assert config.engine.weights == "random"
+    assert config.limits.queue_max == 7
+    assert config.progress.edit_interval_s == 1.5
+    assert config.discord.dev_guild_ids == (11, 22)
+    assert config.engine.presets["best"].size == 640
+    assert config.shutdown.running_jobs == "cancel"
+    assert config.storage.state_dir == tmp_path
+
+
+@pytest.mark.parametrize("text, env, message", [
+    ("[limits]\nqueue_max = 'many'\n", {}, r"limits\.queue_max must be a whole number of at least 1, not 'many'"),
+    ("[limits]\nqueue_max = 0\n", {}, r"limits\.queue_max must be a whole number of at least 1, not 0"),
+    ("[limits]\nqueue_maxx = 3\n", {}, r"unknown key limits\.queue_maxx"),
+    ("[limit]\nqueue_max = 3\n", {}, r"unknown key limit\b"),
+    ("[engine]\nbackbone = 'resnet'\n", {}, r"engine\.backbone must be one of vgg19, vgg16, not 'resnet'"),
+    ("[engine]\ndefault_preset = 'huge'\n", {}, r"engine\.default_preset must be one of fast, balanced, best"),
+    ("[engine.presets.huge]\nsize = 9\n", {}, r"unknown preset engine\.presets\.huge"),
+    ("[engine.presets.fast]\nsize = 9\n", {}, r"engine\.presets\.fast\.size must be a whole number from 16 to 4096"),
+    ("[engine]\nweights = '/no/such/file.h5'\n", {}, r"engine\.weights: no weights file"),
+    ("[discord]\ntoken = 'abc'\n", {}, r"discord\.token: the token is read only from the DISCORD_TOKEN"),
+    ("[discord]\ninteraction_ttl_s = 10\ninteraction_margin_s = 10\n", {}, r"interaction_margin_s must be smaller"),
+    ("[discord]\napi_base = 'discord.com'\n", {}, r"discord\.api_base must start with http"),
+    ("[discord]\ndev_guild_ids = [1, 'x']\n", {}, r"discord\.dev_guild_ids\[1\] must be a whole number"),
+    ("[pool]\ndevices = 'gpu'\n", {}, r"pool\.devices must be auto, cpu or GPU ids"),
+    ("[progress]\nedit_interval_s = true\n", {}, r"progress\.edit_interval_s must be a number"),
+    ("", {"NSTBOT_LIMITS__PER_USER_WAITING": "two"},
+     r"limits\.per_user_waiting must be a whole number.*\(set by NSTBOT_LIMITS__PER_USER_WAITING\)"),
+    ("", {"NSTBOT_LIMITS__NOPE": "1"}, r"unknown key limits\.nope \(set by NSTBOT_LIMITS__NOPE\)"),
+    ("", {"NSTBOT_DISCORD__TOKEN": "abc"}, r"read only from DISCORD_TOKEN"),
+    ("this is = = not toml", {}, r"is not valid TOML"),
+])
+def test_errors_name_the_bad_key(tmp_path, text, env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), env=env)
+
+
+def test_missing_file_and_token():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/no/such/config.toml", env={})
+    with pytest.raises(ConfigError, match="DISCORD_TOKEN"):
+        read_token({})
+    assert read_token({"DISCORD_TOKEN": " abc.def \n"}) == "abc.def"
+
+
+def test_cli_reports_config_errors_without_a_traceback(tmp_path):
+    path = write(tmp_path, "[limits]\nqueue_max = -1\n")
+    env = {"PATH": "/usr/bin:/bin", "DISCORD_TOKEN": "secret-token"}
+    run = subprocess.run([sys.executable, "-m", "bot", "--config", str(path)], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=60)
+    assert run.returncode == 2
+    assert "configuration error: limits.queue_max" in run.stderr and "Traceback" not in run.stderr
+    ok = subprocess.run([sys.executable, "-m", "bot", "--config", str(EXAMPLE), "--check-config"],
+                        capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["limits"]["queue_max"] == 20
+    assert "secret-token" not in ok.stdout
+
+
+# --------------------------------------------------------------------------- command sync state
+
+
+class FakeTree:
+    def __init__(self) -> None:
+        self.synced: list[int | None] = []
+
+    def get_commands(self):
+        return []
+
+    def copy_global_to(self, *, guild) -> None:
+        pass
+
+    async def sync(self, *, guild=None):
+        self.synced.append(guild.id if guild is not None else None)
+        return []
+
+
+async def test_global_sync_only_when_definitions_change_or_forced(tmp_path, monkeypatch):
+    config = load_config(None, env={"NSTBOT_STORAGE__PATH": str(tmp_path / "state" / "jobs.sqlite3"),
+                                    "NSTBOT_DISCORD__DEV_GUILD_IDS": "42"})
+    client = type("C", (), {"application_id": 1234})()
+    tree = FakeTree()
+    digest = {"value": "v1"}
+    monkeypatch.setattr(bot_app, "commands_digest", lambda t: digest["value"])
+
+    assert await bot_app.sync_commands(client, tree, config) is True
+    assert tree.synced == [42, None]
+    state = json.loads((tmp_path / "state" / bot_app.SYNC_STATE_FILE).read_text())
+    assert state == {"1234": "v1"}
+    assert await bot_app.sync_commands(client, tree, config) is False  # unchanged: guild only
+    assert tree.synced == [42, None, 42]
+    assert await bot_app.sync_commands(client, tree, config, force=True) is True
+    digest["value"] = "v2"
+    assert await bot_app.sync_commands(client, tree, config) is True
+    assert tree.synced.count(None) == 3
+
+
+def test_command_digest_follows_the_definitions():
+    def digest(config: Config) -> str:
+        client = discord.Client(intents=discord.Intents.none())
+        tree = app_commands.CommandTree(client)
+        StyleCommands(config, None, None, None).register(tree)  # type: ignore[arg-type]
+        return bot_app.commands_digest(tree)
+
+    base = digest(Config())
+    assert base == digest(Config())
+    tuned = dataclasses.replace(Config(), engine=dataclasses.replace(
+        Config().engine, presets={**Config().engine.presets, "fast": PresetConfig(256, 50, 1)}))
+    assert digest(tuned) != base  # preset choices show their size and steps
