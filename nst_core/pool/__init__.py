@@ -1,0 +1,28 @@
+"""Stylisation jobs in warm worker processes, behind an asyncio interface the bot can use.
+
+``base`` defines the backend-neutral interface (:class:`JobSpec`, the events,
+:class:`JobHandle`, :class:`WorkerPool`); ``local`` is the default backend
+(:class:`LocalPool`: spawned processes on this host); ``worker`` is what runs inside a
+worker. Importing this package does not import TensorFlow.
+
+    pool = LocalPool(devices="auto", warm_params=params.to_dict())
+    await pool.start()
+    handle = pool.submit(JobSpec(content=png, style=style_png, params=params.to_dict()))
+    async for event in handle:
+        ...  # Queued, Started, Progress..., then Finished or Failed
+    await pool.shutdown(drain=True)
+"""
+
+from __future__ import annotations
+
+from .base import (
+    FAILURE_KINDS, Event, Failed, FailureKind, Finished, JobHandle, JobSpec, PoolClosed, PoolError, PoolStats,
+    Progress, Queued, Retrying, Started, TerminalEvent, WorkerPool, WorkerStartError,
+)
+from .local import LocalPool, detect_gpus
+
+__all__ = [
+    "JobSpec", "JobHandle", "WorkerPool", "PoolStats", "LocalPool", "detect_gpus",
+    "Event", "TerminalEvent", "Queued", "Started", "Progress", "Retrying", "Finished", "Failed",
+    "FailureKind", "FAILURE_KINDS", "PoolError", "PoolClosed", "WorkerStartError",
+]

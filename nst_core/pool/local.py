@@ -1,0 +1,605 @@
+"""The local backend: warm worker processes on this host, one per GPU or N on the CPU.
+
+Workers are ``spawn``ed (never forked: TensorFlow and the bot's event loop do not survive a
+fork), each with ``CUDA_VISIBLE_DEVICES`` naming only its GPU before TensorFlow loads. Each
+loads TensorFlow and the backbone once and keeps an :class:`~nst_core.engine.Engine`, so
+its compiled step and style-target cache serve every later job.
+
+The event loop never blocks on a worker: one reader thread per worker does the blocking
+``recv`` and hands messages to the loop with ``call_soon_threadsafe``; sends go through a
+one-thread executor. A worker's exit is noticed when its pipe reaches end-of-file (after
+every message it sent has been handled), so a crash, an OOM kill or ``kill -9`` fails or
+retries its job and a replacement starts. Cancelling a running job sets a shared value the
+worker polls between steps; a worker that does not react in ``cancel_grace_s`` is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+from ..errors import ParamsError
+from ..params import StylizeParams
+from .base import (
+    Event, Failed, Finished, JobHandle, JobSpec, PoolClosed, PoolError, PoolStats, Queued, Retrying,
+    TerminalEvent, WorkerPool, WorkerStartError,
+)
+from .worker import worker_main
+
+__all__ = ["LocalPool", "detect_gpus"]
+
+log = logging.getLogger(__name__)
+
+_ENV_LOCK = threading.Lock()  # os.environ is briefly changed around each process start
+_REAP_TIMEOUT_S = 10.0
+_STOP_GRACE_S = 5.0
+
+
+def detect_gpus() -> list[str]:
+    """GPU ids visible to this host, without importing TensorFlow.
+
+    ``CUDA_VISIBLE_DEVICES`` wins when set (empty or ``-1``: none); otherwise ``nvidia-smi``.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [d.strip() for d in visible.split(",") if d.strip()]
+        return [] if not ids or ids[0] == "-1" else ids
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip().isdigit()]
+
+
+@dataclass(eq=False)
+class _Job:
+    spec: JobSpec
+    handle: JobHandle
+    retries: int
+    timeout_s: float | None
+    state: Literal["queued", "running", "done"] = "queued"
+    attempt: int = 0  # dispatches so far
+    seq: int = 0  # id of the current dispatch; stale worker messages carry an older one
+    worker: "_Worker | None" = None
+    cancel_requested: bool = False
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+    def clear_timers(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+
+
+@dataclass(eq=False)
+class _Slot:
+    index: int
+    name: str  # "gpu0", "cpu1", ...
+    env: dict[str, str]
+    intra_threads: int | None
+    worker: "_Worker | None" = None
+    start_failures: int = 0  # consecutive
+    disabled_reason: str | None = None  # set after too many failed starts in a row
+
+
+@dataclass(eq=False)
+class _Worker:
+    slot: _Slot
+    process: Any  # multiprocessing.process.BaseProcess
+    conn: Any  # multiprocessing.connection.Connection (the parent's end)
+    cancel_seq: Any  # shared 64-bit value: the seq of the job to cancel
+    ready: asyncio.Future
+    exited: asyncio.Future
+    state: Literal["starting", "idle", "busy", "stopping", "dead"] = "starting"
+    job: _Job | None = None
+    pid: int | None = None
+    init_error: str | None = None
+    was_ready: bool = False
+    start_timer: asyncio.TimerHandle | None = None
+
+
+class LocalPool(WorkerPool):
+    """A :class:`WorkerPool` of ``spawn``ed processes on this host.
+
+    ``devices``: ``"auto"`` (one worker per GPU found, else ``cpu_workers`` on the CPU),
+    ``"cpu"`` (``cpu_workers`` workers, GPUs hidden) or a list of GPU ids (one worker each).
+    ``cpu_threads``: TensorFlow threads per CPU worker (default: cores / workers).
+    ``warm_params``: ``StylizeParams.to_dict()`` used to load and trace the model at start;
+    jobs with another backbone, weights, layers or precision build theirs on first use.
+    ``timeout_s``: default job time limit (``JobSpec.timeout_s`` overrides; None: none).
+    ``retries``: default reruns of a job whose worker died (``JobSpec.retries`` overrides).
+    ``progress_interval_s``: at most one progress event per interval, besides previews and
+    the last step. ``oom_retries``: reruns at 0.75x the size after GPU out-of-memory.
+    ``cancel_grace_s``: how long a running job may take to honour a cancel before its
+    worker is killed. ``worker_init``: ``"module:function"`` called with each new Engine.
+    """
+
+    def __init__(
+        self,
+        *,
+        devices: Literal["auto", "cpu"] | Sequence[str | int] = "auto",
+        cpu_workers: int = 1,
+        cpu_threads: int | None = None,
+        warm_params: dict[str, Any] | None = None,
+        timeout_s: float | None = 600.0,
+        retries: int = 0,
+        progress_interval_s: float = 0.5,
+        oom_retries: int = 3,
+        cancel_grace_s: float = 5.0,
+        start_timeout_s: float = 300.0,
+        max_start_failures: int = 3,
+        worker_init: str | None = None,
+    ) -> None:
+        if cpu_workers < 1:
+            raise ValueError("cpu_workers must be at least 1")
+        if warm_params is not None:
+            StylizeParams.from_dict(warm_params)  # fail here, not in every worker
+        self._devices = devices
+        self._cpu_workers = cpu_workers
+        self._cpu_threads = cpu_threads
+        self._timeout_s = timeout_s
+        self._retries = retries
+        self._cancel_grace_s = cancel_grace_s
+        self._start_timeout_s = start_timeout_s
+        self._max_start_failures = max_start_failures
+        self._worker_config = {
+            "warm_params": warm_params, "worker_init": worker_init,
+            "progress_interval_s": progress_interval_s, "oom_retries": oom_retries,
+        }
+        self._ctx = multiprocessing.get_context("spawn")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sender: concurrent.futures.ThreadPoolExecutor | None = None
+        self._slots: list[_Slot] = []
+        self._workers: set[_Worker] = set()  # every process not yet reaped, replaced ones too
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._jobs: dict[str, _Job] = {}
+        self._seq = 0
+        self._starting = False
+        self._closing = False
+        self._closed: asyncio.Future | None = None
+        self._restarts = 0
+        self._submitted = 0
+        self._finished = 0
+        self._failed: collections.Counter[str] = collections.Counter()
+        self._retry_count = 0
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def capacity(self) -> int:
+        """Worker slots (one per GPU or CPU worker), less any given up after failing to start."""
+        if not self._slots:
+            return self._planned_capacity()
+        return sum(1 for s in self._slots if s.disabled_reason is None)
+
+    @property
+    def free_slots(self) -> int:
+        """``capacity`` minus the jobs held (running, or waiting in the pool).
+
+        It changes only when the caller submits and when a job ends (its terminal event),
+        so a scheduler can re-check it on each terminal event instead of polling: a worker
+        being replaced still counts as a slot, and a job submitted meanwhile waits in the
+        pool until the replacement is warm. (The one exception: a slot whose worker fails
+        to start ``max_start_failures`` times in a row is given up and leaves ``capacity``.)
+        """
+        if self._closing or self._loop is None:
+            return 0
+        return max(0, self.capacity - len(self._jobs))
+
+    @property
+    def workers_alive(self) -> int:
+        return sum(1 for s in self._slots if s.worker is not None and s.worker.state in ("idle", "busy"))
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the current workers (starting ones included), by slot."""
+        return [s.worker.process.pid for s in self._slots
+                if s.worker is not None and s.worker.state != "dead" and s.worker.process.pid]
+
+    def stats(self) -> PoolStats:
+        running = sum(1 for j in self._jobs.values() if j.state == "running")
+        return PoolStats(
+            capacity=self.capacity, free_slots=self.free_slots, running=running, queued=len(self._queue),
+            workers_alive=self.workers_alive, restarts=self._restarts, submitted=self._submitted,
+            finished=self._finished, failed=dict(self._failed), retries=self._retry_count,
+        )
+
+    async def start(self) -> None:
+        if self._loop is not None:
+            raise PoolError("the pool was already started")
+        self._loop = asyncio.get_running_loop()
+        self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nst-pool-send")
+        self._slots = await self._plan_slots()
+        self._starting = True
+        try:
+            for slot in self._slots:
+                self._spawn(slot)
+            readies = [slot.worker.ready for slot in self._slots if slot.worker is not None]
+            results = await asyncio.gather(*readies, return_exceptions=True)
+        finally:
+            self._starting = False
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.shutdown()
+            raise WorkerStartError(f"A stylisation worker could not start: {errors[0]}")
+        for slot in self._slots:  # one that was ready and died while the others started
+            if slot.worker is not None and slot.worker.state == "dead":
+                self._after_exit(slot.worker)
+
+    def submit(self, spec: JobSpec) -> JobHandle:
+        if self._loop is None:
+            raise PoolError("start() the pool before submitting jobs")
+        if self._closing:
+            raise PoolClosed("the pool is shutting down")
+        if spec.job_id in self._jobs:
+            raise PoolError(f"job {spec.job_id} is already in the pool")
+        handle = JobHandle(spec.job_id, self._cancel)
+        self._submitted += 1
+        timeout = spec.timeout_s if spec.timeout_s is not None else self._timeout_s
+        job = _Job(spec, handle, spec.retries if spec.retries is not None else self._retries, timeout)
+        handle.deliver(Queued(spec.job_id, len(self._queue)))
+        try:
+            StylizeParams.from_dict(spec.params)  # cheap, and saves a trip to a worker
+        except (ParamsError, TypeError, ValueError) as exc:
+            reason = str(exc) if isinstance(exc, ParamsError) else f"Invalid parameters: {exc}."
+            self._count_terminal(Failed(spec.job_id, reason, "invalid_input"))
+            handle.deliver(Failed(spec.job_id, reason, "invalid_input"))
+            return handle
+        self._jobs[spec.job_id] = job
+        self._queue.append(job)
+        self._pump()
+        return handle
+
+    async def shutdown(self, drain: bool = False, timeout: float = 30.0) -> None:
+        if self._loop is None:
+            self._closing = True
+            return
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
+            return
+        self._closed = self._loop.create_future()
+        self._closing = True
+        try:
+            if drain and self._jobs:
+                pending = [j.handle.wait() for j in self._jobs.values()]
+                try:
+                    await asyncio.wait_for(asyncio.gather(*pending), timeout)
+                except asyncio.TimeoutError:
+                    log.warning("shutdown: %d job(s) did not finish in %.0f s; cancelling", len(self._jobs), timeout)
+            reason = "The stylisation service is shutting down, so this job was stopped. Please try again later."
+            for job in list(self._jobs.values()):
+                worker = job.worker if job.state == "running" else None
+                if worker is not None:
+                    worker.cancel_seq.value = job.seq  # let it stop between steps, then exit on "stop"
+                self._end_job(job, Failed(job.spec.job_id, reason, "shutdown"))
+            self._queue.clear()
+            await self._stop_workers()
+        finally:
+            if self._sender is not None:
+                self._sender.shutdown(wait=False)
+            self._closed.set_result(None)
+
+    # ------------------------------------------------------------------ slots and workers
+
+    def _planned_capacity(self) -> int:
+        if isinstance(self._devices, str):
+            return self._cpu_workers if self._devices == "cpu" else 0  # "auto": known after start
+        return len(self._devices)
+
+    async def _plan_slots(self) -> list[_Slot]:
+        if isinstance(self._devices, str) and self._devices not in ("auto", "cpu"):
+            raise ValueError("devices must be 'auto', 'cpu' or a list of GPU ids")
+        if self._devices == "auto":
+            gpus = await asyncio.get_running_loop().run_in_executor(None, detect_gpus)
+        elif self._devices == "cpu":
+            gpus = []
+        else:
+            gpus = [str(d) for d in self._devices]  # type: ignore[union-attr]
+        base_env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        if gpus:
+            return [_Slot(i, f"gpu{g}", {**base_env, "CUDA_VISIBLE_DEVICES": g}, None) for i, g in enumerate(gpus)]
+        threads = self._cpu_threads or max(1, (os.cpu_count() or 1) // self._cpu_workers)
+        return [_Slot(i, f"cpu{i}", {**base_env, "CUDA_VISIBLE_DEVICES": "-1"}, threads)
+                for i in range(self._cpu_workers)]
+
+    def _spawn(self, slot: _Slot) -> None:
+        """Start a worker process for ``slot``; it reports ``ready`` once warm."""
+        assert self._loop is not None
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        cancel_seq = self._ctx.RawValue("q", 0)  # shared memory, no lock: one writer, aligned 64-bit
+        config = {**self._worker_config, "intra_threads": slot.intra_threads}
+        process = self._ctx.Process(
+            target=worker_main, args=(child_conn, cancel_seq, slot.name, slot.env, config),
+            name=f"nst-worker-{slot.name}", daemon=True,  # daemon: multiprocessing ends it if we exit
+        )
+        worker = _Worker(slot, process, parent_conn, cancel_seq, self._loop.create_future(),
+                         self._loop.create_future())
+        worker.ready.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+        slot.worker = worker
+        # The environment is inherited at exec time, so the child sees its device before any
+        # import (even one made by re-importing the parent's __main__).
+        with _ENV_LOCK:
+            saved = {k: os.environ.get(k) for k in slot.env}
+            os.environ.update(slot.env)
+            try:
+                process.start()
+            except Exception as exc:
+                worker.state = "dead"
+                worker.ready.set_exception(WorkerStartError(f"could not start a process: {exc}"))
+                worker.exited.set_result(None)
+                child_conn.close()
+                parent_conn.close()
+                self._loop.call_soon(self._after_exit, worker)
+                return
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+        child_conn.close()  # only the child holds its end now, so its exit means EOF here
+        self._workers.add(worker)
+        worker.start_timer = self._loop.call_later(self._start_timeout_s, self._on_start_timeout, worker)
+        threading.Thread(target=self._read, args=(worker,), name=f"nst-pool-read-{slot.name}", daemon=True).start()
+
+    def _read(self, worker: _Worker) -> None:
+        """Reader thread: forward every message to the loop, then reap the process."""
+        conn = worker.conn
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            except Exception:  # an unpicklable message: log it, keep reading
+                log.exception("bad message from worker %s", worker.slot.name)
+                continue
+            self._post(self._on_message, worker, message)
+        process = worker.process
+        process.join(_REAP_TIMEOUT_S)
+        if process.exitcode is None:  # pipe closed but still running: should not happen
+            process.kill()
+            process.join()
+        conn.close()
+        self._post(self._on_exit, worker, process.exitcode)
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: nothing left to notify
+            pass
+
+    def _send(self, worker: _Worker, message: tuple) -> None:
+        """Send off the loop: a large image would otherwise block it while the pipe drains."""
+        assert self._sender is not None and self._loop is not None
+
+        def send() -> None:
+            try:
+                worker.conn.send(message)
+            except (OSError, ValueError):
+                pass  # the worker is gone; its reader thread reports the exit
+
+        try:
+            self._loop.run_in_executor(self._sender, send)
+        except RuntimeError:  # executor shut down
+            pass
+
+    def _kill(self, worker: _Worker) -> None:
+        """Stop a worker now; its exit (and replacement) follows through the reader thread."""
+        if worker.state in ("dead",):
+            return
+        worker.state = "stopping"
+        worker.job = None
+        try:
+            worker.process.kill()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def _on_start_timeout(self, worker: _Worker) -> None:
+        if worker.state == "starting":
+            worker.init_error = f"it did not become ready within {self._start_timeout_s:g} seconds"
+            self._kill(worker)
+
+    def _on_message(self, worker: _Worker, message: tuple) -> None:
+        kind = message[0]
+        if kind == "ready":
+            if worker.start_timer is not None:
+                worker.start_timer.cancel()
+            if worker.state != "starting":
+                return  # killed meanwhile (shutdown, start timeout)
+            worker.state = "idle"
+            worker.pid = message[1]
+            worker.was_ready = True
+            worker.slot.start_failures = 0
+            if not worker.ready.done():
+                worker.ready.set_result(None)
+            self._pump()
+        elif kind == "init_failed":
+            worker.init_error = message[1]
+        elif kind == "event":
+            _, seq, event = message
+            job = worker.job
+            if job is None or job.seq != seq or job.state != "running":
+                return  # from a job that already ended (cancelled, timed out)
+            if isinstance(event, Retrying):
+                self._retry_count += 1
+            if isinstance(event, (Finished, Failed)):
+                worker.job = None
+                worker.state = "idle"
+                self._end_job(job, event)
+                self._pump()
+            else:
+                job.handle.deliver(event)
+
+    def _on_exit(self, worker: _Worker, exitcode: int | None) -> None:
+        worker.state = "dead"
+        self._workers.discard(worker)
+        if worker.start_timer is not None:
+            worker.start_timer.cancel()
+        if not worker.exited.done():
+            worker.exited.set_result(exitcode)
+        if not worker.ready.done():
+            worker.ready.set_exception(WorkerStartError(worker.init_error or _exit_text(exitcode)))
+        job, worker.job = worker.job, None
+        if job is not None and job.state == "running" and job.worker is worker:
+            self._on_job_lost(job, exitcode)
+        self._after_exit(worker)
+
+    def _after_exit(self, worker: _Worker) -> None:
+        """Replace a worker that exited, unless the pool is starting or closing."""
+        slot = worker.slot
+        if slot.worker is not worker or self._closing or self._starting:
+            return
+        if worker.was_ready:
+            self._restarts += 1
+            self._spawn(slot)
+            return
+        slot.start_failures += 1
+        reason = worker.init_error or "its process exited during start-up"
+        log.warning("worker %s failed to start (%d in a row): %s", slot.name, slot.start_failures, reason)
+        if slot.start_failures >= self._max_start_failures:
+            slot.disabled_reason = reason
+            slot.worker = None
+            self._pump()
+            return
+        assert self._loop is not None
+        delay = min(30.0, 2.0 ** slot.start_failures)
+        self._loop.call_later(delay, self._respawn_later, slot)
+
+    def _respawn_later(self, slot: _Slot) -> None:
+        if not self._closing and (slot.worker is None or slot.worker.state == "dead"):
+            self._restarts += 1
+            self._spawn(slot)
+
+    def _on_job_lost(self, job: _Job, exitcode: int | None) -> None:
+        """The worker running ``job`` died: retry the job if allowed, else fail it."""
+        job.clear_timers()
+        if job.cancel_requested:
+            self._end_job(job, Failed(job.spec.job_id, "The job was cancelled.", "cancelled"))
+        elif job.attempt <= job.retries and not self._closing:
+            self._retry_count += 1
+            job.state, job.worker = "queued", None
+            job.handle.deliver(Retrying(job.spec.job_id, "worker_died",
+                                        f"The worker running this job stopped ({_exit_text(exitcode)}); trying again."))
+            self._queue.appendleft(job)  # it was admitted first: keep its place
+            self._pump()
+        else:
+            self._end_job(job, Failed(
+                job.spec.job_id,
+                f"The worker running this job stopped unexpectedly ({_exit_text(exitcode)}). Please try again.",
+                "worker_died"))
+
+    async def _stop_workers(self) -> None:
+        """Ask idle workers to exit, kill the rest after a grace period, reap every one."""
+        workers = list(self._workers)
+        for worker in workers:
+            if worker.state in ("idle", "busy"):
+                worker.state = "stopping"
+                self._send(worker, ("stop",))
+            elif worker.state == "starting":
+                self._kill(worker)  # still loading TensorFlow: nothing to wait for
+        grace = _STOP_GRACE_S + self._cancel_grace_s
+        exits = [w.exited for w in workers]
+        if exits:
+            _, pending = await asyncio.wait(exits, timeout=grace)
+            for worker in workers:
+                if not worker.exited.done():
+                    self._kill(worker)
+            if pending:
+                await asyncio.wait(pending, timeout=_REAP_TIMEOUT_S + 5)
+        for slot in self._slots:
+            slot.worker = None
+
+    # ------------------------------------------------------------------ jobs
+
+    def _pump(self) -> None:
+        """Start queued jobs on idle workers (lowest slot first, so runs are repeatable)."""
+        if not self._queue:
+            return
+        if self._slots and all(s.disabled_reason for s in self._slots):
+            reason = f"No stylisation worker could be started ({self._slots[0].disabled_reason})."
+            while self._queue:
+                self._end_job(self._queue[0], Failed(self._queue[0].spec.job_id, reason, "error"))
+            return
+        for slot in self._slots:
+            if not self._queue:
+                break
+            worker = slot.worker
+            if worker is not None and worker.state == "idle":
+                self._dispatch(self._queue.popleft(), worker)
+
+    def _dispatch(self, job: _Job, worker: _Worker) -> None:
+        assert self._loop is not None
+        self._seq += 1
+        job.seq, job.attempt, job.worker, job.state = self._seq, job.attempt + 1, worker, "running"
+        worker.job, worker.state = job, "busy"
+        if job.timeout_s:
+            job.timers.append(self._loop.call_later(job.timeout_s, self._on_timeout, job, job.seq))
+        self._send(worker, ("job", job.seq, job.spec, job.attempt))
+
+    def _on_timeout(self, job: _Job, seq: int) -> None:
+        if job.state != "running" or job.seq != seq:
+            return
+        if job.worker is not None:
+            self._kill(job.worker)  # a stuck or slow step cannot be interrupted any other way
+        self._end_job(job, Failed(job.spec.job_id, f"The job timed out after {job.timeout_s:g} seconds.", "timeout"))
+
+    def _cancel(self, job_id: str) -> None:
+        job = self._jobs.get(job_id)
+        if job is None or job.state == "done" or job.cancel_requested:
+            return
+        job.cancel_requested = True
+        if job.state == "queued":
+            self._end_job(job, Failed(job_id, "The job was cancelled.", "cancelled"))
+            return
+        assert self._loop is not None and job.worker is not None
+        job.worker.cancel_seq.value = job.seq
+        job.timers.append(self._loop.call_later(self._cancel_grace_s, self._on_cancel_stuck, job, job.seq))
+
+    def _on_cancel_stuck(self, job: _Job, seq: int) -> None:
+        if job.state != "running" or job.seq != seq:
+            return
+        log.warning("job %s ignored its cancel for %.1f s; replacing its worker", job.spec.job_id, self._cancel_grace_s)
+        if job.worker is not None:
+            self._kill(job.worker)
+        self._end_job(job, Failed(job.spec.job_id, "The job was cancelled.", "cancelled"))
+
+    def _end_job(self, job: _Job, terminal: TerminalEvent) -> None:
+        if job.state == "done":
+            return
+        if job.state == "queued":
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                pass
+        job.clear_timers()
+        job.state = "done"
+        self._jobs.pop(job.spec.job_id, None)
+        self._count_terminal(terminal)
+        job.handle.deliver(terminal)
+
+    def _count_terminal(self, terminal: Event) -> None:
+        if isinstance(terminal, Finished):
+            self._finished += 1
+        elif isinstance(terminal, Failed):
+            self._failed[terminal.kind] += 1
+
+
+def _exit_text(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "it stopped responding"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"killed by {name}"
+    return f"exit code {exitcode}"

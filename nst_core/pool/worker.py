@@ -1,0 +1,221 @@
+"""The worker side: run one job on a warm :class:`~nst_core.engine.Engine` and report events.
+
+:func:`run_job` is transport-free (it takes an ``emit`` callback), so any backend can run
+it: :func:`worker_main` is the local backend's process entry point and talks to the pool
+over a pipe; a Ray actor can call :func:`run_job` the same way.
+
+TensorFlow is imported only inside functions: the bot process imports this module (to name
+the process target) and must never load TensorFlow.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, Callable
+
+from .. import images
+from ..errors import Cancelled, ImageError, NSTError, ParamsError
+from ..params import StylizeParams
+from .base import Event, Failed, Finished, JobSpec, Progress, Retrying, Started
+
+if TYPE_CHECKING:
+    from ..engine import Engine, ProgressEvent
+
+__all__ = ["run_job", "load_engine", "worker_main", "ProgressThrottle", "OOM_SHRINK", "MIN_OOM_SIZE"]
+
+OOM_SHRINK = 0.75  # each out-of-memory retry runs at this fraction of the previous size
+MIN_OOM_SIZE = 16  # no retry below this longer side (the smallest size StylizeParams allows)
+CANCELLED_REASON = "The job was cancelled."
+
+
+class ProgressThrottle:
+    """Lets a progress event through at most every ``interval`` seconds.
+
+    Scale-boundary events (they carry a preview) and the last step always pass, as does the
+    first step so the user sees the job move at once.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last = -math.inf
+
+    def allow(self, event: "ProgressEvent") -> bool:
+        now = time.monotonic()
+        if event.preview is not None or event.step >= event.total or now - self._last >= self.interval:
+            self._last = now
+            return True
+        return False
+
+
+def load_engine(warm_params: dict[str, Any] | None = None, *, intra_threads: int | None = None,
+                worker_init: str | None = None) -> "Engine":
+    """Import TensorFlow, build an Engine and warm it up (model loaded, step traced).
+
+    ``worker_init`` (``"module:function"``) is called with the new engine before the warm-up:
+    logging setup, instrumentation, tests. It is resolved first, so a typo fails fast.
+    """
+    hook = None
+    if worker_init:
+        module, _, name = worker_init.partition(":")
+        hook = getattr(importlib.import_module(module), name)
+    import tensorflow as tf
+
+    if intra_threads:
+        # Several CPU workers on one machine would each use every core otherwise.
+        tf.config.threading.set_intra_op_parallelism_threads(intra_threads)
+    from ..engine import Engine
+
+    engine = Engine()
+    if hook is not None:
+        hook(engine)
+    engine.warm_up(StylizeParams.from_dict(warm_params) if warm_params else None)
+    return engine
+
+
+def run_job(
+    engine: "Engine",
+    spec: JobSpec,
+    *,
+    emit: Callable[[Event], None],
+    should_stop: Callable[[], bool] = lambda: False,
+    worker: str = "",
+    attempt: int = 1,
+    progress_interval_s: float = 0.5,
+    oom_retries: int = 3,
+) -> None:
+    """Run one job and emit its events: Started, Progress..., then Finished or Failed.
+
+    Never raises for a job's own problems: bad input, cancellation, out of memory and
+    internal errors all become a ``Failed`` event. Out of GPU memory retries at
+    ``OOM_SHRINK`` times the size (up to ``oom_retries`` times) and notes it in the summary.
+    """
+    started = time.perf_counter()
+    job_id = spec.job_id
+
+    def fail(kind: str, reason: str) -> None:
+        emit(Failed(job_id, reason, kind))
+
+    emit(Started(job_id, worker, os.getpid(), attempt))
+    try:
+        params = StylizeParams.from_dict(spec.params)
+    except (ParamsError, TypeError, ValueError) as exc:
+        return fail("invalid_input", str(exc) if isinstance(exc, NSTError) else f"Invalid parameters: {exc}.")
+    try:
+        content = images.decode_image(spec.content, max_pixels=spec.max_pixels)
+    except ImageError as exc:
+        return fail("invalid_input", f"Content image: {exc}")
+    styles = []
+    for i, data in enumerate(spec.style):
+        try:
+            styles.append(images.decode_image(data, max_pixels=spec.max_pixels))
+        except ImageError as exc:
+            label = "Style image" if len(spec.style) == 1 else f"Style image {i + 1}"
+            return fail("invalid_input", f"{label}: {exc}")
+    if should_stop():
+        return fail("cancelled", CANCELLED_REASON)
+
+    import tensorflow as tf
+
+    notes: list[str] = []
+    hits_before = engine.style_cache_hits
+    for retry in range(oom_retries + 1):
+        throttle = ProgressThrottle(progress_interval_s)
+
+        def on_progress(event: "ProgressEvent") -> None:
+            if throttle.allow(event):
+                preview = None if event.preview is None else images.encode_png(images.from_array(event.preview))
+                emit(Progress(job_id, event.step, event.total, event.scale, event.scales, tuple(event.size),
+                              dict(event.losses), preview))
+
+        try:
+            result = engine.stylize(content, styles, params, on_progress=on_progress, should_stop=should_stop)
+            break
+        except tf.errors.ResourceExhaustedError:
+            size = params.target_size
+            smaller = max(MIN_OOM_SIZE, round(size * OOM_SHRINK))
+            gc.collect()  # drop the failed attempt's tensors before trying again
+            if retry == oom_retries or smaller >= size:
+                return fail("out_of_memory", f"The GPU ran out of memory, even at {size} px. "
+                                             "Try a smaller size or a faster preset.")
+            notes.append(f"The GPU ran out of memory at {size} px, so the image was made at {smaller} px.")
+            emit(Retrying(job_id, "out_of_memory",
+                          f"The GPU ran out of memory at {size} px; trying again at {smaller} px."))
+            params = params.replace(size=smaller)
+            emit(Started(job_id, worker, os.getpid(), attempt))
+        except Cancelled:
+            return fail("cancelled", CANCELLED_REASON)
+        except (BrokenPipeError, ConnectionError, EOFError):
+            raise  # the pool is gone (emit failed): nobody to report to
+        except NSTError as exc:  # WeightsError, ParamsError from the engine: already readable
+            kind = "invalid_input" if isinstance(exc, ParamsError) else "error"
+            return fail(kind, str(exc))
+        except Exception as exc:  # a bug: keep the worker, tell the user little, log the rest
+            traceback.print_exc(file=sys.stderr)
+            return fail("error", f"The stylisation failed because of an internal error ({type(exc).__name__}).")
+
+    result.summary.notes.extend(notes)
+    summary = result.summary.to_dict()
+    emit(Finished(
+        job_id, images.encode_png(result.image), summary, tuple(summary["notes"]), worker,
+        time.perf_counter() - started, engine.style_cache_hits - hits_before,
+    ))
+
+
+def worker_main(conn: Any, cancel_seq: Any, name: str, env: dict[str, str], config: dict[str, Any]) -> None:
+    """Process entry point of a local worker.
+
+    Protocol (plain tuples over ``conn``): the worker sends ``("ready", pid)`` once warm or
+    ``("init_failed", reason)``; then it receives ``("job", seq, spec, attempt)`` and answers
+    with ``("event", seq, event)`` messages ending in a terminal event; ``("stop",)`` or a
+    closed pipe ends it. ``cancel_seq`` (shared memory) holding ``seq`` cancels that job.
+    """
+    # Ctrl-C goes to the whole process group; the parent decides what happens to jobs.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(env)  # normally already set by the parent; must precede TensorFlow
+    parent = os.getppid()
+    code = 0
+    try:
+        try:
+            engine = load_engine(config.get("warm_params"), intra_threads=config.get("intra_threads"),
+                                 worker_init=config.get("worker_init"))
+        except BaseException as exc:  # noqa: BLE001 - report anything, then exit
+            if not isinstance(exc, NSTError):  # an NSTError's message already says it all
+                traceback.print_exc(file=sys.stderr)
+            reason = str(exc) if isinstance(exc, NSTError) else f"{type(exc).__name__}: {exc}"
+            conn.send(("init_failed", reason))
+            code = 1
+            return
+        conn.send(("ready", os.getpid()))
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break  # the pool is gone
+            if message[0] != "job":
+                break  # "stop"
+            _, seq, spec, attempt = message
+
+            def emit(event: Event, seq: int = seq) -> None:
+                conn.send(("event", seq, event))
+
+            def should_stop(seq: int = seq) -> bool:
+                # A dead parent also stops the job, so no worker outlives the pool.
+                return cancel_seq.value == seq or os.getppid() != parent
+
+            run_job(engine, spec, emit=emit, should_stop=should_stop, worker=name, attempt=attempt,
+                    progress_interval_s=config.get("progress_interval_s", 0.5),
+                    oom_retries=config.get("oom_retries", 3))
+    except (BrokenPipeError, EOFError, ConnectionError):
+        code = 0  # the pool went away mid-message: nothing left to tell anyone
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Skip interpreter teardown: TensorFlow's can take seconds, and nothing needs it.
+        os._exit(code)
