@@ -13,7 +13,7 @@ import time
 
 import tensorflow as tf
 
-from common import CONTENT, load, rgb_at, styles, time_engine_steps
+from common import CONTENT, rgb_at, styles, time_engine_steps
 from nst_core import StylizeParams
 from nst_core.backbone import resolve_precision
 from nst_core.engine import Engine

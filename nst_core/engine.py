@@ -19,7 +19,7 @@ from PIL import Image
 
 from . import images
 from .backbone import FeatureExtractor, build_feature_model, configure_devices, resolve_precision
-from .errors import Cancelled, ParamsError
+from .errors import Cancelled, ImageError, ParamsError
 from .losses import content_loss, gram_matrix, layer_norms, style_loss, tv_loss
 from .params import StylizeParams
 from .schedule import fit_size, scale_sizes, split_steps
@@ -30,6 +30,7 @@ __all__ = ["Engine", "stylize", "ProgressEvent", "LossSummary", "StylizeResult",
 ImageInput = Image.Image | np.ndarray
 HISTORY_POINTS = 64
 PREVIEW_SIZE = 256
+MIN_SIDE = 16  # pixels; VGG's four poolings before block5 need at least this
 STYLE_CACHE_ENTRIES = 32
 _FLOAT16_LOSS_SCALE = 1024.0  # keeps float16 gradients out of the subnormal range
 
@@ -154,6 +155,7 @@ class Engine:
 
         sizes = scale_sizes(params.target_size, params.scale_count, params.min_scale_size)
         shapes = [fit_size(*content_img.size, s) for s in sizes]
+        _check_shape(content_img.size, shapes[0])
         steps_per_scale = split_steps(params.total_steps, sizes)
         total = sum(steps_per_scale)
         weights = tf.constant(
@@ -246,6 +248,16 @@ def stylize(
         if _default_engine is None:
             _default_engine = Engine()
     return _default_engine.stylize(content, style, params, on_progress=on_progress, should_stop=should_stop)
+
+
+def _check_shape(original: tuple[int, int], first_scale: tuple[int, int]) -> None:
+    """VGG halves the image four times before block5: thinner strips cannot be stylised."""
+    if min(first_scale) < MIN_SIDE:
+        width, height = original
+        raise ImageError(
+            f"The content image is too long and thin ({width}×{height}): at this size its shorter side would be "
+            f"{min(first_scale)} px, and at least {MIN_SIDE} px is needed. Crop it closer to a square, or ask for "
+            f"a larger size.")
 
 
 def _blend_weights(params: StylizeParams, count: int) -> list[float]:

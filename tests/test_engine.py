@@ -103,6 +103,14 @@ def test_zero_iterations_returns_the_content_size(engine, content_rgb, style_rgb
     assert np.abs(np.asarray(result.image, np.float32) - content_rgb).mean() < 1.0
 
 
+def test_a_long_thin_strip_is_refused_with_a_clear_error(engine, style_rgb, tiny_params):
+    from nst_core import ImageError
+
+    strip = make_content(2000, 20)
+    with pytest.raises(ImageError, match="too long and thin.*2000×20"):
+        engine.stylize(strip, style_rgb, tiny_params)
+
+
 def test_missing_weights_file_is_a_clear_error(engine, content_rgb, style_rgb, tiny_params):
     with pytest.raises(WeightsError, match="does not exist.*weights"):
         engine.stylize(content_rgb, style_rgb, tiny_params.replace(weights="/nonexistent/vgg.h5"))
