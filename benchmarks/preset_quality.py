@@ -14,6 +14,7 @@ style, original, presets).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 from PIL import Image
@@ -35,11 +36,14 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
     parser.add_argument("--original-steps", type=int, default=300, help="0 skips the original")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override a StylizeParams default while tuning, e.g. style_weight=10")
     args = parser.parse_args()
     weights = str(vgg16_weights_path())
     meter, engine = QualityMeter(weights), Engine()
     content = load(CONTENT)
     original_model = full_model("vgg16", weights) if args.original_steps else None
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     rows = []
     print(f"{'style':<32}{'run':<12}{'style d':>9}{'content d':>11}{'SSIM':>7}{'seconds':>9}")
     for name in args.styles:
@@ -51,7 +55,7 @@ def main() -> None:
             _report(name, "original", meter.measure(out, content, style), seconds)
             row.append(out)
         for preset in args.presets:
-            params = StylizeParams(preset=preset, backbone="vgg16", weights=weights, precision=args.precision)
+            params = StylizeParams(preset=preset, backbone="vgg16", weights=weights, precision=args.precision, **overrides)
             started = time.perf_counter()
             result = engine.stylize(content, style, params)
             _report(name, preset, meter.measure(result.image, content, style), time.perf_counter() - started)

@@ -1,8 +1,11 @@
 """The bot process: the Discord client and command tree, startup, command sync and shutdown.
 
-Startup: log in, sync commands (development guilds every time, globally only when the
-definitions changed or ``--sync`` asks), connect to the gateway, and start the worker pool
-in the background (jobs wait in line until it is warm). No privileged intents are used.
+Startup: open the job store and recover what it holds (:mod:`bot.recovery`: jobs back in
+line, undelivered results delivered), log in, sync commands (development guilds every time,
+globally only when the definitions changed or ``--sync`` asks), connect to the gateway, and
+start the worker pool in the background (jobs wait in line until it is warm). The health
+server (:mod:`bot.health`) starts first when ``[health] port`` is set. No privileged intents
+are used.
 
 Shutdown (SIGTERM or SIGINT): stop taking jobs, tell everyone still waiting, let running
 jobs finish (``[shutdown] running_jobs = "finish"``, within ``timeout_s``) or stop them
@@ -34,7 +37,10 @@ from nst_core.pool.local import LocalPool
 from .commands import CancelButton, StyleCommands, StyleLibrary
 from .config import Config
 from .delivery import Messenger
+from .health import HealthServer, Metrics
+from .recovery import recover
 from .scheduler import Scheduler
+from .store import JobStore
 
 __all__ = ["StyleBot", "run", "make_pool", "point_discord_at", "setup_logging", "commands_digest", "sync_commands",
            "SYNC_STATE_FILE"]
@@ -67,7 +73,7 @@ def make_pool(config: Config) -> LocalPool:
     if devices not in ("auto", "cpu"):
         devices = [d.strip() for d in devices.split(",") if d.strip()]
     return LocalPool(devices=devices, cpu_workers=pool.workers, warm_params=warm.to_dict(),
-                     timeout_s=pool.job_timeout_s,
+                     timeout_s=pool.job_timeout_s, retries=pool.retries,
                      # progress events a bit more often than status edits, so each edit is fresh
                      progress_interval_s=min(1.0, max(0.2, config.progress.edit_interval_s / 2)))
 
@@ -178,23 +184,70 @@ class StyleBot(discord.Client):
         self.tree = app_commands.CommandTree(self)
         self.tree.on_error = self._on_command_error  # type: ignore[method-assign]
         self.pool = pool if pool is not None else make_pool(config)
+        storage = config.storage
+        self.store = JobStore(storage.path, storage.spool_dir, spool_max_bytes=int(storage.spool_max_mb * 2**20),
+                              retention_s=storage.retention_hours * 3600.0)
+        self.metrics = Metrics(live=self._live_metrics)
         self.messenger = Messenger(self, edit_interval_s=config.progress.edit_interval_s,
                                    interaction_ttl_s=config.discord.interaction_ttl_s,
-                                   interaction_margin_s=config.discord.interaction_margin_s)
+                                   interaction_margin_s=config.discord.interaction_margin_s,
+                                   store=self.store, metrics=self.metrics, delivery=config.delivery,
+                                   retention_s=storage.retention_hours * 3600.0)
         self.scheduler = Scheduler(self.pool, self.messenger, per_user_waiting=config.limits.per_user_waiting,
                                    queue_max=config.limits.queue_max, max_pixels=config.limits.max_pixels,
                                    job_timeout_s=config.pool.job_timeout_s)
-        self.style_commands = StyleCommands(config, self.scheduler, self.messenger, StyleLibrary(config.styles.path))
+        self.style_commands = StyleCommands(config, self.scheduler, self.messenger, StyleLibrary(config.styles.path),
+                                            store=self.store, metrics=self.metrics)
         self.style_commands.register(self.tree)
+        self.health = (HealthServer(config.health.host, config.health.port, self.metrics, self.health_checks)
+                       if config.health.port else None)
         self.shutdown_requested = asyncio.Event()
         self._pool_task: asyncio.Task | None = None
         self._tick_task: asyncio.Task | None = None
+        self._purge_task: asyncio.Task | None = None
         self._shut_down = False
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(CancelButton)
+        # Before the gateway connects: jobs from before a restart go back in line ahead of new ones.
+        await self.store.open()
+        await recover(self.store, self.scheduler, self.messenger)
+        self._purge_task = asyncio.create_task(self._purge(), name="store-purge")
         self._pool_task = asyncio.create_task(self._start_pool(), name="pool-start")
         await sync_commands(self, self.tree, self.config, force=self.force_sync)
+
+    async def _purge(self) -> None:
+        """Delete the records of long-ended jobs now and then."""
+        while True:
+            try:
+                removed = await self.store.purge()
+                if removed:
+                    log.info("old job records removed", extra={"count": removed})
+            except Exception:
+                log.exception("purging old job records failed")
+            await asyncio.sleep(3600.0)
+
+    def _live_metrics(self) -> dict[str, float]:
+        stats = self.pool.stats()
+        return {"queue_length": len(self.scheduler.line), "jobs_running": len(self.scheduler.running()),
+                "workers_alive": stats.workers_alive, "worker_restarts": stats.restarts,
+                "spool_bytes": self.store.spool_bytes}
+
+    async def health_checks(self) -> dict[str, dict[str, Any]]:
+        """What ``/healthz`` reports: gateway connected, workers alive, job store writable."""
+        ws = self.ws
+        gateway = {"ok": bool(self.is_ready() and not self.is_closed() and ws is not None and ws.open)}
+        if gateway["ok"]:
+            gateway["latency_ms"] = round(self.latency * 1000, 1)
+        workers = {"ok": self.scheduler.pool_ready and self.pool.workers_alive > 0,
+                   "alive": self.pool.workers_alive, "capacity": self.pool.capacity,
+                   "starting": not self.scheduler.pool_ready and self.scheduler.accepting}
+        store: dict[str, Any] = {"ok": True}
+        try:
+            await asyncio.wait_for(self.store.ping(), 5.0)
+        except Exception as exc:
+            store = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {"gateway": gateway, "workers": workers, "store": store}
 
     async def on_ready(self) -> None:
         log.info("connected", extra={"user": str(self.user), "guilds": len(self.guilds)})
@@ -255,9 +308,13 @@ class StyleBot(discord.Client):
                 log.warning("running jobs did not finish in time; stopping them", extra={"timeout_s": cfg.timeout_s})
         await self.pool.shutdown(drain=False)  # whatever still runs ends with a "shutdown" failure
         await self.scheduler.wait_running(10.0)
-        await self.messenger.drain(timeout=30.0)
-        if self._tick_task is not None:
-            self._tick_task.cancel()
+        await self.messenger.drain(timeout=30.0)  # what is still unsent is in the store for the next start
+        for task in (self._tick_task, self._purge_task):
+            if task is not None:
+                task.cancel()
+        await self.store.close()
+        if self.health is not None:
+            await self.health.stop()
         await self.close()
         log.info("stopped")
 
@@ -271,6 +328,13 @@ async def run(config: Config, token: str, *, force_sync: bool = False) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, bot.request_shutdown, sig.name)
     status = 0
+    if bot.health is not None:
+        try:
+            await bot.health.start()
+        except OSError as exc:
+            log.error("the health server cannot listen", extra={"host": config.health.host,
+                                                                 "port": config.health.port, "error": str(exc)})
+            return 2
     async with bot:
         runner = asyncio.create_task(bot.start(token, reconnect=True), name="discord-client")
         stop = asyncio.create_task(bot.shutdown_requested.wait(), name="shutdown-wait")

@@ -29,13 +29,16 @@ from nst_core.params import StylizeParams
 
 from . import render
 from .config import Config
-from .scheduler import Job, Refused, Scheduler, new_job_id
+from .scheduler import Job, LineFull, NotAccepting, Refused, Scheduler, UserLimitReached, new_job_id
+from .store import SpoolFull, StoreError
 
 if TYPE_CHECKING:
     from .delivery import Messenger
+    from .health import Metrics
+    from .store import JobStore
 
-__all__ = ["StyleCommands", "CancelButton", "StyleLibrary", "UploadProblem", "check_attachment", "check_image",
-           "ACCEPTED_TYPES"]
+__all__ = ["StyleCommands", "CancelButton", "StyleLibrary", "UploadProblem", "StorageUnavailable",
+           "check_attachment", "check_image", "refusal_reason", "ACCEPTED_TYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,23 @@ class UploadProblem(Exception):
     """Something the requester has to fix; ``str()`` says what, politely and exactly."""
 
 
+class StorageUnavailable(Refused):
+    """The job could not be recorded (the spool is full, or the disk cannot be written)."""
+
+
+def refusal_reason(exc: Exception) -> str:
+    """The ``reason`` label a refusal is counted under in the metrics."""
+    if isinstance(exc, UserLimitReached):
+        return "user_limit"
+    if isinstance(exc, LineFull):
+        return "line_full"
+    if isinstance(exc, NotAccepting):
+        return "not_accepting"
+    if isinstance(exc, StorageUnavailable):
+        return "storage"
+    return "invalid_upload"
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -58,7 +78,7 @@ def _mb(n: int) -> str:
 
 
 def check_attachment(label: str, filename: str, content_type: str | None, size: int, width: int | None,
-                     height: int | None, *, max_bytes: int, max_pixels: int) -> None:
+                     height: int | None, *, max_bytes: int, max_pixels: int, max_aspect: float = 10.0) -> None:
     """Refuse what Discord's metadata already shows is wrong, before downloading anything."""
     name = f"`{filename}`"
     base_type = (content_type or "").split(";")[0].strip().lower()
@@ -67,18 +87,33 @@ def check_attachment(label: str, filename: str, content_type: str | None, size: 
     if size > max_bytes:
         raise UploadProblem(f"The {label} {name} is {_mb(size)}; the limit is {_mb(max_bytes)}. "
                             "Please attach a smaller image (resize it or save it as JPEG).")
-    if width and height and width * height > max_pixels:
+    if width and height:
+        _check_shape(label, name, width, height, max_pixels, max_aspect)
+
+
+def _check_shape(label: str, name: str, width: int, height: int, max_pixels: int, max_aspect: float) -> None:
+    # The shape first: "resize it to 6324×6" would be no help for a 20000×20 strip.
+    if max(width, height) > max_aspect * min(width, height):
+        raise UploadProblem(
+            f"The {label} {name} is {width}×{height} pixels, too long and thin to stylise (the sides may differ "
+            f"by a factor of {max_aspect:g} at most). Please crop it closer to a square and try again.")
+    if width * height > max_pixels:
         raise UploadProblem(_too_many_pixels(label, name, width, height, max_pixels))
 
 
 def _too_many_pixels(label: str, name: str, width: int, height: int, max_pixels: int) -> str:
     scale = (max_pixels / (width * height)) ** 0.5
-    return (f"The {label} {name} is {width}×{height} pixels ({width * height / 1e6:.1f} megapixels); "
-            f"the limit is {max_pixels / 1e6:.1f} megapixels. Please resize it to at most about "
+    return (f"The {label} {name} is {width}×{height} pixels ({_megapixels(width * height)} megapixels); "
+            f"the limit is {_megapixels(max_pixels)} megapixels. Please resize it to at most about "
             f"{int(width * scale)}×{int(height * scale)} and try again.")
 
 
-def check_image(label: str, filename: str, data: bytes, *, max_bytes: int, max_pixels: int) -> None:
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f}" if pixels >= 100_000 else f"{pixels / 1e6:.2g}"
+
+
+def check_image(label: str, filename: str, data: bytes, *, max_bytes: int, max_pixels: int,
+                max_aspect: float = 10.0) -> None:
     """Refuse bytes that are too big or not a decodable image (decodes: run it in a thread)."""
     name = f"`{filename}`"
     if len(data) > max_bytes:
@@ -88,8 +123,7 @@ def check_image(label: str, filename: str, data: bytes, *, max_bytes: int, max_p
         _, width, height = image_info(data)
     except ImageError as exc:
         raise UploadProblem(f"The {label} {name} cannot be used: {exc}") from None
-    if width * height > max_pixels:
-        raise UploadProblem(_too_many_pixels(label, name, width, height, max_pixels))
+    _check_shape(label, name, width, height, max_pixels, max_aspect)
     try:
         decode_image(data, max_pixels=max_pixels)
     except ImageError as exc:
@@ -199,11 +233,14 @@ class _Request:
 class StyleCommands:
     """Registers ``/stylize`` and ``/stylebot`` on a command tree and answers them."""
 
-    def __init__(self, config: Config, scheduler: Scheduler, messenger: "Messenger", library: StyleLibrary) -> None:
+    def __init__(self, config: Config, scheduler: Scheduler, messenger: "Messenger", library: StyleLibrary, *,
+                 store: "JobStore | None" = None, metrics: "Metrics | None" = None) -> None:
         self.config = config
         self.scheduler = scheduler
         self.messenger = messenger
         self.library = library
+        self.store = store
+        self.metrics = metrics
 
     def register(self, tree: app_commands.CommandTree) -> None:
         presets = self.config.engine.presets
@@ -276,9 +313,12 @@ class StyleCommands:
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             job = await self._make_job(interaction, content, style, library_style, request)
-            self.scheduler.submit(job)
+            await self._accept(job)
         except (UploadProblem, Refused) as exc:
-            log.info("stylize refused", extra={"user_id": interaction.user.id, "reason": str(exc)})
+            log.info("stylize refused", extra={"user_id": interaction.user.id, "reason": str(exc),
+                                               "why": refusal_reason(exc)})
+            if self.metrics is not None:
+                self.metrics.refused.labels(refusal_reason(exc)).inc()
             await interaction.followup.send(str(exc), ephemeral=True)
             return
         # From here on the job is in line: a failed message must not lose it, only its status display.
@@ -294,12 +334,35 @@ class StyleCommands:
             return
         self.messenger.attach(job, message.id, text)
 
+    async def _accept(self, job: Job) -> None:
+        """Record ``job`` (with its pictures) in the store, then put it in line; raises Refused."""
+        if self.store is not None:
+            try:
+                await self.store.accept(job)
+            except SpoolFull:
+                log.warning("spool full; refusing a job", extra={"spool_bytes": self.store.spool_bytes})
+                raise StorageUnavailable("The bot's storage for waiting jobs is full right now. "
+                                         "Please try again in a little while.") from None
+            except StoreError:
+                log.exception("a job could not be recorded; refusing it", extra={"job_id": job.job_id})
+                raise StorageUnavailable("The bot cannot record new jobs right now (the operator can see why in "
+                                         "its logs). Please try again later.") from None
+        try:
+            self.scheduler.submit(job)  # the line may have filled while the pictures were written
+        except Refused:
+            if self.store is not None:
+                await self.store.discard(job.job_id)
+            raise
+        if self.metrics is not None:
+            self.metrics.accepted.inc()
+
     async def _make_job(self, interaction: discord.Interaction, content: discord.Attachment,
                         style: discord.Attachment | None, library_style: str | None, request: _Request) -> Job:
         if not self.scheduler.accepting:
             self.scheduler.check(interaction.user.id)  # raises NotAccepting with its own wording
         limits = self.config.limits
-        checks = dict(max_bytes=limits.max_upload_bytes, max_pixels=limits.max_pixels)
+        checks = dict(max_bytes=limits.max_upload_bytes, max_pixels=limits.max_pixels,
+                      max_aspect=limits.max_aspect_ratio)
         if style is None and not library_style:
             hint = (" or pick one from the library with the `library_style` option" if self.library.names() else "")
             raise UploadProblem(f"Please attach a style image with the `style` option{hint}.")

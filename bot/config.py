@@ -25,7 +25,8 @@ from nst_core.schedule import PRESETS
 
 __all__ = [
     "Config", "DiscordConfig", "EngineConfig", "PresetConfig", "StylesConfig", "PoolConfig", "LimitsConfig",
-    "ProgressConfig", "StorageConfig", "ShutdownConfig", "LoggingConfig", "ConfigError", "load_config",
+    "ProgressConfig", "StorageConfig", "DeliveryConfig", "HealthConfig", "ShutdownConfig", "LoggingConfig",
+    "ConfigError", "load_config",
     "read_token", "ENV_PREFIX", "TOKEN_ENV",
 ]
 
@@ -83,12 +84,14 @@ class PoolConfig:
     devices: str = "auto"  # auto | cpu | comma-separated GPU ids ("0,1")
     workers: int = _opt(1, min=1, max=64)  # worker processes when running on the CPU
     job_timeout_s: float = _opt(900.0, min=1.0)
+    retries: int = _opt(1, min=0, max=5)  # reruns of a job whose worker crashed, on a fresh worker
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
     max_upload_bytes: int = _opt(8 * 1024 * 1024, min=1024)
     max_pixels: int = _opt(16_000_000, min=1024)
+    max_aspect_ratio: float = _opt(10.0, min=1.0)  # longer side / shorter side
     per_user_waiting: int = _opt(2, min=1)
     queue_max: int = _opt(20, min=1)
 
@@ -100,11 +103,32 @@ class ProgressConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    path: str = "data/stylebot.sqlite3"  # job database (next issue); state files live beside it
+    path: str = "data/stylebot.sqlite3"  # the job database (SQLite); small state files live beside it
+    spool_path: str = ""  # input images and undelivered results; empty: "spool" beside the database
+    spool_max_mb: float = _opt(2048.0, min=1.0)  # new jobs are refused while the spool holds more
+    retention_hours: float = _opt(168.0, min=0.0)  # ended jobs' records (and leftover files) kept this long
 
     @property
     def state_dir(self) -> Path:
         return Path(self.path).expanduser().parent
+
+    @property
+    def spool_dir(self) -> Path:
+        return Path(self.spool_path).expanduser() if self.spool_path else self.state_dir / "spool"
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    timeout_s: float = _opt(60.0, min=1.0)  # one attempt on one route (discord.py's own 5xx retries included)
+    retries: int = _opt(2, min=0, max=10)  # further attempts on a route after a timeout or a lost connection
+    backoff_s: float = _opt(2.0, min=0.0)  # wait before the first retry; doubles each time
+    redeliver_after_s: float = _opt(60.0, min=1.0)  # every route failed for a passing reason: try again after
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    port: int = _opt(0, min=0, max=65535)  # /healthz and /metrics; 0: no server
+    host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -128,6 +152,8 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     progress: ProgressConfig = field(default_factory=ProgressConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -336,4 +362,6 @@ def _check(config: Config) -> None:
         raise ConfigError(f"styles.path: {config.styles.path!r} is not a folder")
     if not config.storage.path:
         raise ConfigError("storage.path must not be empty")
+    if not config.health.host.strip():
+        raise ConfigError("health.host must not be empty (127.0.0.1: this machine only; 0.0.0.0: every interface)")
 

@@ -21,7 +21,7 @@ __all__ = [
     "format_duration", "format_bytes", "progress_bar", "time_left", "status_header", "waiting_line",
     "starting_line", "progress_line", "retrying_line", "done_line", "failed_line", "cancelled_line",
     "result_content", "failure_notice", "result_embed", "loss_chart_png", "line_status_text", "loss_change",
-    "CHART_FILENAME", "LOSS_LABELS",
+    "restart_note", "moved_line", "is_delivery_of", "CHART_FILENAME", "LOSS_LABELS",
 ]
 
 CHART_FILENAME = "losses.png"
@@ -120,16 +120,38 @@ def cancelled_line(by_user: int | None, requester: int) -> str:
     return f"🛑 Cancelled by <@{by_user}>."
 
 
+def restart_note(user_id: int) -> str:
+    """Added under the header of a job's new status message after the bot restarted."""
+    return f"🔁 <@{user_id}> the bot restarted; this job was put back in line and keeps its place."
+
+
+def moved_line() -> str:
+    """The last text of a status message whose job continues in a new one after a restart."""
+    return "🔁 The bot restarted — this job continues in a new message below."
+
+
 # --------------------------------------------------------------------------- results
+
+_READY = "your stylised image is ready"
+_DID_NOT_FINISH = "did not finish:"
 
 
 def result_content(user_id: int, job_id: str, late: bool = False) -> str:
     note = " (delivered here because the original command is too old to answer)" if late else ""
-    return f"<@{user_id}> your stylised image is ready{note} · job `{job_id}`"
+    return f"<@{user_id}> {_READY}{note} · job `{job_id}`"
 
 
 def failure_notice(user_id: int, job_id: str, reason: str) -> str:
-    return f"<@{user_id}> job `{job_id}` did not finish: {reason}"
+    return f"<@{user_id}> job `{job_id}` {_DID_NOT_FINISH} {reason}"
+
+
+def is_delivery_of(content: str | None, job_id: str, kind: str) -> bool:
+    """Whether a message's text is ``job_id``'s result (``kind="result"``) or its failure
+    notice (``kind="notice"``): how a restart recognises what was already delivered."""
+    content = content or ""
+    if f"job `{job_id}`" not in content:
+        return False
+    return (_READY in content) if kind == "result" else (_DID_NOT_FINISH in content)
 
 
 def result_embed(

@@ -55,7 +55,7 @@ class JobStatus(str, enum.Enum):
 
 @dataclass(eq=False)
 class Job:
-    """One /stylize request, as plain data (the next issue stores it in SQLite).
+    """One /stylize request, as plain data (:mod:`bot.store` keeps it in SQLite).
 
     ``token_created_at`` is when Discord created the interaction (epoch seconds): its token,
     needed to edit the reply, expires a fixed time after that.
@@ -83,6 +83,9 @@ class Job:
     progress: tuple[int, int] | None = None  # (step, total) of the latest progress event
     cancelled_by: int | None = None
     failure: str | None = None
+    seq: int | None = None  # acceptance order, set by the store
+    attempts: int = 0  # starts on a worker (a retry after a crash, or a restart, adds one)
+    restarts: int = 0  # times a restart of the bot put it back in line
 
     def spec(self, *, max_pixels: int, timeout_s: float | None = None) -> JobSpec:
         return JobSpec(content=self.content, style=self.style, params=self.params, job_id=self.job_id,
@@ -129,6 +132,9 @@ class FairLine(Generic[T]):
     if that was in this round. A newcomer therefore joins the current round and goes before
     the second item of a user who was already served in it. Items are taken in (round,
     arrival) order; positions are computed from that same order, so they are exact.
+
+    Items put back after a restart (:meth:`push_front`) form a front segment, taken first and
+    in the order given, so the line resumes as it was.
     """
 
     def __init__(self) -> None:
@@ -136,18 +142,25 @@ class FairLine(Generic[T]):
         self._served: dict[Hashable, int] = {}  # user -> round of their last item taken
         self._round = 0
         self._seq = itertools.count()
+        self._front: collections.deque[tuple[Hashable, T]] = collections.deque()  # see push_front
 
     def __len__(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        return len(self._front) + sum(len(q) for q in self._queues.values())
 
     def __contains__(self, item: object) -> bool:
-        return any(it is item for q in self._queues.values() for _, it in q)
+        return any(it is item for _, it in self._front) or any(
+            it is item for q in self._queues.values() for _, it in q)
 
     def push(self, user: Hashable, item: T) -> None:
         self._queues.setdefault(user, collections.deque()).append((next(self._seq), item))
 
+    def push_front(self, user: Hashable, item: T) -> None:
+        """Put ``item`` at the back of a front segment taken before every round: for jobs that
+        were already in line (or running) before a restart, pushed in their old order."""
+        self._front.append((user, item))
+
     def waiting_of(self, user: Hashable) -> int:
-        return len(self._queues.get(user, ()))
+        return sum(1 for u, _ in self._front if u == user) + len(self._queues.get(user, ()))
 
     def _ordered(self) -> list[tuple[int, int, Hashable, T]]:
         entries = []
@@ -160,7 +173,7 @@ class FairLine(Generic[T]):
 
     def order(self) -> list[T]:
         """Waiting items in the order they will be taken."""
-        return [e[3] for e in self._ordered()]
+        return [it for _, it in self._front] + [e[3] for e in self._ordered()]
 
     def position(self, item: T) -> int | None:
         """1-based place in :meth:`order` (1: taken next), or None if not waiting."""
@@ -170,10 +183,14 @@ class FairLine(Generic[T]):
         return None
 
     def peek(self) -> T | None:
+        if self._front:
+            return self._front[0][1]
         entries = self._ordered()
         return entries[0][3] if entries else None
 
     def pop(self) -> T:
+        if self._front:
+            return self._front.popleft()[1]
         entries = self._ordered()
         if not entries:
             raise IndexError("the line is empty")
@@ -188,6 +205,10 @@ class FairLine(Generic[T]):
         return item
 
     def remove(self, item: T) -> bool:
+        for entry in self._front:
+            if entry[1] is item:
+                self._front.remove(entry)
+                return True
         for user, queue in self._queues.items():
             for entry in queue:
                 if entry[1] is item:
@@ -200,6 +221,7 @@ class FairLine(Generic[T]):
     def clear(self) -> list[T]:
         items = self.order()
         self._queues.clear()
+        self._front.clear()
         return items
 
 
@@ -371,6 +393,19 @@ class Scheduler:
                                       "position": self.line.position(job)})
         self.pump()
 
+    def restore(self, jobs: Iterable[Job]) -> None:
+        """Put jobs accepted before a restart back in line, ahead of new ones, in the given
+        order (no limits apply: they were admitted already)."""
+        for job in jobs:
+            if job.job_id in self._jobs:
+                raise ValueError(f"job {job.job_id} is already known")
+            job.status, job.started_at, job.worker, job.progress = JobStatus.WAITING, None, None, None
+            self._jobs[job.job_id] = job
+            self.line.push_front(job.user_id, job)
+            log.info("job restored", extra={"job_id": job.job_id, "user_id": job.user_id,
+                                            "position": self.line.position(job)})
+        self.pump()
+
     # -- running
 
     def set_pool_ready(self, ready: bool = True) -> None:
@@ -412,8 +447,9 @@ class Scheduler:
                 if isinstance(event, Started):
                     job.status, job.started_at, job.worker, job.progress = (
                         JobStatus.RUNNING, self.clock(), event.worker, None)
+                    job.attempts += 1
                     log.info("job started", extra={"job_id": job.job_id, "worker": event.worker,
-                                                   "attempt": event.attempt})
+                                                   "pid": event.pid, "attempt": event.attempt})
                     self._notify("job_started", job)
                 elif isinstance(event, Progress):
                     job.progress = (event.step, event.total)

@@ -49,7 +49,8 @@ TINY_PRESETS = {
 }
 
 
-def write_config(directory: Path, *, styles_dir: Path | None = None, **sections: dict[str, Any]) -> Path:
+def write_config(directory: Path, *, styles_dir: Path | None = None, presets: dict[str, dict[str, int]] | None = None,
+                 **sections: dict[str, Any]) -> Path:
     """A TOML config for a test bot: random weights, tiny presets, one CPU worker."""
     base: dict[str, dict[str, Any]] = {
         "discord": {"interaction_ttl_s": 900, "interaction_margin_s": 30},
@@ -70,7 +71,7 @@ def write_config(directory: Path, *, styles_dir: Path | None = None, **sections:
         lines.append(f"[{name}]")
         lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
         lines.append("")
-    for name, preset in TINY_PRESETS.items():
+    for name, preset in (presets or TINY_PRESETS).items():
         lines.append(f"[engine.presets.{name}]")
         lines += [f"{k} = {v}" for k, v in preset.items()]
         lines.append("")
@@ -162,6 +163,57 @@ def start_bot(fake: Any, config_path: Path, workdir: Path, extra_env: dict[str, 
                             stdout=log_file, stderr=subprocess.STDOUT)
     log_file.close()
     return BotProcess(proc, log_path, fake.bot_token)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (for the bot's health server)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def kill9(bot: BotProcess, timeout: float = 10.0) -> list[int]:
+    """``kill -9`` the bot (not its workers); returns the pids of the processes it had started."""
+    import psutil
+
+    try:
+        children = [c.pid for c in psutil.Process(bot.proc.pid).children(recursive=True)]
+    except psutil.Error:
+        children = []
+    bot.proc.send_signal(signal.SIGKILL)
+    bot.proc.wait(timeout)
+    return children
+
+
+async def wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
+    """Wait until none of ``pids`` runs (zombies count as gone); returns those still running."""
+    import psutil
+
+    def alive() -> list[int]:
+        out = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    out.append(pid)
+            except psutil.Error:
+                pass
+        return out
+
+    deadline = time.monotonic() + timeout
+    while alive() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    return alive()
+
+
+def reap(pids: list[int]) -> None:
+    """Kill whatever of ``pids`` is still running (cleanup after a failed test)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def status_texts(message: Any) -> list[str]:

@@ -1,0 +1,130 @@
+"""Restart recovery: finishing what the job store says was open when the bot last stopped.
+
+:func:`recover` runs once at start, after the store is open and before the gateway connects
+(so no new job can slip ahead of the old ones):
+
+* waiting and running jobs go back in line, in their old order (those that were running
+  first, then the waiting ones by their last announced place), ahead of anything new. Each
+  gets a new status message that mentions its requester and says the job is back in line;
+  the old status message points to it.
+* results finished but not delivered are delivered. One found ``delivering`` (the bot
+  stopped mid-send) is first looked for among the channel's messages, so a restart never
+  sends a result twice (:meth:`~bot.delivery.Messenger.deliver_result`).
+* failure notices still owed are sent the same way.
+
+Interaction tokens have usually expired by then; the messenger then posts in the channel (or
+by direct message), as for long jobs. A job put back in line ``MAX_RESTARTS`` times is not
+run again (it may be what brings the bot down): its requester is told instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from . import render
+from .delivery import Messenger
+from .scheduler import Scheduler
+from .store import JobStore, StoredJob
+
+__all__ = ["recover", "RecoveryReport", "MAX_RESTARTS"]
+
+log = logging.getLogger(__name__)
+
+MAX_RESTARTS = 3
+_LOST_INPUTS = "Its pictures were lost while the bot restarted. Please submit it again."
+_LOST_RESULT = "Its result was lost while the bot restarted. Please submit it again."
+_TOO_MANY_RESTARTS = (f"The bot restarted {MAX_RESTARTS} times while this job was waiting or running, so it was "
+                      "stopped to be safe. Please try again, perhaps with other pictures.")
+
+
+@dataclass
+class RecoveryReport:
+    restored: list[str] = field(default_factory=list)  # back in line, in order
+    deliveries: list[str] = field(default_factory=list)  # results to deliver (or to confirm)
+    notices: list[str] = field(default_factory=list)  # failure notices to send (or to confirm)
+
+    def __bool__(self) -> bool:
+        return bool(self.restored or self.deliveries or self.notices)
+
+
+def old_order(stored: StoredJob) -> tuple:
+    """Sort key reproducing the line as it was: running jobs, then waiting ones by place."""
+    if stored.state == "running":
+        return (0, stored.job.started_at or 0.0, stored.seq)
+    return (1, stored.position if stored.position is not None else float("inf"), stored.seq)
+
+
+async def recover(store: JobStore, scheduler: Scheduler, messenger: Messenger) -> RecoveryReport:
+    report = RecoveryReport()
+    open_jobs = await store.open_jobs()
+    in_line = sorted((s for s in open_jobs if s.state in ("queued", "running")), key=old_order)
+    restored = []
+    for stored in in_line:
+        job = stored.job
+        if stored.restarts >= MAX_RESTARTS:
+            await _fail(store, messenger, stored, _TOO_MANY_RESTARTS, "error")
+            report.notices.append(job.job_id)
+            continue
+        try:
+            job.content, job.style = await store.load_inputs(job.job_id)
+        except OSError:
+            log.error("a waiting job's pictures are missing", extra={"job_id": job.job_id})
+            await _fail(store, messenger, stored, _LOST_INPUTS, "error")
+            report.notices.append(job.job_id)
+            continue
+        job.restarts, job.attempts = stored.restarts + 1, stored.attempts
+        restored.append(job)
+    if restored:
+        store.note_restored(j.job_id for j in restored)
+        for job in restored:
+            messenger.prepare_restored(job)
+        scheduler.restore(restored)  # waits for the workers like any job
+        for job in restored:
+            messenger.spawn(messenger.announce_restored(job), job)
+        report.restored = [j.job_id for j in restored]
+
+    for stored in open_jobs:
+        if stored.state in ("done", "delivering"):
+            messenger.spawn(_deliver_result(store, messenger, stored), stored.job)
+            report.deliveries.append(stored.job.job_id)
+        elif stored.state == "failed":
+            unsure = stored.route if stored.notice == "sending" else None
+            messenger.spawn(messenger.deliver_notice(stored.job, stored.job.failure or "It failed.",
+                                                     unsure_route=unsure), stored.job)
+            report.notices.append(stored.job.job_id)
+    if report:
+        log.info("recovered jobs from the store", extra={"restored": report.restored, "deliveries": report.deliveries,
+                                                         "notices": report.notices})
+    return report
+
+
+async def _deliver_result(store: JobStore, messenger: Messenger, stored: StoredJob) -> None:
+    job = stored.job
+    try:
+        event = await store.load_result(job.job_id)
+    except (OSError, ValueError, KeyError):
+        log.error("a finished job's result is missing", extra={"job_id": job.job_id})
+        await _fail(store, messenger, stored, _LOST_RESULT, "error", spawn=False)
+        return
+    if stored.state == "done":  # the bot may have stopped before the status message said so
+        seconds = (job.finished_at - job.started_at) if job.finished_at and job.started_at else event.seconds
+        await messenger.finish_status(job, render.done_line(seconds))
+    await messenger.deliver_result(job, event, unsure_route=stored.route if stored.state == "delivering" else None)
+
+
+async def _fail(store: JobStore, messenger: Messenger, stored: StoredJob, reason: str, kind: str, *,
+                spawn: bool = True) -> None:
+    job = stored.job
+    job.failure = reason
+    await store.update(job.job_id, remove_files=True, state="failed", failure=reason, failure_kind=kind,
+                       notice="pending")
+
+    async def tell() -> None:
+        await messenger.finish_status(job, render.failed_line(reason))
+        await messenger.deliver_notice(job, reason)
+
+    if spawn:
+        messenger.spawn(tell(), job)
+    else:
+        await tell()

@@ -1,0 +1,481 @@
+"""The job store: every accepted job in SQLite, its pictures in a spool folder.
+
+A job's record moves through these states::
+
+    queued ─▶ running ─▶ done ─▶ delivering ─▶ delivered
+       │         │                    └──────▶ undeliverable  (every route refused for good)
+       └─────────┴──▶ failed (its notice: pending ▶ sending ▶ sent | unsent)
+       └─────────┴──▶ cancelled
+
+* :meth:`JobStore.accept` writes the input images to ``<spool>/<job_id>/`` and inserts the
+  record, both durably, *before* the requester is told the job is queued.
+* :meth:`JobStore.save_result` writes the result and marks the job done before any
+  delivery starts, so a crash between the worker's answer and the message loses nothing.
+* ``delivering`` (with the route being tried) is recorded before each send and
+  ``delivered`` (with the Discord message id) after it; a job found ``delivering`` after a
+  restart is looked for in the channel, not blindly sent again (:mod:`bot.recovery`).
+* A job's files are removed once it is delivered, failed or cancelled; the records of ended
+  jobs (and the files of undeliverable results) are removed after ``retention_hours``.
+
+SQLite runs on a thread of its own (stdlib :mod:`sqlite3`, ``synchronous=FULL`` in WAL
+mode), never on the event loop. Calls run in the order they were made, so a
+fire-and-forget :meth:`JobStore.note` lands before any later awaited call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+from nst_core.pool.base import Finished
+
+from .scheduler import Job, JobStatus
+
+__all__ = ["JobStore", "StoredJob", "StoreError", "SpoolFull", "STATES", "OPEN_STATES", "ENDED_STATES"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+STATES = ("queued", "running", "done", "delivering", "delivered", "failed", "cancelled", "undeliverable")
+OPEN_STATES = ("queued", "running", "done", "delivering")  # work or a delivery still to do
+ENDED_STATES = ("delivered", "failed", "cancelled", "undeliverable")  # "failed" may still owe its notice
+NOTICE_STATES = ("pending", "sending", "sent", "unsent")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- acceptance order
+    job_id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    user_id INTEGER NOT NULL,
+    channel_id INTEGER NOT NULL,
+    guild_id INTEGER,
+    application_id INTEGER NOT NULL,
+    interaction_token TEXT NOT NULL,         -- cleared once the job has ended
+    token_created_at REAL NOT NULL,
+    upload_limit INTEGER NOT NULL,
+    params TEXT NOT NULL,                    -- StylizeParams.to_dict() as JSON
+    style_label TEXT NOT NULL,
+    preset TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    status_message_id INTEGER,
+    position INTEGER,                        -- last announced place in line (waiting jobs)
+    attempts INTEGER NOT NULL DEFAULT 0,     -- starts on a worker, retries and restarts included
+    restarts INTEGER NOT NULL DEFAULT 0,     -- times put back in line by a restart
+    started_at REAL,
+    finished_at REAL,
+    worker TEXT,
+    failure TEXT,                            -- the reason the requester reads
+    failure_kind TEXT,
+    cancelled_by INTEGER,
+    notice TEXT,                             -- failed jobs: pending, sending, sent, unsent
+    route TEXT,                              -- delivering: route being tried; delivered: route used
+    message_id INTEGER,                      -- the message that delivered the result (or the notice)
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_SCHEMA_VERSION = 1
+
+_UPDATABLE = frozenset({
+    "state", "status_message_id", "position", "attempts", "restarts", "started_at", "finished_at", "worker",
+    "failure", "failure_kind", "cancelled_by", "notice", "route", "message_id", "delivered_at",
+    "interaction_token",
+})
+
+_CONTENT, _STYLE, _RESULT, _RESULT_META = "content.img", "style.img", "result.png", "result.json"
+
+
+class StoreError(Exception):
+    """The store could not record something (disk full, permissions, a broken database)."""
+
+
+class SpoolFull(StoreError):
+    """The spool holds more than ``storage.spool_max_mb``."""
+
+
+@dataclass
+class StoredJob:
+    """A job read back from the store (its images are loaded separately, when needed)."""
+
+    job: Job
+    state: str
+    seq: int
+    position: int | None
+    attempts: int
+    restarts: int
+    notice: str | None
+    route: str | None
+    message_id: int | None
+    failure_kind: str | None
+
+
+class JobStore:
+    """Jobs in SQLite at ``db_path``, their files under ``spool_dir``; use from one event loop."""
+
+    def __init__(self, db_path: str | Path, spool_dir: str | Path, *, spool_max_bytes: int = 2 << 30,
+                 retention_s: float = 7 * 86400.0, clock: Callable[[], float] = time.time) -> None:
+        self.db_path = Path(db_path).expanduser()
+        self.spool_dir = Path(spool_dir).expanduser()
+        self.spool_max_bytes = spool_max_bytes
+        self.retention_s = retention_s
+        self.clock = clock
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None  # used only on the executor's thread
+        self._spool_bytes = 0
+        self._pending: set[concurrent.futures.Future] = set()
+        self.last_error: str | None = None  # the latest failed write, for /healthz
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StoreError("the job store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` on the store's thread without waiting; failures are logged."""
+        if self._executor is None:
+            return
+        future = self._executor.submit(fn, *args)
+        self._pending.add(future)
+
+        def done(f: concurrent.futures.Future) -> None:
+            self._pending.discard(f)
+            exc = f.exception()
+            if exc is not None:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("job store update failed", extra={"error": self.last_error})
+        future.add_done_callback(done)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "the job store is not open"
+        return self._db
+
+    @property
+    def is_open(self) -> bool:
+        return self._executor is not None
+
+    @property
+    def spool_bytes(self) -> int:
+        return self._spool_bytes
+
+    def job_dir(self, job_id: str) -> Path:
+        if not job_id.isalnum():  # ids are hex; never let one name a path elsewhere
+            raise ValueError(f"bad job id {job_id!r}")
+        return self.spool_dir / job_id
+
+    # ------------------------------------------------------------------ open / close
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="job-store")
+        try:
+            await self._run(self._open)
+        except Exception as exc:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise StoreError(f"the job store at {self.db_path} cannot be opened: {exc}") from exc
+
+    def _open(self) -> None:
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        _chmod(self.spool_dir, 0o700)
+        db = sqlite3.connect(self.db_path, isolation_level=None)  # autocommit; explicit BEGIN where needed
+        _chmod(self.db_path, 0o600)  # it holds interaction tokens while jobs are open
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(_SCHEMA)
+        db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        self._db = db
+        self._remove_stray_files()
+        self._spool_bytes = _tree_size(self.spool_dir)
+
+    def _remove_stray_files(self) -> None:
+        """Spool folders of jobs that were never recorded (a crash mid-accept) or have ended."""
+        keep = {row[0] for row in self.db.execute(
+            "SELECT job_id FROM jobs WHERE state IN ('queued','running','done','delivering','undeliverable')")}
+        for entry in self.spool_dir.iterdir():
+            if entry.name not in keep:
+                _remove(entry)
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        try:
+            await self._run(self._close)
+        finally:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # ------------------------------------------------------------------ accepting
+
+    async def accept(self, job: Job) -> None:
+        """Record ``job`` as queued with its images; raises :class:`SpoolFull` or :class:`StoreError`."""
+        size = len(job.content) + len(job.style)
+        if self._spool_bytes + size > self.spool_max_bytes:
+            raise SpoolFull(f"the spool holds {self._spool_bytes} bytes; the cap is {self.spool_max_bytes}")
+        try:
+            job.seq = await self._run(self._accept, job)
+        except StoreError:
+            raise
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise StoreError(f"job {job.job_id} could not be recorded: {exc}") from exc
+
+    def _accept(self, job: Job) -> int:
+        folder = self.job_dir(job.job_id)
+        try:
+            folder.mkdir(parents=True, exist_ok=False)
+            _write(folder / _CONTENT, job.content)
+            _write(folder / _STYLE, job.style)
+            now = self.clock()
+            cur = self.db.execute(
+                "INSERT INTO jobs (job_id, state, user_id, channel_id, guild_id, application_id, interaction_token, "
+                "token_created_at, upload_limit, params, style_label, preset, created_at, updated_at) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.job_id, job.user_id, job.channel_id, job.guild_id, job.application_id, job.interaction_token,
+                 job.token_created_at, job.upload_limit, json.dumps(job.params), job.style_label, job.preset,
+                 job.created_at, now))
+        except BaseException:
+            _remove(folder)
+            raise
+        self._spool_bytes += len(job.content) + len(job.style)
+        return int(cur.lastrowid)
+
+    async def discard(self, job_id: str) -> None:
+        """Forget a job that was recorded but then not taken after all (the line filled up)."""
+        await self._run(self._discard, job_id)
+
+    def _discard(self, job_id: str) -> None:
+        self.db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+        self._remove_files(job_id)
+
+    # ------------------------------------------------------------------ updates
+
+    def note(self, job_id: str, *, remove_files: bool = False, **fields: Any) -> None:
+        """Record ``fields`` without waiting (ordered before any later call)."""
+        self._submit(self._update, job_id, fields, remove_files)
+
+    async def update(self, job_id: str, *, remove_files: bool = False, **fields: Any) -> None:
+        """Record ``fields`` and wait until they are on disk; ``remove_files``: the job's spool too."""
+        await self._run(self._update, job_id, fields, remove_files)
+
+    def _update(self, job_id: str, fields: dict[str, Any], remove_files: bool) -> None:
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"not a job field: {sorted(unknown)}")
+        if "state" in fields and fields["state"] not in STATES:
+            raise ValueError(f"not a job state: {fields['state']!r}")
+        if "notice" in fields and fields["notice"] not in NOTICE_STATES + (None,):
+            raise ValueError(f"not a notice state: {fields['notice']!r}")
+        fields = {**fields, "updated_at": self.clock()}
+        names = ", ".join(f"{k} = ?" for k in fields)
+        self.db.execute(f"UPDATE jobs SET {names} WHERE job_id = ?", (*fields.values(), job_id))
+        if remove_files:
+            self._remove_files(job_id)
+
+    def note_restored(self, job_ids: Iterable[str]) -> None:
+        """Count a restart against each job and put it back to queued."""
+        ids = list(job_ids)
+        self._submit(self._restored, ids)
+
+    def _restored(self, job_ids: list[str]) -> None:
+        now = self.clock()
+        with _transaction(self.db):
+            for job_id in job_ids:
+                self.db.execute("UPDATE jobs SET state = 'queued', restarts = restarts + 1, updated_at = ? "
+                                "WHERE job_id = ?", (now, job_id))
+
+    # ------------------------------------------------------------------ results
+
+    async def save_result(self, job_id: str, event: Finished, finished_at: float | None = None) -> None:
+        """Keep the result on disk and mark the job done (before any attempt to deliver it)."""
+        await self._run(self._save_result, job_id, event, finished_at)
+
+    def _save_result(self, job_id: str, event: Finished, finished_at: float | None) -> None:
+        folder = self.job_dir(job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"summary": event.summary, "notes": list(event.notes), "worker": event.worker,
+                "seconds": event.seconds}
+        meta_bytes = json.dumps(meta).encode()
+        _write(folder / _RESULT, event.image_png)
+        _write(folder / _RESULT_META, meta_bytes)
+        self._spool_bytes += len(event.image_png) + len(meta_bytes)
+        # The inputs are no longer needed: the job never runs again.
+        for name in (_CONTENT, _STYLE):
+            self._spool_bytes -= _remove(folder / name)
+        self._update(job_id, {"state": "done", "finished_at": finished_at or self.clock(), "worker": event.worker},
+                     False)
+
+    async def load_result(self, job_id: str) -> Finished:
+        return await self._run(self._load_result, job_id)
+
+    def _load_result(self, job_id: str) -> Finished:
+        folder = self.job_dir(job_id)
+        meta = json.loads((folder / _RESULT_META).read_bytes())
+        return Finished(job_id, (folder / _RESULT).read_bytes(), meta["summary"], tuple(meta.get("notes") or ()),
+                        meta.get("worker", ""), float(meta.get("seconds") or 0.0))
+
+    async def load_inputs(self, job_id: str) -> tuple[bytes, bytes]:
+        return await self._run(self._load_inputs, job_id)
+
+    def _load_inputs(self, job_id: str) -> tuple[bytes, bytes]:
+        folder = self.job_dir(job_id)
+        return (folder / _CONTENT).read_bytes(), (folder / _STYLE).read_bytes()
+
+    def _remove_files(self, job_id: str) -> None:
+        self._spool_bytes = max(0, self._spool_bytes - _remove(self.job_dir(job_id)))
+
+    # ------------------------------------------------------------------ reading
+
+    async def get(self, job_id: str) -> StoredJob | None:
+        rows = await self._run(self._select, "WHERE job_id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    async def open_jobs(self) -> list[StoredJob]:
+        """Jobs with work or a message still owed, in the order they were accepted."""
+        return await self._run(self._select, "WHERE state IN ('queued','running','done','delivering') "
+                                             "OR (state = 'failed' AND notice IN ('pending','sending')) ORDER BY seq",
+                               ())
+
+    async def all_jobs(self) -> list[StoredJob]:
+        return await self._run(self._select, "ORDER BY seq", ())
+
+    def _select(self, where: str, args: tuple) -> list[StoredJob]:
+        return [_stored(row) for row in self.db.execute(f"SELECT * FROM jobs {where}", args)]
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs per state."""
+        rows = await self._run(lambda: self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        return {state: n for state, n in rows}
+
+    # ------------------------------------------------------------------ housekeeping
+
+    async def purge(self) -> int:
+        """Delete ended jobs older than the retention (and their files); returns how many."""
+        return await self._run(self._purge)
+
+    def _purge(self) -> int:
+        cutoff = self.clock() - self.retention_s
+        ids = [row[0] for row in self.db.execute(
+            "SELECT job_id FROM jobs WHERE updated_at < ? AND (state IN ('delivered','cancelled','undeliverable') "
+            "OR (state = 'failed' AND notice NOT IN ('pending','sending')))", (cutoff,))]
+        with _transaction(self.db):
+            for job_id in ids:
+                self.db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+        for job_id in ids:
+            self._remove_files(job_id)
+        return len(ids)
+
+    async def ping(self) -> None:
+        """A small write to prove the database and the spool can still be written."""
+        await self._run(self._ping)
+
+    def _ping(self) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('health', ?)", (repr(self.clock()),))
+        probe = self.spool_dir / ".health"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+
+    async def flush(self) -> None:
+        """Wait until every fire-and-forget update has been written."""
+        if self._executor is not None:
+            await self._run(lambda: None)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _stored(row: sqlite3.Row) -> StoredJob:
+    state = row["state"]
+    status = {"queued": JobStatus.WAITING, "running": JobStatus.RUNNING, "cancelled": JobStatus.CANCELLED,
+              "failed": JobStatus.FAILED}.get(state, JobStatus.FINISHED)
+    job = Job(
+        job_id=row["job_id"], user_id=row["user_id"], channel_id=row["channel_id"], guild_id=row["guild_id"],
+        application_id=row["application_id"], interaction_token=row["interaction_token"],
+        token_created_at=row["token_created_at"], upload_limit=row["upload_limit"], params=json.loads(row["params"]),
+        content=b"", style=b"", style_label=row["style_label"], preset=row["preset"], created_at=row["created_at"],
+        status=status, status_message_id=row["status_message_id"], started_at=row["started_at"],
+        finished_at=row["finished_at"], worker=row["worker"], cancelled_by=row["cancelled_by"],
+        failure=row["failure"], seq=row["seq"],
+    )
+    return StoredJob(job=job, state=state, seq=row["seq"], position=row["position"], attempts=row["attempts"],
+                     restarts=row["restarts"], notice=row["notice"], route=row["route"],
+                     message_id=row["message_id"], failure_kind=row["failure_kind"])
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds either nothing or all of it, even after a crash."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _remove(path: Path) -> int:
+    """Delete a file or folder; returns the bytes it held (0 if it was not there)."""
+    try:
+        size = _tree_size(path) if path.is_dir() else path.stat().st_size
+    except OSError:
+        return 0
+    try:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except OSError as exc:
+        log.warning("could not remove a spool file", extra={"path": str(path), "error": str(exc)})
+        return 0
+    return size
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _chmod(path: Path, mode: int) -> None:
+    try:
+        os.chmod(path, mode)
+    except OSError:
+        pass
