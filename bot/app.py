@@ -63,19 +63,25 @@ def point_discord_at(api_base: str, gateway_url: str) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
 
-def make_pool(config: Config) -> LocalPool:
+def make_pool(config: Config) -> WorkerPool:
     engine, pool = config.engine, config.pool
     preset = engine.presets[engine.default_preset]
     warm = StylizeParams(preset=engine.default_preset, size=min(preset.size, engine.max_size),
                          iterations=preset.steps, scales=preset.scales, backbone=engine.backbone,
                          weights=engine.weights, precision=engine.precision)
+    # progress events a bit more often than status edits, so each edit is fresh
+    progress_interval_s = min(1.0, max(0.2, config.progress.edit_interval_s / 2))
+    if pool.backend == "ray":  # Ray itself is imported only when the pool starts
+        from nst_core.pool.ray_pool import RayPool
+
+        return RayPool(address=pool.ray_address, devices="cpu" if pool.devices.strip().lower() == "cpu" else "auto",
+                       cpu_actors=pool.ray_actors, warm_params=warm.to_dict(), timeout_s=pool.job_timeout_s,
+                       retries=pool.retries, progress_interval_s=progress_interval_s)
     devices: Any = pool.devices.strip().lower()
     if devices not in ("auto", "cpu"):
         devices = [d.strip() for d in devices.split(",") if d.strip()]
     return LocalPool(devices=devices, cpu_workers=pool.workers, warm_params=warm.to_dict(),
-                     timeout_s=pool.job_timeout_s, retries=pool.retries,
-                     # progress events a bit more often than status edits, so each edit is fresh
-                     progress_interval_s=min(1.0, max(0.2, config.progress.edit_interval_s / 2)))
+                     timeout_s=pool.job_timeout_s, retries=pool.retries, progress_interval_s=progress_interval_s)
 
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}

@@ -12,6 +12,7 @@ Errors are :class:`ConfigError` with a message that names the bad key, e.g.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import tomllib
@@ -85,6 +86,9 @@ class PoolConfig:
     workers: int = _opt(1, min=1, max=64)  # worker processes when running on the CPU
     job_timeout_s: float = _opt(900.0, min=1.0)
     retries: int = _opt(1, min=0, max=5)  # reruns of a job whose worker crashed, on a fresh worker
+    backend: str = _opt("local", choices=("local", "ray"))  # ray: workers are actors on a Ray cluster
+    ray_address: str = ""  # "" starts Ray on this machine; "auto"; "HEAD:6379"; "ray://HEAD:10001"
+    ray_actors: int = _opt(1, min=1, max=256)  # actors on a Ray cluster without GPUs (else one per GPU)
 
 
 @dataclass(frozen=True)
@@ -358,6 +362,12 @@ def _check(config: Config) -> None:
     devices = config.pool.devices.strip().lower()
     if devices not in ("auto", "cpu") and not all(p.strip().isdigit() for p in devices.split(",")):
         raise ConfigError(f"pool.devices must be auto, cpu or GPU ids like \"0,1\", not {config.pool.devices!r}")
+    if config.pool.backend == "ray":
+        if devices not in ("auto", "cpu"):
+            raise ConfigError("pool.devices must be auto or cpu with pool.backend = \"ray\" (Ray gives each actor one "
+                              f"GPU of the cluster), not {config.pool.devices!r}")
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError('pool.backend = "ray" needs Ray, which is not installed: pip install "stylebot[ray]"')
     if config.styles.path and not Path(config.styles.path).expanduser().is_dir():
         raise ConfigError(f"styles.path: {config.styles.path!r} is not a folder")
     if not config.storage.path:

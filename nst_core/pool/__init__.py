@@ -2,8 +2,9 @@
 
 ``base`` defines the backend-neutral interface (:class:`JobSpec`, the events,
 :class:`JobHandle`, :class:`WorkerPool`); ``local`` is the default backend
-(:class:`LocalPool`: spawned processes on this host); ``worker`` is what runs inside a
-worker. Importing this package does not import TensorFlow.
+(:class:`LocalPool`: spawned processes on this host); ``ray_pool`` is the Ray backend
+(:class:`RayPool`: actors on a Ray cluster, an optional extra); ``worker`` is what runs
+inside a worker. Importing this package imports neither TensorFlow nor Ray.
 
     pool = LocalPool(devices="auto", warm_params=params.to_dict())
     await pool.start()
@@ -24,5 +25,13 @@ from .local import LocalPool, detect_gpus
 __all__ = [
     "JobSpec", "JobHandle", "WorkerPool", "PoolStats", "LocalPool", "detect_gpus",
     "Event", "TerminalEvent", "Queued", "Started", "Progress", "Retrying", "Finished", "Failed",
-    "FailureKind", "FAILURE_KINDS", "PoolError", "PoolClosed", "WorkerStartError",
+    "FailureKind", "FAILURE_KINDS", "PoolError", "PoolClosed", "WorkerStartError", "RayPool",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "RayPool":  # lazily: its module is light, but keep the package's import minimal
+        from .ray_pool import RayPool
+
+        return RayPool
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,11 +27,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
-from ..errors import ParamsError
 from ..params import StylizeParams
 from .base import (
-    Event, Failed, Finished, JobHandle, JobSpec, PoolClosed, PoolError, PoolStats, Queued, Retrying,
-    TerminalEvent, WorkerPool, WorkerStartError,
+    SHUTDOWN_REASON, Event, Failed, Finished, JobHandle, JobSpec, PoolError, PoolStats, Retrying, TerminalEvent,
+    WorkerPool, WorkerStartError, admit, drain_jobs,
 )
 from .worker import worker_main
 
@@ -235,24 +234,14 @@ class LocalPool(WorkerPool):
                 self._after_exit(slot.worker)
 
     def submit(self, spec: JobSpec) -> JobHandle:
-        if self._loop is None:
-            raise PoolError("start() the pool before submitting jobs")
-        if self._closing:
-            raise PoolClosed("the pool is shutting down")
-        if spec.job_id in self._jobs:
-            raise PoolError(f"job {spec.job_id} is already in the pool")
-        handle = JobHandle(spec.job_id, self._cancel)
+        handle, invalid = admit(spec, self._cancel, started=self._loop is not None, closing=self._closing,
+                                in_pool=spec.job_id in self._jobs, position=len(self._queue))
         self._submitted += 1
+        if invalid is not None:
+            self._count_terminal(invalid)
+            return handle
         timeout = spec.timeout_s if spec.timeout_s is not None else self._timeout_s
         job = _Job(spec, handle, spec.retries if spec.retries is not None else self._retries, timeout)
-        handle.deliver(Queued(spec.job_id, len(self._queue)))
-        try:
-            StylizeParams.from_dict(spec.params)  # cheap, and saves a trip to a worker
-        except (ParamsError, TypeError, ValueError) as exc:
-            reason = str(exc) if isinstance(exc, ParamsError) else f"Invalid parameters: {exc}."
-            self._count_terminal(Failed(spec.job_id, reason, "invalid_input"))
-            handle.deliver(Failed(spec.job_id, reason, "invalid_input"))
-            return handle
         self._jobs[spec.job_id] = job
         self._queue.append(job)
         self._pump()
@@ -268,18 +257,13 @@ class LocalPool(WorkerPool):
         self._closed = self._loop.create_future()
         self._closing = True
         try:
-            if drain and self._jobs:
-                pending = [j.handle.wait() for j in self._jobs.values()]
-                try:
-                    await asyncio.wait_for(asyncio.gather(*pending), timeout)
-                except asyncio.TimeoutError:
-                    log.warning("shutdown: %d job(s) did not finish in %.0f s; cancelling", len(self._jobs), timeout)
-            reason = "The stylisation service is shutting down, so this job was stopped. Please try again later."
+            if drain:
+                await drain_jobs([j.handle for j in self._jobs.values()], timeout)
             for job in list(self._jobs.values()):
                 worker = job.worker if job.state == "running" else None
                 if worker is not None:
                     worker.cancel_seq.value = job.seq  # let it stop between steps, then exit on "stop"
-                self._end_job(job, Failed(job.spec.job_id, reason, "shutdown"))
+                self._end_job(job, Failed(job.spec.job_id, SHUTDOWN_REASON, "shutdown"))
             self._queue.clear()
             await self._stop_workers()
         finally:
