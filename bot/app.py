@@ -7,9 +7,11 @@ start the worker pool in the background (jobs wait in line until it is warm). Th
 server (:mod:`bot.health`) starts first when ``[health] port`` is set. No privileged intents
 are used.
 
-Shutdown (SIGTERM or SIGINT): stop taking jobs, tell everyone still waiting, let running
-jobs finish (``[shutdown] running_jobs = "finish"``, within ``timeout_s``) or stop them
-(``"cancel"``), deliver what is pending, then exit with status 0.
+Shutdown (SIGTERM or SIGINT): stop taking jobs, let running jobs finish (``[shutdown]
+running_jobs = "finish"``, within ``timeout_s``) or stop them (``"cancel"``), deliver what is
+pending, then exit with status 0. Jobs still waiting, and running jobs that were stopped, are
+paused, not failed: their requesters are told, the job store keeps them, and the next start
+runs them (:mod:`bot.recovery`), stopped ones first.
 
 This process never imports TensorFlow: the workers do, in their own processes.
 """
@@ -48,7 +50,6 @@ __all__ = ["StyleBot", "run", "make_pool", "point_discord_at", "setup_logging", 
 log = logging.getLogger("bot")
 
 SYNC_STATE_FILE = "command_sync.json"
-_RESTART_REASON = ("The bot is restarting, so this job was not started. Please submit it again in a few minutes.")
 _SHUTDOWN_REFUSAL = "The bot is shutting down and is not taking new jobs. Please try again in a few minutes."
 
 
@@ -303,16 +304,16 @@ class StyleBot(discord.Client):
             return
         self._shut_down = True
         cfg = self.config.shutdown
-        dropped = self.scheduler.stop_accepting(_SHUTDOWN_REFUSAL, _RESTART_REASON)
+        paused = self.scheduler.stop_accepting(_SHUTDOWN_REFUSAL)
         running = self.scheduler.running()
-        log.info("shutting down", extra={"dropped_waiting": len(dropped), "running": len(running),
+        log.info("shutting down", extra={"paused_waiting": len(paused), "running": len(running),
                                          "running_jobs": cfg.running_jobs})
         if self._pool_task is not None and not self._pool_task.done():
             self._pool_task.cancel()
         if running and cfg.running_jobs == "finish":
             if not await self.scheduler.wait_running(cfg.timeout_s):
                 log.warning("running jobs did not finish in time; stopping them", extra={"timeout_s": cfg.timeout_s})
-        await self.pool.shutdown(drain=False)  # whatever still runs ends with a "shutdown" failure
+        await self.pool.shutdown(drain=False)  # whatever still runs is paused: it runs again after the restart
         await self.scheduler.wait_running(10.0)
         await self.messenger.drain(timeout=30.0)  # what is still unsent is in the store for the next start
         for task in (self._tick_task, self._purge_task):

@@ -312,6 +312,11 @@ class Messenger:
                                 failure_kind=event.kind, finished_at=job.finished_at, notice="pending")
         self.spawn(self._deliver_failure(job, event), job)
 
+    def job_paused(self, job: Job, was_running: bool) -> None:
+        # Nothing to record: the store still says queued or running, which is what the next
+        # start needs. The final edit drops the Cancel button; the next status message has one.
+        self.spawn(self._finish_status(job, render.paused_line(was_running)), job)
+
     def spawn(self, coro: Awaitable[Any], job: Job) -> None:
         """Run ``coro`` (a delivery for ``job``) in the background; :meth:`drain` waits for it."""
         task = asyncio.get_running_loop().create_task(coro, name=f"deliver-{job.job_id}")  # type: ignore[arg-type]

@@ -125,6 +125,14 @@ def restart_note(user_id: int) -> str:
     return f"🔁 <@{user_id}> the bot restarted; this job was put back in line and keeps its place."
 
 
+def paused_line(was_running: bool) -> str:
+    """The last text of a job's status message when the bot stops before the job is done."""
+    if was_running:
+        return ("⏸️ The bot is restarting, so this job was stopped. It starts again, first in line, "
+                "when the bot is back; you will be told here.")
+    return "⏸️ The bot is restarting. This job keeps its place in line and runs when the bot is back."
+
+
 def moved_line() -> str:
     """The last text of a status message whose job continues in a new one after a restart."""
     return "🔁 The bot restarted — this job continues in a new message below."

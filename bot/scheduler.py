@@ -47,6 +47,7 @@ class JobStatus(str, enum.Enum):
     FINISHED = "finished"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PAUSED = "paused"  # the bot stopped first; the job store keeps it open for the next start
 
     @property
     def ended(self) -> bool:
@@ -273,6 +274,7 @@ class JobListener(Protocol):
     def job_retrying(self, job: Job, event: Retrying) -> None: ...
     def job_finished(self, job: Job, event: Finished) -> None: ...
     def job_failed(self, job: Job, event: Failed) -> None: ...
+    def job_paused(self, job: Job, was_running: bool) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -457,6 +459,8 @@ class Scheduler:
                 elif isinstance(event, Retrying):
                     log.warning("job retrying", extra={"job_id": job.job_id, "kind": event.kind})
                     self._notify("job_retrying", job, event)
+                elif isinstance(event, Failed) and event.kind == "shutdown" and not self.accepting:
+                    self._pause(job, was_running=True)
                 elif isinstance(event, (Finished, Failed)):
                     self._end(job, event)
         except asyncio.CancelledError:
@@ -487,6 +491,15 @@ class Scheduler:
             job.failure = event.reason
             log.info("job ended", extra={"job_id": job.job_id, "kind": event.kind, "reason": event.reason})
             self._notify("job_failed", job, event)
+
+    def _pause(self, job: Job, was_running: bool) -> None:
+        """The bot is stopping before ``job`` is done: it leaves the line unfinished (not failed),
+        so restart recovery runs it when the bot is back."""
+        job.status = JobStatus.PAUSED
+        self._jobs.pop(job.job_id, None)
+        self._announced.pop(job.job_id, None)
+        log.info("job paused for the restart", extra={"job_id": job.job_id, "was_running": was_running})
+        self._notify("job_paused", job, was_running)
 
     def _notify(self, method: str, *args: Any) -> None:
         try:
@@ -522,15 +535,16 @@ class Scheduler:
 
     # -- shutting down
 
-    def stop_accepting(self, refusal: str, dropped_reason: str) -> list[Job]:
-        """Take no new jobs (``refusal`` tells new requests why); end every waiting job with
-        ``Failed(kind="shutdown", reason=dropped_reason)`` and return them."""
+    def stop_accepting(self, refusal: str) -> list[Job]:
+        """Take no new jobs (``refusal`` tells new requests why); pause every waiting job and
+        return them. From now on a running job that the pool stops (``Failed(kind="shutdown")``)
+        is paused too: paused jobs stay open in the job store, so the next start runs them."""
         self.accepting = False
         self.refusal = refusal
-        dropped = self.line.clear()
-        for job in dropped:
-            self._end(job, Failed(job.job_id, dropped_reason, "shutdown"))
-        return dropped
+        paused = self.line.clear()
+        for job in paused:
+            self._pause(job, was_running=False)
+        return paused
 
     async def wait_running(self, timeout: float | None = None) -> bool:
         """Wait until no job is running; True if that happened within ``timeout``."""

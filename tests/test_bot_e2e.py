@@ -43,6 +43,7 @@ class Env:
     fake: FakeDiscord
     bot: BotProcess
     workdir: Path
+    config: Path
 
 
 async def _start(tmp: Path, fake: FakeDiscord, **sections) -> Env:
@@ -51,7 +52,8 @@ async def _start(tmp: Path, fake: FakeDiscord, **sections) -> Env:
     (styles / "mosaic.png").write_bytes(STYLE_PNG)
     (styles / "waves.png").write_bytes(png(np.full((24, 24, 3), (20, 90, 200), np.uint8)))
     await fake.start()
-    bot = start_bot(fake, write_config(tmp, styles_dir=styles, **sections), tmp)
+    config = write_config(tmp, styles_dir=styles, **sections)
+    bot = start_bot(fake, config, tmp)
     try:
         await fake.wait_ready(timeout=60)
         await fake.wait_for_commands(guild=fake.guild, names=["stylize", "stylebot"], timeout=30)
@@ -60,7 +62,7 @@ async def _start(tmp: Path, fake: FakeDiscord, **sections) -> Env:
         await bot.stop()
         await fake.stop()
         raise
-    return Env(fake, bot, tmp)
+    return Env(fake, bot, tmp, config)
 
 
 async def _finish(env: Env) -> None:
@@ -365,25 +367,45 @@ class TestShortTokenLifetime:
         edits = fake.requests_to(rf"^/channels/{fake.channel.id}/messages/{status.id}$", "PATCH")
         assert edits and "Done" in status.content
 
-    async def test_sigterm_tells_waiting_users_and_stops_running_jobs(self, env_b: Env):
+    async def test_sigterm_pauses_jobs_and_the_next_start_runs_them(self, env_b: Env):
         fake = env_b.fake
         # this bot shares nothing with bot A, but it did sync its guild commands at start
         assert fake.command_sync_count(fake.guild) == 1
         _, a_status, a_job = await queued(fake, "alice", preset="best")
         await wait_text(fake, a_status, r"step \d+/3000", timeout=60)
-        _, b_status, b_job = await queued(fake, "bob", preset="fast")
+        b_inter, b_status, b_job = await queued(fake, "bob", preset="fast")
         await wait_text(fake, b_status, r"position \*\*1\*\*")
 
         env_b.bot.proc.send_signal(signal.SIGTERM)
-        bob, alice = fake.user("bob"), fake.user("alice")
-        notice = await fake.wait_for_message(fake.channel, lambda m: f"<@{bob.id}>" in (m.content or ""), timeout=20)
-        assert "restarting" in notice.content and b_job in notice.content
-        await wait_text(fake, b_status, "restarting")
-        stopped = await fake.wait_for_message(fake.channel, lambda m: f"<@{alice.id}>" in (m.content or "")
-                                              and a_job in (m.content or ""), timeout=20)
-        assert "shutting down" in stopped.content
+        # Nobody is told their job failed: both are paused, and their status messages say so.
+        await wait_text(fake, b_status, "restarting. This job keeps its place", timeout=20)
+        await wait_text(fake, a_status, "restarting, so this job was stopped. It starts again", timeout=20)
+        assert cancel_id(b_job) not in str(b_status.components)  # the bot that would answer is gone
         assert await env_b.bot.stop(timeout=30) == 0
         # running_jobs = "finish" with timeout_s = 1: it waited, then stopped the long job
         assert any(r["msg"].startswith("running jobs did not finish in time") for r in env_b.bot.log_records())
         assert env_b.bot.token not in env_b.bot.log_text()
         assert b_job not in started_order(env_b.bot, [b_job])
+        bob, alice = fake.user("bob"), fake.user("alice")
+        assert not [m for m in fake.messages_in(fake.channel) if "did not finish" in (m.content or "")]
+
+        # The next start puts both back in line, the stopped job first, and tells their requesters.
+        sessions = len(fake.sessions)
+        env_b.bot = start_bot(fake, env_b.config, env_b.workdir)
+        await fake.wait_for(lambda: len(fake.sessions) > sessions and fake.session.ready.is_set(), timeout=60,
+                            what="the restarted bot's gateway session")
+        news = {}
+        for job_id, user in ((a_job, alice), (b_job, bob)):
+            news[job_id] = await fake.wait_for_message(
+                fake.channel, lambda m, j=job_id: f"**Job `{j}`**" in (m.content or "")
+                and "put back in line" in (m.content or ""), timeout=30)
+            assert f"<@{user.id}>" in news[job_id].content
+        await env_b.bot.wait_log("job started", timeout=60)
+        assert started_order(env_b.bot, [a_job, b_job])[:1] == [a_job]
+        # alice no longer wants hers: the Cancel button on the new status message works
+        click = await fake.click_button(news[a_job], cancel_id(a_job), user="alice")
+        assert (await click.wait_for_reply(timeout=10)).ephemeral
+        await wait_text(fake, news[a_job], "Cancelled", timeout=20)
+        result = await fake.wait_for_message(fake.channel, lambda m: b_job in (m.content or "") and m.attachments,
+                                             timeout=RESULT_TIMEOUT)
+        assert f"<@{bob.id}>" in result.content and result.attachments[0].data.startswith(PNG_MAGIC)

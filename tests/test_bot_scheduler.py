@@ -159,6 +159,9 @@ class Recorder:
     def job_failed(self, job, event):
         self.calls.append(("failed", job.job_id, event.kind))
 
+    def job_paused(self, job, was_running):
+        self.calls.append(("paused", job.job_id, was_running))
+
     def last_position(self, job_id: str) -> int | None:
         found = [c[2] for c in self.calls if c[0] == "waiting" and c[1] == job_id]
         return found[-1] if found else None
@@ -261,7 +264,7 @@ async def test_progress_start_and_estimates_flow_to_the_listener():
     assert (status.waiting, status.running, status.capacity, status.pool_ready) == (1, 1, 1, True)
 
 
-async def test_jobs_wait_until_the_pool_is_ready_and_shutdown_ends_waiting_jobs():
+async def test_jobs_wait_until_the_pool_is_ready_and_shutdown_pauses_waiting_and_running_jobs():
     pool, rec = FakePool(), Recorder()
     s = Scheduler(pool, rec, per_user_waiting=2, queue_max=4, max_pixels=10_000)
     a, b = job(1), job(2)
@@ -270,10 +273,12 @@ async def test_jobs_wait_until_the_pool_is_ready_and_shutdown_ends_waiting_jobs(
     assert pool.submitted == [] and rec.last_position(a.job_id) == 1
     s.set_pool_ready()
     assert pool.submitted == [a.job_id]
-    dropped = s.stop_accepting("closed", "restarting")
-    assert dropped == [b] and b.status is JobStatus.FAILED and b.failure == "restarting"
+    paused = s.stop_accepting("closed")
+    # paused, not failed: the job store keeps it for the next start
+    assert paused == [b] and b.status is JobStatus.PAUSED and ("paused", b.job_id, False) in rec.calls
     with pytest.raises(NotAccepting, match="closed"):
         s.submit(job(3))
     await pool.shutdown()
     assert await s.wait_running(5)
-    assert a.status is JobStatus.FAILED and ("failed", a.job_id, "shutdown") in rec.calls
+    assert a.status is JobStatus.PAUSED and ("paused", a.job_id, True) in rec.calls
+    assert not any(c[0] == "failed" for c in rec.calls) and s.jobs() == []
