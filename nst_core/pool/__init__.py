@@ -1,7 +1,8 @@
 """Stylisation jobs in warm worker processes, behind an asyncio interface the bot can use.
 
 ``base`` defines the backend-neutral interface (:class:`JobSpec`, the events,
-:class:`JobHandle`, :class:`WorkerPool`); ``local`` is the default backend
+:class:`JobHandle`, :class:`WorkerPool`); ``queueing`` is what the backends share (the
+pool's own waiting line, admission, terminal events, the shutdown sequence); ``local`` is the default backend
 (:class:`LocalPool`: spawned processes on this host); ``ray_pool`` is the Ray backend
 (:class:`RayPool`: actors on a Ray cluster, an optional extra); ``worker`` is what runs
 inside a worker. Importing this package imports neither TensorFlow nor Ray.

@@ -2,8 +2,9 @@
 
 Everything here is plain, picklable data or asyncio glue; nothing imports TensorFlow, so
 the bot can use it in its own process. A backend (the local process pool in
-:mod:`nst_core.pool.local`, a Ray cluster later) implements :class:`WorkerPool` and feeds
-each job's events to its :class:`JobHandle` with :meth:`JobHandle.deliver`.
+:mod:`nst_core.pool.local`, the Ray cluster in :mod:`nst_core.pool.ray_pool`, both built on
+:mod:`nst_core.pool.queueing`) implements :class:`WorkerPool` and feeds each job's events
+to its :class:`JobHandle` with :meth:`JobHandle.deliver`.
 
 Event semantics (the same for every backend):
 
@@ -24,19 +25,16 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Literal, Union
 
-from ..errors import ParamsError
 from ..images import DEFAULT_MAX_PIXELS
-from ..params import StylizeParams
 
 __all__ = [
     "JobSpec", "Event", "TerminalEvent", "Queued", "Started", "Progress", "Retrying", "Finished",
     "Failed", "FailureKind", "FAILURE_KINDS", "JobHandle", "WorkerPool", "PoolStats", "PoolError",
-    "PoolClosed", "WorkerStartError", "admit", "drain_jobs", "SHUTDOWN_REASON",
+    "PoolClosed", "WorkerStartError",
 ]
 
 FailureKind = Literal[
@@ -316,44 +314,3 @@ class WorkerPool(abc.ABC):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.shutdown()
-
-
-# --------------------------------------------------------------------------- shared by backends
-
-SHUTDOWN_REASON = "The stylisation service is shutting down, so this job was stopped. Please try again later."
-
-
-def admit(spec: JobSpec, canceller: Callable[[str], None], *, started: bool, closing: bool, in_pool: bool,
-          position: int) -> tuple[JobHandle, Failed | None]:
-    """The checks every ``submit`` makes: a handle already told ``Queued`` at ``position``.
-
-    The second value is the ``Failed`` already delivered when the parameters are invalid
-    (checking them here is cheap and saves a trip to a worker); the job then never runs.
-    """
-    if not started:
-        raise PoolError("start() the pool before submitting jobs")
-    if closing:
-        raise PoolClosed("the pool is shutting down")
-    if in_pool:
-        raise PoolError(f"job {spec.job_id} is already in the pool")
-    handle = JobHandle(spec.job_id, canceller)
-    handle.deliver(Queued(spec.job_id, position))
-    try:
-        StylizeParams.from_dict(spec.params)
-    except (ParamsError, TypeError, ValueError) as exc:
-        failed = Failed(spec.job_id, str(exc) if isinstance(exc, ParamsError) else f"Invalid parameters: {exc}.",
-                        "invalid_input")
-        handle.deliver(failed)
-        return handle, failed
-    return handle, None
-
-
-async def drain_jobs(handles: list[JobHandle], timeout: float) -> None:
-    """Wait up to ``timeout`` seconds for these jobs to end (a draining shutdown)."""
-    if not handles:
-        return
-    try:
-        await asyncio.wait_for(asyncio.gather(*(h.wait() for h in handles)), timeout)
-    except asyncio.TimeoutError:
-        logging.getLogger(__name__).warning("shutdown: %d job(s) did not finish in %.0f s; cancelling",
-                                            sum(not h.done for h in handles), timeout)

@@ -16,7 +16,6 @@ worker polls between steps; a worker that does not react in ``cancel_grace_s`` i
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import logging
 import multiprocessing
@@ -24,14 +23,12 @@ import os
 import signal
 import subprocess
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
 
 from ..params import StylizeParams
-from .base import (
-    SHUTDOWN_REASON, Event, Failed, Finished, JobHandle, JobSpec, PoolError, PoolStats, Retrying, TerminalEvent,
-    WorkerPool, WorkerStartError, admit, drain_jobs,
-)
+from .base import Failed, Finished, PoolError, Retrying, WorkerStartError
+from .queueing import CANCELLED_REASON, PoolJob, QueueingPool
 from .worker import worker_main
 
 __all__ = ["LocalPool", "detect_gpus"]
@@ -61,22 +58,8 @@ def detect_gpus() -> list[str]:
 
 
 @dataclass(eq=False)
-class _Job:
-    spec: JobSpec
-    handle: JobHandle
-    retries: int
-    timeout_s: float | None
-    state: Literal["queued", "running", "done"] = "queued"
-    attempt: int = 0  # dispatches so far
-    seq: int = 0  # id of the current dispatch; stale worker messages carry an older one
+class _Job(PoolJob):
     worker: "_Worker | None" = None
-    cancel_requested: bool = False
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
-
-    def clear_timers(self) -> None:
-        for timer in self.timers:
-            timer.cancel()
-        self.timers.clear()
 
 
 @dataclass(eq=False)
@@ -106,7 +89,7 @@ class _Worker:
     start_timer: asyncio.TimerHandle | None = None
 
 
-class LocalPool(WorkerPool):
+class LocalPool(QueueingPool):
     """A :class:`WorkerPool` of ``spawn``ed processes on this host.
 
     ``devices``: ``"auto"`` (one worker per GPU found, else ``cpu_workers`` on the CPU),
@@ -120,7 +103,15 @@ class LocalPool(WorkerPool):
     the last step. ``oom_retries``: reruns at 0.75x the size after GPU out-of-memory.
     ``cancel_grace_s``: how long a running job may take to honour a cancel before its
     worker is killed. ``worker_init``: ``"module:function"`` called with each new Engine.
+
+    ``free_slots`` changes only when the caller submits and when a job ends (its terminal
+    event), so a scheduler can re-check it on each terminal event instead of polling: a
+    worker being replaced still counts as a slot, and a job submitted meanwhile waits in the
+    pool until the replacement is warm. (The one exception: a slot whose worker fails to
+    start ``max_start_failures`` times in a row is given up and leaves ``capacity``.)
     """
+
+    _job_class = _Job
 
     def __init__(
         self,
@@ -142,12 +133,10 @@ class LocalPool(WorkerPool):
             raise ValueError("cpu_workers must be at least 1")
         if warm_params is not None:
             StylizeParams.from_dict(warm_params)  # fail here, not in every worker
+        super().__init__(timeout_s=timeout_s, retries=retries, cancel_grace_s=cancel_grace_s)
         self._devices = devices
         self._cpu_workers = cpu_workers
         self._cpu_threads = cpu_threads
-        self._timeout_s = timeout_s
-        self._retries = retries
-        self._cancel_grace_s = cancel_grace_s
         self._start_timeout_s = start_timeout_s
         self._max_start_failures = max_start_failures
         self._worker_config = {
@@ -155,21 +144,9 @@ class LocalPool(WorkerPool):
             "progress_interval_s": progress_interval_s, "oom_retries": oom_retries,
         }
         self._ctx = multiprocessing.get_context("spawn")
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._sender: concurrent.futures.ThreadPoolExecutor | None = None
         self._slots: list[_Slot] = []
         self._workers: set[_Worker] = set()  # every process not yet reaped, replaced ones too
-        self._queue: collections.deque[_Job] = collections.deque()
-        self._jobs: dict[str, _Job] = {}
-        self._seq = 0
-        self._starting = False
-        self._closing = False
-        self._closed: asyncio.Future | None = None
-        self._restarts = 0
-        self._submitted = 0
-        self._finished = 0
-        self._failed: collections.Counter[str] = collections.Counter()
-        self._retry_count = 0
 
     # ------------------------------------------------------------------ public API
 
@@ -181,20 +158,6 @@ class LocalPool(WorkerPool):
         return sum(1 for s in self._slots if s.disabled_reason is None)
 
     @property
-    def free_slots(self) -> int:
-        """``capacity`` minus the jobs held (running, or waiting in the pool).
-
-        It changes only when the caller submits and when a job ends (its terminal event),
-        so a scheduler can re-check it on each terminal event instead of polling: a worker
-        being replaced still counts as a slot, and a job submitted meanwhile waits in the
-        pool until the replacement is warm. (The one exception: a slot whose worker fails
-        to start ``max_start_failures`` times in a row is given up and leaves ``capacity``.)
-        """
-        if self._closing or self._loop is None:
-            return 0
-        return max(0, self.capacity - len(self._jobs))
-
-    @property
     def workers_alive(self) -> int:
         return sum(1 for s in self._slots if s.worker is not None and s.worker.state in ("idle", "busy"))
 
@@ -202,14 +165,6 @@ class LocalPool(WorkerPool):
         """Process ids of the current workers (starting ones included), by slot."""
         return [s.worker.process.pid for s in self._slots
                 if s.worker is not None and s.worker.state != "dead" and s.worker.process.pid]
-
-    def stats(self) -> PoolStats:
-        running = sum(1 for j in self._jobs.values() if j.state == "running")
-        return PoolStats(
-            capacity=self.capacity, free_slots=self.free_slots, running=running, queued=len(self._queue),
-            workers_alive=self.workers_alive, restarts=self._restarts, submitted=self._submitted,
-            finished=self._finished, failed=dict(self._failed), retries=self._retry_count,
-        )
 
     async def start(self) -> None:
         if self._loop is not None:
@@ -233,43 +188,16 @@ class LocalPool(WorkerPool):
             if slot.worker is not None and slot.worker.state == "dead":
                 self._after_exit(slot.worker)
 
-    def submit(self, spec: JobSpec) -> JobHandle:
-        handle, invalid = admit(spec, self._cancel, started=self._loop is not None, closing=self._closing,
-                                in_pool=spec.job_id in self._jobs, position=len(self._queue))
-        self._submitted += 1
-        if invalid is not None:
-            self._count_terminal(invalid)
-            return handle
-        timeout = spec.timeout_s if spec.timeout_s is not None else self._timeout_s
-        job = _Job(spec, handle, spec.retries if spec.retries is not None else self._retries, timeout)
-        self._jobs[spec.job_id] = job
-        self._queue.append(job)
-        self._pump()
-        return handle
+    def _stop_running(self, job: _Job) -> None:
+        if job.worker is not None:
+            job.worker.cancel_seq.value = job.seq  # let it stop between steps, then exit on "stop"
 
-    async def shutdown(self, drain: bool = False, timeout: float = 30.0) -> None:
-        if self._loop is None:
-            self._closing = True
-            return
-        if self._closed is not None:
-            await asyncio.shield(self._closed)
-            return
-        self._closed = self._loop.create_future()
-        self._closing = True
+    async def _close_workers(self) -> None:
         try:
-            if drain:
-                await drain_jobs([j.handle for j in self._jobs.values()], timeout)
-            for job in list(self._jobs.values()):
-                worker = job.worker if job.state == "running" else None
-                if worker is not None:
-                    worker.cancel_seq.value = job.seq  # let it stop between steps, then exit on "stop"
-                self._end_job(job, Failed(job.spec.job_id, SHUTDOWN_REASON, "shutdown"))
-            self._queue.clear()
             await self._stop_workers()
         finally:
             if self._sender is not None:
                 self._sender.shutdown(wait=False)
-            self._closed.set_result(None)
 
     # ------------------------------------------------------------------ slots and workers
 
@@ -467,7 +395,7 @@ class LocalPool(WorkerPool):
         """The worker running ``job`` died: retry the job if allowed, else fail it."""
         job.clear_timers()
         if job.cancel_requested:
-            self._end_job(job, Failed(job.spec.job_id, "The job was cancelled.", "cancelled"))
+            self._end_job(job, Failed(job.spec.job_id, CANCELLED_REASON, "cancelled"))
         elif job.attempt <= job.retries and not self._closing:
             self._retry_count += 1
             job.state, job.worker = "queued", None
@@ -521,61 +449,28 @@ class LocalPool(WorkerPool):
                 self._dispatch(self._queue.popleft(), worker)
 
     def _dispatch(self, job: _Job, worker: _Worker) -> None:
-        assert self._loop is not None
-        self._seq += 1
-        job.seq, job.attempt, job.worker, job.state = self._seq, job.attempt + 1, worker, "running"
-        worker.job, worker.state = job, "busy"
-        if job.timeout_s:
-            job.timers.append(self._loop.call_later(job.timeout_s, self._on_timeout, job, job.seq))
+        self._next_dispatch(job)
+        job.worker, worker.job, worker.state = worker, job, "busy"
         self._send(worker, ("job", job.seq, job.spec, job.attempt))
 
     def _on_timeout(self, job: _Job, seq: int) -> None:
-        if job.state != "running" or job.seq != seq:
+        if not self._current(job, seq):
             return
         if job.worker is not None:
             self._kill(job.worker)  # a stuck or slow step cannot be interrupted any other way
         self._end_job(job, Failed(job.spec.job_id, f"The job timed out after {job.timeout_s:g} seconds.", "timeout"))
 
-    def _cancel(self, job_id: str) -> None:
-        job = self._jobs.get(job_id)
-        if job is None or job.state == "done" or job.cancel_requested:
-            return
-        job.cancel_requested = True
-        if job.state == "queued":
-            self._end_job(job, Failed(job_id, "The job was cancelled.", "cancelled"))
-            return
-        assert self._loop is not None and job.worker is not None
-        job.worker.cancel_seq.value = job.seq
-        job.timers.append(self._loop.call_later(self._cancel_grace_s, self._on_cancel_stuck, job, job.seq))
+    def _cancel_running(self, job: _Job) -> None:
+        if job.worker is not None:
+            job.worker.cancel_seq.value = job.seq
 
     def _on_cancel_stuck(self, job: _Job, seq: int) -> None:
-        if job.state != "running" or job.seq != seq:
+        if not self._current(job, seq):
             return
         log.warning("job %s ignored its cancel for %.1f s; replacing its worker", job.spec.job_id, self._cancel_grace_s)
         if job.worker is not None:
             self._kill(job.worker)
-        self._end_job(job, Failed(job.spec.job_id, "The job was cancelled.", "cancelled"))
-
-    def _end_job(self, job: _Job, terminal: TerminalEvent) -> None:
-        if job.state == "done":
-            return
-        if job.state == "queued":
-            try:
-                self._queue.remove(job)
-            except ValueError:
-                pass
-        job.clear_timers()
-        job.state = "done"
-        self._jobs.pop(job.spec.job_id, None)
-        self._count_terminal(terminal)
-        job.handle.deliver(terminal)
-
-    def _count_terminal(self, terminal: Event) -> None:
-        if isinstance(terminal, Finished):
-            self._finished += 1
-        elif isinstance(terminal, Failed):
-            self._failed[terminal.kind] += 1
-
+        self._end_job(job, Failed(job.spec.job_id, CANCELLED_REASON, "cancelled"))
 
 def _exit_text(exitcode: int | None) -> str:
     if exitcode is None:

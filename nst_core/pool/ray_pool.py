@@ -25,21 +25,18 @@ the pool starts, and importing this module does not import Ray or TensorFlow.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import logging
 import os
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Literal, Mapping
 
 from ..params import StylizeParams
-from .base import (
-    SHUTDOWN_REASON, Event, Failed, Finished, JobHandle, JobSpec, PoolError, PoolStats, Retrying, TerminalEvent,
-    WorkerPool, WorkerStartError, admit, drain_jobs,
-)
+from .base import Event, Failed, Finished, JobSpec, PoolError, Retrying, WorkerStartError
+from .queueing import CANCELLED_REASON, PoolJob, QueueingPool
 
 __all__ = ["RayPool", "StyleWorker"]
 
@@ -48,7 +45,6 @@ log = logging.getLogger(__name__)
 _POLL_WAIT_S = 1.0  # Ray Client: how long one poll waits in the actor for new events
 _PROBE_TIMEOUT_S = 60.0  # one ready() probe of a restarting actor
 _STOP_TIMEOUT_S = 10.0  # waiting for killed actors to be gone at shutdown
-_CANCELLED_REASON = "The job was cancelled."
 
 
 # --------------------------------------------------------------------------- the actor
@@ -165,24 +161,10 @@ class _Buffer:
 
 
 @dataclass(eq=False)
-class _Job:
-    spec: JobSpec
-    handle: JobHandle
-    retries: int
-    timeout_s: float | None
-    state: Literal["queued", "running", "done"] = "queued"
-    attempt: int = 0  # dispatches so far
-    seq: int = 0  # id of the current dispatch
+class _Job(PoolJob):
     actor: "_Actor | None" = None
     ray_task: Any = None  # the ObjectRefGenerator (or ObjectRef through Ray Client) to cancel
     task: asyncio.Task | None = None  # the coroutine reading its events
-    cancel_requested: bool = False
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
-
-    def clear_timers(self) -> None:
-        for timer in self.timers:
-            timer.cancel()
-        self.timers.clear()
 
 
 @dataclass(eq=False)
@@ -204,7 +186,7 @@ class _Actor:
         return self.state in ("idle", "busy")
 
 
-class RayPool(WorkerPool):
+class RayPool(QueueingPool):
     """A :class:`WorkerPool` of Ray actors: one per GPU in the cluster, or ``cpu_actors`` on CPUs.
 
     ``address``: ``""`` starts a Ray instance on this machine; ``"auto"`` joins the cluster
@@ -219,7 +201,13 @@ class RayPool(WorkerPool):
     each actor (-1: no limit). ``no_capacity_timeout_s``: how long queued jobs wait while no
     actor is live before they fail. ``rescan_interval_s``: how often the cluster's GPU count
     is checked for new nodes. The other arguments are as for :class:`LocalPool`.
+
+    ``free_slots`` changes when the caller submits, when a job ends, and when actors are
+    lost or come back (a restarted actor, a new GPU node), so a scheduler should also
+    re-check it now and then (the bot does, every second).
     """
+
+    _job_class = _Job
 
     def __init__(
         self,
@@ -247,17 +235,13 @@ class RayPool(WorkerPool):
             raise ValueError("devices must be 'auto', 'gpu' or 'cpu'")
         if cpu_actors < 1 or cpus_per_actor < 1:
             raise ValueError("cpu_actors and cpus_per_actor must be at least 1")
-        if retries < 0:
-            raise ValueError("retries must not be negative")
         if warm_params is not None:
             StylizeParams.from_dict(warm_params)  # fail here, not in every actor
+        super().__init__(timeout_s=timeout_s, retries=retries, cancel_grace_s=cancel_grace_s)
         self._address = (address or "").strip()
         self._devices = devices
         self._cpu_actors = cpu_actors
         self._cpus_per_actor = cpus_per_actor
-        self._timeout_s = timeout_s
-        self._retries = retries
-        self._cancel_grace_s = cancel_grace_s
         self._start_timeout_s = start_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._no_capacity_timeout_s = no_capacity_timeout_s
@@ -276,23 +260,11 @@ class RayPool(WorkerPool):
         self._ray_release = threading.Event()  # set at shutdown: the owner thread disconnects
         self._ray_released = threading.Event()
         self._gpu = False
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._actors: list[_Actor] = []
-        self._queue: collections.deque[_Job] = collections.deque()
-        self._jobs: dict[str, _Job] = {}
-        self._seq = 0
-        self._starting = False
-        self._closing = False
-        self._closed: asyncio.Future | None = None
         self._rescan_task: asyncio.Task | None = None
         self._drive_tasks: set[asyncio.Task] = set()
         self._no_capacity_timer: asyncio.TimerHandle | None = None
         self._start_failures = 0  # consecutive actors that failed to start
-        self._restarts = 0
-        self._submitted = 0
-        self._finished = 0
-        self._failed: collections.Counter[str] = collections.Counter()
-        self._retry_count = 0
 
     # ------------------------------------------------------------------ public API
 
@@ -302,18 +274,6 @@ class RayPool(WorkerPool):
         if self._loop is None:
             return self._cpu_actors if self._devices == "cpu" else 0
         return sum(1 for a in self._actors if a.live)
-
-    @property
-    def free_slots(self) -> int:
-        """``capacity`` minus the jobs held (running, or waiting in the pool).
-
-        It changes when the caller submits, when a job ends, and when actors are lost or
-        come back (a restarted actor, a new GPU node), so a scheduler should also re-check
-        it now and then (the bot does, every second).
-        """
-        if self._closing or self._loop is None:
-            return 0
-        return max(0, self.capacity - len(self._jobs))
 
     @property
     def workers_alive(self) -> int:
@@ -330,14 +290,6 @@ class RayPool(WorkerPool):
     def worker_nodes(self) -> dict[str, str]:
         """Ray node id of each live actor, by worker name."""
         return {a.name: a.node_id for a in self._actors if a.live and a.node_id is not None}
-
-    def stats(self) -> PoolStats:
-        running = sum(1 for j in self._jobs.values() if j.state == "running")
-        return PoolStats(
-            capacity=self.capacity, free_slots=self.free_slots, running=running, queued=len(self._queue),
-            workers_alive=self.workers_alive, restarts=self._restarts, submitted=self._submitted,
-            finished=self._finished, failed=dict(self._failed), retries=self._retry_count,
-        )
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until every actor is live (none starting or being restarted)."""
@@ -381,51 +333,22 @@ class RayPool(WorkerPool):
             self._rescan_task = asyncio.create_task(self._rescan(), name="nst-ray-rescan")
         self._pump()
 
-    def submit(self, spec: JobSpec) -> JobHandle:
-        handle, invalid = admit(spec, self._cancel, started=self._loop is not None, closing=self._closing,
-                                in_pool=spec.job_id in self._jobs, position=len(self._queue))
-        self._submitted += 1
-        if invalid is not None:
-            self._count_terminal(invalid)
-            return handle
-        timeout = spec.timeout_s if spec.timeout_s is not None else self._timeout_s
-        job = _Job(spec, handle, spec.retries if spec.retries is not None else self._retries, timeout)
-        self._jobs[spec.job_id] = job
-        self._queue.append(job)
-        self._pump()
-        return handle
+    def _stop_running(self, job: _Job) -> None:
+        self._ray_cancel(job)
 
-    async def shutdown(self, drain: bool = False, timeout: float = 30.0) -> None:
-        if self._loop is None:
-            self._closing = True
-            return
-        if self._closed is not None:
-            await asyncio.shield(self._closed)
-            return
-        self._closed = self._loop.create_future()
-        self._closing = True
-        try:
-            if drain:
-                await drain_jobs([j.handle for j in self._jobs.values()], timeout)
-            for job in list(self._jobs.values()):
-                if job.state == "running":
-                    self._ray_cancel(job)
-                self._end_job(job, Failed(job.spec.job_id, SHUTDOWN_REASON, "shutdown"))
-            self._queue.clear()
-            if self._no_capacity_timer is not None:
-                self._no_capacity_timer.cancel()
-            tasks = [t for t in (self._rescan_task, *(a.task for a in self._actors), *self._drive_tasks)
-                     if t is not None and not t.done()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self._stop_actors()
-            self._ray_release.set()  # the owner thread (if any) calls ray.shutdown(), even after a late connect
-            if self._owns_ray:
-                self._owns_ray = False
-                await asyncio.get_running_loop().run_in_executor(None, self._ray_released.wait, 30.0)
-        finally:
-            self._closed.set_result(None)
+    async def _close_workers(self) -> None:
+        if self._no_capacity_timer is not None:
+            self._no_capacity_timer.cancel()
+        tasks = [t for t in (self._rescan_task, *(a.task for a in self._actors), *self._drive_tasks)
+                 if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._stop_actors()
+        self._ray_release.set()  # the owner thread (if any) calls ray.shutdown(), even after a late connect
+        if self._owns_ray:
+            self._owns_ray = False
+            await asyncio.get_running_loop().run_in_executor(None, self._ray_released.wait, 30.0)
 
     # ------------------------------------------------------------------ connecting
 
@@ -722,11 +645,8 @@ class RayPool(WorkerPool):
 
     def _dispatch(self, job: _Job, actor: _Actor) -> None:
         assert self._loop is not None
-        self._seq += 1
-        job.seq, job.attempt, job.actor, job.state = self._seq, job.attempt + 1, actor, "running"
-        actor.job, actor.state = job, "busy"
-        if job.timeout_s:
-            job.timers.append(self._loop.call_later(job.timeout_s, self._on_timeout, job, job.seq))
+        self._next_dispatch(job)
+        job.actor, actor.job, actor.state = actor, job, "busy"
         try:  # submitted at once, so a cancel right after this reaches Ray
             if self._client_mode:
                 job.ray_task = actor.handle.run_buffered.remote(f"{job.spec.job_id}:{job.seq}", job.spec, job.attempt)
@@ -740,9 +660,6 @@ class RayPool(WorkerPool):
                                        name=f"nst-ray-job-{job.spec.job_id}")
         self._drive_tasks.add(job.task)
         job.task.add_done_callback(self._drive_tasks.discard)
-
-    def _current(self, job: _Job, seq: int) -> bool:
-        return job.state == "running" and job.seq == seq
 
     async def _stream(self, job: _Job, actor: _Actor, seq: int, call: Any) -> AsyncIterator[Event]:
         """The job's events as they come: a streaming generator, or polling through Ray Client."""
@@ -803,7 +720,7 @@ class RayPool(WorkerPool):
 
     async def _on_cancelled(self, job: _Job, actor: _Actor, seq: int, epoch: int) -> None:
         if self._current(job, seq):
-            self._end_job(job, Failed(job.spec.job_id, _CANCELLED_REASON, "cancelled"))
+            self._end_job(job, Failed(job.spec.job_id, CANCELLED_REASON, "cancelled"))
         await self._settle(actor, epoch)
 
     async def _settle(self, actor: _Actor, epoch: int) -> None:
@@ -831,7 +748,7 @@ class RayPool(WorkerPool):
         """The actor running ``job`` died: retry the job on another actor if allowed, else fail it."""
         job.clear_timers()
         if job.cancel_requested:
-            self._end_job(job, Failed(job.spec.job_id, _CANCELLED_REASON, "cancelled"))
+            self._end_job(job, Failed(job.spec.job_id, CANCELLED_REASON, "cancelled"))
         elif job.attempt <= job.retries and not self._closing:
             self._retry_count += 1
             job.state, job.actor, job.ray_task = "queued", None, None
@@ -851,17 +768,8 @@ class RayPool(WorkerPool):
         if actor is not None and actor.job is job:
             self._on_actor_lost(actor, actor.epoch, "its job timed out", kill=True)  # a step cannot be interrupted
 
-    def _cancel(self, job_id: str) -> None:
-        job = self._jobs.get(job_id)
-        if job is None or job.state == "done" or job.cancel_requested:
-            return
-        job.cancel_requested = True
-        if job.state == "queued":
-            self._end_job(job, Failed(job_id, _CANCELLED_REASON, "cancelled"))
-            return
-        assert self._loop is not None
+    def _cancel_running(self, job: _Job) -> None:
         self._ray_cancel(job)
-        job.timers.append(self._loop.call_later(self._cancel_grace_s, self._on_cancel_stuck, job, job.seq))
 
     def _ray_cancel(self, job: _Job) -> None:
         if job.ray_task is None:
@@ -876,29 +784,9 @@ class RayPool(WorkerPool):
         if not self._current(job, seq):
             return
         actor = job.actor
-        self._end_job(job, Failed(job.spec.job_id, _CANCELLED_REASON, "cancelled"))
+        self._end_job(job, Failed(job.spec.job_id, CANCELLED_REASON, "cancelled"))
         if actor is not None and actor.job is job:
             self._on_actor_lost(actor, actor.epoch, "it ignored a cancel", kill=True)
-
-    def _end_job(self, job: _Job, terminal: TerminalEvent) -> None:
-        if job.state == "done":
-            return
-        if job.state == "queued":
-            try:
-                self._queue.remove(job)
-            except ValueError:
-                pass
-        job.clear_timers()
-        job.state = "done"
-        self._jobs.pop(job.spec.job_id, None)
-        self._count_terminal(terminal)
-        job.handle.deliver(terminal)
-
-    def _count_terminal(self, terminal: Event) -> None:
-        if isinstance(terminal, Finished):
-            self._finished += 1
-        elif isinstance(terminal, Failed):
-            self._failed[terminal.kind] += 1
 
 
 # --------------------------------------------------------------------------- helpers
