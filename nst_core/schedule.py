@@ -26,6 +26,11 @@ PRESETS: dict[str, Preset] = {
 
 # Below this the VGG feature maps of the deepest style layer get too small to mean much.
 MIN_SCALE_SIZE = 128
+# The first scale is at most this size: the painting's large structure (strokes, swirls) is
+# laid down there, at the scale VGG's receptive fields see best; larger scales refine it.
+# Starting "best" (768 px) at 384 instead gave a visibly weaker style (distance 0.134 against
+# 0.105 at 256 px, Starry Night).
+MAX_FIRST_SCALE = 256
 
 
 def scale_sizes(target: int, scales: int, min_size: int = MIN_SCALE_SIZE) -> list[int]:
@@ -33,10 +38,12 @@ def scale_sizes(target: int, scales: int, min_size: int = MIN_SCALE_SIZE) -> lis
 
     >>> scale_sizes(512, 3)
     [256, 362, 512]
+    >>> scale_sizes(768, 4)
+    [256, 369, 533, 768]
     """
     if target <= 0 or scales <= 0:
         raise ValueError("target and scales must be positive")
-    first = max(min(min_size, target), target // 2 if scales > 1 else target)
+    first = max(min(min_size, target), min(target // 2, MAX_FIRST_SCALE) if scales > 1 else target)
     if scales == 1 or first >= target:
         return [target]
     ratio = (target / first) ** (1.0 / (scales - 1))

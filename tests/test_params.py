@@ -43,6 +43,8 @@ def test_round_trip_through_json():
 
 def test_scale_sizes_grow_to_the_target():
     assert scale_sizes(512, 3) == [256, 362, 512]
+    assert scale_sizes(768, 4) == [256, 369, 533, 768]  # the style's structure is laid down at 256 px
+    assert scale_sizes(384, 2) == [192, 384]
     assert scale_sizes(512, 1) == [512]
     assert scale_sizes(100, 3) == [100]  # smaller than the first scale: one scale
     for preset in PRESETS.values():
