@@ -109,7 +109,6 @@ def assert_well_formed(events: list, job_id: str) -> None:
             last_step = event.step
 
 
-
 async def _gone(pid: int, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -120,7 +119,6 @@ async def _gone(pid: int, timeout: float = 10.0) -> bool:
             return True
         await asyncio.sleep(0.05)
     return False
-
 
 
 # ---------------------------------------------------------------------- contract tests (shared pool)
