@@ -111,7 +111,8 @@ class UserLimitReached(Refused):
 class LineFull(Refused):
     def __init__(self, waiting: int, eta_s: float | None) -> None:
         self.waiting, self.eta_s = waiting, eta_s
-        work = f", about {max(1, math.ceil(eta_s / 60))} minutes of work" if eta_s is not None else ""
+        minutes = max(1, math.ceil(eta_s / 60)) if eta_s is not None else 0
+        work = f", about {minutes} minute{'s' if minutes > 1 else ''} of work" if eta_s is not None else ""
         super().__init__(f"The queue is full ({waiting} jobs waiting{work}). Please try again in a little while.")
 
 

@@ -227,6 +227,7 @@ async def test_limits_are_refused_with_specific_messages():
     s.durations.add("fast", 120.0)
     with pytest.raises(LineFull, match=r"queue is full \(3 jobs waiting, about 8 minutes of work\)"):
         s.check(3)  # the running job (2 min, just started) and three waiting ones of 2 min each
+    assert "about 1 minute of work)" in str(LineFull(3, 40.0))
 
 
 async def test_cancel_waiting_and_running_jobs():
