@@ -258,7 +258,10 @@ async def test_a_node_removed_mid_job_the_job_completes_on_the_other_node(cluste
         assert_well_formed(events, handle.job_id)
         assert [e.kind for e in events if isinstance(e, Retrying)] == ["worker_died"]
         assert isinstance(events[-1], Failed) and events[-1].kind == "worker_died"
-        assert "no other stylisation worker is available" in events[-1].reason
+        # Usually its retry finds no live actor; on a loaded machine it may reach the other
+        # actor before that one's node is known to be gone, and die there with no retry left.
+        assert ("no other stylisation worker is available" in events[-1].reason
+                or "stopped unexpectedly" in events[-1].reason), events[-1].reason
         waited = await asyncio.wait_for(waiting.wait(), 10)  # it may have reached an actor just before its node went
         assert waited.kind in ("error", "worker_died") and "available on the Ray cluster" in waited.reason
         assert pool.capacity == 0 and pool.free_slots == 0
