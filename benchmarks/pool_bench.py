@@ -57,7 +57,8 @@ async def _cold_start(workers: int, params: dict, threads: int | None = None) ->
     return pool, time.perf_counter() - t
 
 
-async def _run(pool, spec) -> tuple[float, object]:
+async def run_job(pool, spec) -> tuple[float, object]:
+    """Seconds from submit to ``Finished``, and that event (shared with ray_bench.py)."""
     t = time.perf_counter()
     terminal = await pool.submit(spec).wait()
     if terminal.__class__.__name__ != "Finished":
@@ -82,7 +83,7 @@ async def _overhead(repeats: int, params: dict, content: bytes, style: bytes) ->
             t = time.perf_counter()
             engine.stylize(content_img, style_img, p)
             d = time.perf_counter() - t
-            seconds, finished = await _run(pool, JobSpec(content=content, style=style, params=params))
+            seconds, finished = await run_job(pool, JobSpec(content=content, style=style, params=params))
             if i >= 2:  # first runs: caches and allocators settle
                 direct.append(d)
                 pooled.append(seconds)
@@ -108,19 +109,27 @@ async def _throughput(workers: int, jobs: int, params: dict, content: bytes, sty
     if workers > 1 and not threads:
         print(f"cold start, {workers} workers:      {cold:6.2f} s")
     try:
-        await _run(pool, JobSpec(content=content, style=style, params=params))  # settle each worker once
-        await asyncio.gather(*(_run(pool, JobSpec(content=content, style=style, params=params))
-                               for _ in range(workers)))
-        t = time.perf_counter()
-        handles = [pool.submit(JobSpec(content=content, style=style, params={**params, "seed": i}))
-                   for i in range(jobs)]
-        results = await asyncio.gather(*(h.wait() for h in handles))
-        elapsed = time.perf_counter() - t
+        await run_job(pool, JobSpec(content=content, style=style, params=params))  # settle each worker once
+        elapsed = await timed_batch(pool, workers, jobs, params, content, style)
     finally:
         await pool.shutdown()
-    assert all(r.__class__.__name__ == "Finished" for r in results)
     print(f"throughput, {label}:".ljust(28) + f"{jobs / elapsed * 60:6.1f} jobs/min "
           f"({jobs} jobs in {elapsed:.1f} s)")
+
+
+async def timed_batch(pool, workers: int, jobs: int, params: dict, content: bytes, style: bytes) -> float:
+    """Seconds for ``jobs`` jobs submitted at once, after one job per worker (shared with ray_bench.py)."""
+    from nst_core.pool import JobSpec
+
+    await asyncio.gather(*(run_job(pool, JobSpec(content=content, style=style, params=params))
+                           for _ in range(workers)))
+    t = time.perf_counter()
+    handles = [pool.submit(JobSpec(content=content, style=style, params={**params, "seed": i})) for i in range(jobs)]
+    results = await asyncio.gather(*(h.wait() for h in handles))
+    elapsed = time.perf_counter() - t
+    if not all(r.__class__.__name__ == "Finished" for r in results):
+        raise RuntimeError(f"jobs failed: {[r for r in results if r.__class__.__name__ != 'Finished'][:1]}")
+    return elapsed
 
 
 async def main(argv: list[str] | None = None) -> None:

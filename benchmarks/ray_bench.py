@@ -32,17 +32,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pool_bench import TINY, _inputs  # noqa: E402  (the same tiny job and pictures)
+from pool_bench import TINY, _inputs, run_job, timed_batch  # noqa: E402  (the same tiny job, pictures, timing)
 
 MB = 1024 * 1024
-
-
-async def _run(pool, spec) -> tuple[float, object]:
-    t = time.perf_counter()
-    terminal = await pool.submit(spec).wait()
-    if terminal.__class__.__name__ != "Finished":
-        raise RuntimeError(f"job failed: {terminal}")
-    return time.perf_counter() - t, terminal
 
 
 async def _start(pool) -> tuple[object, float]:
@@ -63,7 +55,7 @@ async def _overhead(repeats: int, threads: int, params: dict, content: bytes, st
     try:
         for i in range(repeats + 2):
             for name, pool in (("local", local), ("ray", remote)):
-                seconds, finished = await _run(pool, JobSpec(content=content, style=style, params=params))
+                seconds, finished = await run_job(pool, JobSpec(content=content, style=style, params=params))
                 if i >= 2:  # first runs: caches and allocators settle
                     rounds[name].append(seconds)
                     added[name].append(seconds - finished.summary["seconds"])
@@ -79,20 +71,13 @@ async def _overhead(repeats: int, threads: int, params: dict, content: bytes, st
 
 
 async def _throughput(actors: int, jobs: int, params: dict, content: bytes, style: bytes) -> None:
-    from nst_core.pool import JobSpec, RayPool
+    from nst_core.pool import RayPool
 
     pool, cold = await _start(RayPool(devices="cpu", cpu_actors=actors, cpus_per_actor=1, warm_params=params))
     try:
-        await asyncio.gather(*(_run(pool, JobSpec(content=content, style=style, params=params))
-                               for _ in range(actors)))  # settle each actor once
-        t = time.perf_counter()
-        handles = [pool.submit(JobSpec(content=content, style=style, params={**params, "seed": i}))
-                   for i in range(jobs)]
-        results = await asyncio.gather(*(h.wait() for h in handles))
-        elapsed = time.perf_counter() - t
+        elapsed = await timed_batch(pool, actors, jobs, params, content, style)
     finally:
         await pool.shutdown()
-    assert all(r.__class__.__name__ == "Finished" for r in results)
     label = f"{actors} actor" + ("s" if actors > 1 else "")
     print(f"throughput, Ray, {label}:".ljust(28) + f"{jobs / elapsed * 60:6.1f} jobs/min "
           f"({jobs} jobs in {elapsed:.1f} s; cold start {cold:.1f} s)")
