@@ -398,7 +398,7 @@ class RayPool(QueueingPool):
             try:
                 loop.call_soon_threadsafe(settle, error)
             except RuntimeError:
-                pass
+                pass  # the loop closed meanwhile: nobody waits for this connection any more
             if error is None:
                 self._ray_release.wait()
                 try:
