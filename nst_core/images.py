@@ -2,15 +2,18 @@
 
 Pillow only (no TensorFlow), so the bot can validate and prepare images cheaply.
 Everything that reads bytes from a user treats them as hostile: only a handful of
-decoders are allowed to look at them, the pixel count is checked from the header
-before any pixel is decoded, and every failure becomes an :class:`ImageError` whose
-message can be shown to the user as is.
+decoders are allowed to look at them, the pixel count and the structures that make a
+small file slow or memory-hungry to read (a JPEG's scans and segments, a GIF's header
+blocks, a large RLE BMP) are checked before any pixel is decoded, conversions work in
+bands of rows, and every failure becomes an :class:`ImageError` whose message can be
+shown to the user as is.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from typing import Any
 
@@ -23,6 +26,7 @@ from .schedule import fit_size
 __all__ = [
     "ACCEPTED_FORMATS",
     "DEFAULT_MAX_PIXELS",
+    "MAX_JPEG_SCANS",
     "decode_image",
     "image_info",
     "to_rgb",
@@ -45,6 +49,44 @@ DEFAULT_MAX_PIXELS = 40_000_000
 
 # The smallest longer side fit_to_bytes will shrink an image to before giving up.
 _MIN_FIT_SIDE = 16
+
+# A baseline JPEG has one scan (or one per colour), a progressive one about 10, odd
+# encoders a few dozen. The decoder goes over the whole image once per scan, so a small
+# file repeating its scans thousands of times costs minutes or hours to decode.
+MAX_JPEG_SCANS = 100
+
+# Pillow reads a JPEG's headers in Python, a step per segment and per stray byte before
+# the first scan, and keeps every APP and COM segment: an 8 MB file of tiny segments costs
+# seconds and over 100 MiB before any pixel. Real photos have a few dozen segments and no
+# stray bytes; the caps also keep our own walk short.
+_MAX_JPEG_SEGMENTS = 2_000
+_MAX_JPEG_STRAY_BYTES = 256 * 1024
+
+# Any marker except RSTn, TEM and the reserved 0xFF02-0xFFBF, which libjpeg steps over (or
+# refuses); in entropy-coded data 0xFF00 is a stuffed byte, so skipping to the next match
+# skips a scan's data exactly as the decoder reads it.
+_JPEG_MARKER = re.compile(rb"\xff[\xc0-\xcf\xd8-\xfe]")
+# Markers libjpeg skips (or refuses) by their length field: SOFn, DHT and DAC; SOS, DQT,
+# DNL and DRI; APPn; COM. Any other is stepped over as its two bytes, so the walk never
+# jumps over something the decoder would read.
+_JPEG_SKIPPED_BY_LENGTH = frozenset(
+    [*range(0xC0, 0xD0), *range(0xDA, 0xDE), *range(0xE0, 0xF0), 0xFE]
+)
+
+# Pillow reads the blocks before a GIF's first image one sub-block (or stray byte) at a
+# time in Python and keeps every comment sub-block: 8 MB of one-byte comment blocks cost
+# seconds and over 300 MiB. Real GIFs have a handful; XMP read as blocks, a few thousand.
+_MAX_GIF_HEADER_STEPS = 100_000
+_GIF_BLOCK_START = re.compile(rb"[!,;]")
+
+# Pillow decodes RLE-compressed BMP in Python, up to a step per pixel (about 10 s for a
+# 5 KB, 40 MP file); real RLE BMPs are small pictures.
+_MAX_RLE_BMP_PIXELS = 2_000_000
+_BMP_RLE_COMPRESSIONS = (1, 2)  # BI_RLE8, BI_RLE4
+
+# Conversions that need temporaries work on bands of about this many pixels, so those
+# stay a few MiB whatever the image size.
+_BAND_PIXELS = 1 << 18
 
 # Modes holding 16 or 32-bit integer samples; Pillow's own conversion to 8 bits clips
 # them at 255 instead of scaling, which would turn a 16-bit PNG almost white.
@@ -82,8 +124,11 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     Accepts PNG, JPEG, WebP, GIF (first frame) and BMP. EXIF orientation is applied,
     transparency is composited over white and every colour mode becomes 8-bit RGB.
     Raises :class:`ImageError` for anything else: empty, not an image, an unsupported
-    format, truncated or corrupt data, or more than ``max_pixels`` pixels (Pillow's
-    ``Image.MAX_IMAGE_PIXELS`` applies too when it is lower).
+    format, truncated or corrupt data, more than ``max_pixels`` pixels (Pillow's
+    ``Image.MAX_IMAGE_PIXELS`` applies too when it is lower), or a structure that would
+    make decoding far costlier than the file's size suggests (more than
+    :data:`MAX_JPEG_SCANS` scans, say), refused before any pixel is decoded. Memory
+    beyond the decoded image and the RGB result stays a few MiB whatever the mode.
     """
     _check_bytes(data)
     if max_pixels <= 0:
@@ -95,6 +140,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         img = _open(data)
         _check_dimensions(img.size, limit)
+        _check_decode_cost(img)
         try:
             img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -122,7 +168,8 @@ def image_info(data: bytes) -> tuple[str, int, int]:
     ``"BMP"``). Width and height are those :func:`decode_image` would return: an EXIF
     orientation found in the header swaps them. The pixel limit is not applied here,
     so a caller can report how large a refused image is. Raises :class:`ImageError`
-    when the bytes are not an image of an accepted format.
+    when the bytes are not an image of an accepted format, or when their structure would
+    make :func:`decode_image` refuse them as too costly to decode.
     """
     _check_bytes(data)
     with warnings.catch_warnings():
@@ -132,6 +179,7 @@ def image_info(data: bytes) -> tuple[str, int, int]:
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ImageError(_EMPTY_PIXELS_MESSAGE)
+    _check_decode_cost(img)
     if _header_orientation(img) in (5, 6, 7, 8):  # the four that turn by 90 degrees
         width, height = height, width
     fmt = "JPEG" if img.format == "MPO" else (img.format or "unknown")
@@ -151,7 +199,16 @@ def _effective_limit(max_pixels: int) -> int:
 
 
 def _open(data: bytes) -> Any:
-    """Open (header only) with the accepted decoders; every failure is an ImageError."""
+    """Open (header only) with the accepted decoders; every failure is an ImageError.
+
+    JPEG and GIF structure is checked first: Pillow's own header parsing is what a
+    crafted file makes slow.
+    """
+    head = bytes(data[:6])
+    if head.startswith(b"\xff\xd8\xff"):  # what Pillow's JPEG plugin accepts
+        _check_jpeg_structure(data)
+    elif head in (b"GIF87a", b"GIF89a"):
+        _check_gif_structure(data)
     try:
         return Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -185,6 +242,89 @@ def _open_header_unchecked(data: bytes) -> Any | None:
         except Exception:
             continue
     return None
+
+
+def _check_jpeg_structure(data: bytes) -> None:
+    """Refuse a JPEG whose scans or segments would make reading it slow; cheap, linear.
+
+    Walks the marker segments as libjpeg reads them: by their lengths, and after each
+    SOS over the entropy-coded data up to the next marker, so every scan the decoder
+    would run is counted. Where the bytes stop making sense the walk just stops, and
+    Pillow gives its usual error.
+    """
+    size = len(data)
+    pos, scans, segments, stray = 2, 0, 0, 0
+    while True:
+        found = _JPEG_MARKER.search(data, pos)
+        if found is None:
+            return
+        start = found.start()
+        if scans == 0:
+            stray += start - pos  # bytes Pillow's header parser steps over one by one
+        marker = data[start + 1]
+        if marker == 0xD9:  # EOI: the decoder stops here (an MPO's next picture follows)
+            return
+        if marker not in _JPEG_SKIPPED_BY_LENGTH:
+            pos = start + 2
+            continue
+        if start + 4 > size:
+            return
+        length = (data[start + 2] << 8) | data[start + 3]
+        pos = start + 2 + max(length, 2)  # libjpeg reads a length under 2 as no data
+        segments += 1
+        if marker == 0xDA:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise ImageError(
+                    f"The JPEG has more than {MAX_JPEG_SCANS} scans, far more than a real photo; "
+                    "please re-save it as a normal JPEG or PNG."
+                )
+        if segments > _MAX_JPEG_SEGMENTS or stray > _MAX_JPEG_STRAY_BYTES:
+            raise ImageError(
+                "The JPEG's headers hold far more segments or stray bytes than a real photo's; "
+                "please re-save it as a normal JPEG or PNG."
+            )
+
+
+def _check_gif_structure(data: bytes) -> None:
+    """Refuse a GIF whose blocks before the first image would make Pillow slow to open it."""
+    size = len(data)
+    if size < 13:
+        return
+    flags = data[10]
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # after the global palette
+    steps = 0
+    while pos < size and steps <= _MAX_GIF_HEADER_STEPS:
+        byte = data[pos]
+        if byte in b",;":  # the first image, or the end: Pillow stops reading there
+            return
+        if byte != 0x21:  # not "!": Pillow steps over stray bytes one at a time
+            found = _GIF_BLOCK_START.search(data, pos)
+            nxt = size if found is None else found.start()
+            steps, pos = steps + nxt - pos, nxt
+            continue
+        pos += 2  # "!" and the extension's label, then its sub-blocks
+        while pos < size and steps <= _MAX_GIF_HEADER_STEPS:
+            length = data[pos]
+            pos, steps = pos + 1 + length, steps + 1
+            if length == 0:
+                break
+    if steps > _MAX_GIF_HEADER_STEPS:
+        raise ImageError(
+            "The GIF holds far more header blocks before its picture than a real GIF; "
+            "please re-save it as a normal GIF or PNG."
+        )
+
+
+def _check_decode_cost(img: Any) -> None:
+    """Refuse, from the header, what Pillow would decode far more slowly than its size says."""
+    if img.format == "BMP" and img.info.get("compression") in _BMP_RLE_COMPRESSIONS:
+        width, height = img.size
+        if width * height > _MAX_RLE_BMP_PIXELS:
+            raise ImageError(
+                f"RLE-compressed BMP files are accepted up to {_mp(_MAX_RLE_BMP_PIXELS)} and this "
+                f"one is {width}×{height} pixels; please re-save it as a PNG."
+            )
 
 
 _EMPTY_PIXELS_MESSAGE = "The image has no pixels: its width or height is 0."
@@ -265,32 +405,74 @@ def to_rgb(img: Image.Image) -> Image.Image:
     Transparency (alpha bands, palette or colour-key transparency) is composited over
     white; 16 and 32-bit integer grey is scaled from 0..65535, float grey clipped to
     0..255; CMYK, YCbCr, LAB, HSV, palette, grey and 1-bit use Pillow's conversions.
-    Colour profiles (ICC) are not applied.
+    Colour profiles (ICC) are not applied. Conversions that need temporaries work in
+    bands of rows, so memory beyond ``img`` and the result stays a few MiB.
     """
     mode = img.mode
     if mode == "RGB" and "transparency" not in img.info:
         return img
     if mode in _WIDE_INT_MODES:
-        wide = np.asarray(img).astype(np.int64)
-        grey = (np.clip(wide, 0, 65535) * 255 + 32767) // 65535  # rounds, 65535 -> 255
-        return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+        return _banded(img, _wide_grey_band)
     if mode == "F":
-        values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
-        grey = np.rint(np.clip(values, 0.0, 255.0)).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    if mode == "La":  # premultiplied grey+alpha: Pillow converts it only to LA
-        img, mode = img.convert("LA"), "LA"
-    if mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in img.info:
-        try:
-            rgba = img.convert("RGBA")
-        except ValueError as exc:
-            raise ImageError(f"The image uses a colour mode ({mode}) that cannot be read.") from exc
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        return _banded(img, _float_grey_band)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        return _banded(img, _over_white)
+    # Pillow converts these pixel by pixel into the output: no full-size temporary.
     try:
         return img.convert("RGB")
     except ValueError as exc:
-        raise ImageError(f"The image uses a colour mode ({mode}) that cannot be read.") from exc
+        raise ImageError(_unreadable_mode_message(mode)) from exc
+
+
+def _banded(img: Image.Image, convert_band: Any) -> Image.Image:
+    """``convert_band`` applied a band of rows at a time, pasted into one RGB image.
+
+    The conversions below need temporaries several times the size of what they convert;
+    per band those stay a few MiB instead of hundreds for a large image.
+    """
+    width, height = img.size
+    out = Image.new("RGB", img.size)
+    rows = max(1, _BAND_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        box = (0, top, width, min(height, top + rows))
+        out.paste(convert_band(img.crop(box)), box)
+    return out
+
+
+def _wide_grey_band(band: Image.Image) -> Image.Image:
+    values = np.asarray(band)
+    if values.dtype.kind == "i":  # mode I is signed 32-bit
+        values = np.clip(values, 0, 65535)
+    grey = values.astype(np.uint32)  # 65535 * 255 + 32767 still fits
+    grey *= 255
+    grey += 32767
+    grey //= 65535  # rounds, 65535 -> 255
+    return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+
+
+def _float_grey_band(band: Image.Image) -> Image.Image:
+    # float32 as stored: rounding a float32 to an integer up to 255 loses nothing.
+    values = np.nan_to_num(np.asarray(band, dtype=np.float32), nan=0.0)
+    np.clip(values, 0.0, 255.0, out=values)
+    np.rint(values, out=values)
+    return Image.fromarray(values.astype(np.uint8)).convert("RGB")
+
+
+def _over_white(band: Image.Image) -> Image.Image:
+    """The band composited over white (alpha band, palette or colour-key transparency)."""
+    mode = band.mode
+    try:
+        if mode == "La":  # premultiplied grey+alpha: Pillow converts it only to LA
+            band = band.convert("LA")
+        rgba = band.convert("RGBA")
+    except ValueError as exc:
+        raise ImageError(_unreadable_mode_message(mode)) from exc
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _unreadable_mode_message(mode: str) -> str:
+    return f"The image uses a colour mode ({mode}) that cannot be read."
 
 
 # --------------------------------------------------------------------------- arrays

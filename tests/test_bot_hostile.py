@@ -3,7 +3,10 @@
 The corpus is generated here: empty files, text posing as an image, truncated PNG and JPEG,
 a decompression bomb (a few hundred bytes claiming 50000×50000 pixels), a 20000×20 strip,
 an animated GIF, a CMYK JPEG, a 16-bit PNG, a palette PNG with transparency, an EXIF-rotated
-JPEG, SVG and HEIC. Meanwhile another user's ordinary job must go through.
+JPEG, SVG and HEIC; and two bombs that pass every header check: a 38 KB progressive JPEG
+repeating its scans 1,000 times (hours of decoding at 8 MB) and a 40 KB 4000×4000 16-bit PNG
+(hundreds of MiB to convert naively). Meanwhile another user's ordinary job must go through,
+and the bot's memory stays bounded.
 """
 
 from __future__ import annotations
@@ -75,6 +78,20 @@ def palette_png_with_transparency() -> bytes:
     return _save(img, "PNG", transparency=0)
 
 
+def scan_bomb_jpeg(side: int = 2000, scans: int = 1000) -> bytes:
+    """A valid progressive JPEG whose last scan is repeated: decoding costs scans × pixels."""
+    data = _save(Image.new("RGB", (side, side), (120, 60, 200)), "JPEG", progressive=True)
+    sos, eoi = b"\xff\xda", b"\xff\xd9"
+    last_scan = data[data.rindex(sos):-len(eoi)]
+    return data[:-len(eoi)] + last_scan * (scans - data.count(sos)) + eoi
+
+
+def sixteen_bit_bomb_png(side: int = 4000) -> bytes:
+    """40 KB of 16-bit grey, 4000×4000: cheap to send, costly to convert through wide arrays."""
+    columns = (np.arange(side, dtype=np.uint32) * 16).astype(np.uint16)
+    return _save(Image.fromarray(np.ascontiguousarray(np.broadcast_to(columns, (side, side)))), "PNG")
+
+
 def exif_rotated_jpeg() -> bytes:
     """Stored 48×32, with EXIF orientation 6: shown (and to be stylised) as 32×48."""
     exif = Image.Exif()
@@ -100,6 +117,7 @@ REFUSED = [
     ("SVG posing as PNG", "drawing.png", SVG, "image/png", ["SVG files are not supported"]),
     ("HEIC", "photo.heic", HEIC, "image/heic", ["image/heic", "PNG, JPEG"]),
     ("HEIC posing as JPEG", "photo.jpg", HEIC, "image/jpeg", ["HEIC files are not supported"]),
+    ("progressive JPEG scan bomb", "scans.jpg", scan_bomb_jpeg(), None, ["more than 100 scans"]),
 ]
 
 # name, file name, bytes, (width, height) of the result (fast preset: longer side 32)
@@ -109,6 +127,7 @@ HANDLED = [
     ("16-bit PNG", "deep.png", sixteen_bit_png(), (32, 24)),
     ("palette PNG with transparency", "palette.png", palette_png_with_transparency(), (32, 24)),
     ("EXIF-rotated JPEG", "rotated.jpg", exif_rotated_jpeg(), (21, 32)),
+    ("4000×4000 16-bit PNG", "deep-bomb.png", sixteen_bit_bomb_png(), (32, 32)),
 ]
 
 
@@ -120,7 +139,9 @@ async def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
     fake = FakeDiscord(token_ttl=900)
     await fake.start()
-    bot = start_bot(fake, write_config(tmp, limits={"queue_max": 20, "per_user_waiting": 2}), tmp)
+    # 16 MP allowed, so the two bombs get past the pixel limit and meet the checks meant for them.
+    bot = start_bot(fake, write_config(tmp, limits={"queue_max": 20, "per_user_waiting": 2,
+                                                     "max_pixels": 16_000_000}), tmp)
     try:
         await fake.wait_ready(timeout=60)
         await fake.wait_for_commands(guild=fake.guild, names=["stylize"], timeout=30)
@@ -142,6 +163,14 @@ async def stylize(fake: FakeDiscord, user: str, name: str, data: bytes, ctype: s
     cb = await inter.wait_for_callback(timeout=5)
     assert cb.type == 5 and cb.at < 3.0, "every command is acknowledged in time, whatever it carries"
     return inter
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (Linux's VmHWM)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
 
 
 def job_id_of(inter: InteractionRecord) -> str | None:
@@ -181,6 +210,7 @@ async def test_hostile_uploads_are_handled_or_refused_and_the_bot_keeps_serving(
 
     # Nothing crashed, nothing was logged as a failed command, and the bot still answers.
     assert bot.proc.poll() is None
+    assert peak_rss_mib(bot.proc.pid) < 300, "the bot's memory must stay bounded whatever the upload"
     records = bot.log_records()
     assert not [r for r in records if r.get("msg") == "command failed"]
     assert not [r for r in records if r.get("level") == "ERROR"], [r for r in records if r.get("level") == "ERROR"]
