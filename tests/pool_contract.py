@@ -11,6 +11,7 @@ bound in it). Tiny images, random weights, few steps.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import psutil
@@ -25,7 +26,7 @@ from nst_core.pool import (
 
 __all__ = [
     "PARAMS", "LONG", "OOM_SIZE", "STUCK_SIZE", "worker_hooks", "png", "CONTENT", "STYLE", "spec", "collect", "until",
-    "assert_well_formed", "_gone",
+    "assert_well_formed", "_gone", "START_MARKER_ENV", "fail_start_while_marked",
     "test_events_in_order_with_result_and_a_free_loop", "test_a_repeated_style_is_a_cache_hit_on_the_same_worker",
     "test_more_jobs_than_capacity_wait_in_line", "test_bad_inputs_fail_readably_and_the_worker_survives",
     "test_cancel_while_queued_and_while_running", "test_shutdown_drains_then_stops_what_is_left_and_leaves_no_process",
@@ -41,6 +42,7 @@ LONG = 5000  # iterations: a job that runs until something stops it
 # The worker hook below makes the engine misbehave at these output sizes.
 OOM_SIZE = 44  # "runs out of GPU memory"
 STUCK_SIZE = 40  # hangs for a minute without checking should_stop, like a stuck GPU kernel
+START_MARKER_ENV = "NST_TEST_FAIL_START"  # names a file; while it exists, fail_start_while_marked fails
 
 
 def worker_hooks(engine) -> None:
@@ -57,6 +59,13 @@ def worker_hooks(engine) -> None:
         return original(content, style, params, **kwargs)
 
     engine.stylize = stylize
+
+
+def fail_start_while_marked(engine) -> None:
+    """worker_init hook: the worker fails to start while the file named by $NST_TEST_FAIL_START exists."""
+    marker = os.environ.get(START_MARKER_ENV)
+    if marker and os.path.exists(marker):
+        raise RuntimeError(f"simulated missing weights ({marker} exists)")
 
 
 def png(array) -> bytes:

@@ -1,16 +1,17 @@
 """The local worker pool with real spawned worker processes: tiny images, random weights, few steps.
 
 The backend-neutral contract tests (``pool_contract``) run here against this backend, and
-the local-specific ones (kill -9 of a worker process, time limits, OOM, a stuck cancel)
-follow. One two-worker pool is shared by most tests (starting TensorFlow twice costs ~15 s on two
-cores); tests that break a worker wait for its replacement. Tests that need their own pool
-(start failure, shutdown without draining) use one worker.
+the local-specific ones (kill -9 of a worker process, time limits, OOM, a stuck cancel, a
+worker killed while it warms up) follow. One two-worker pool is shared by most tests (starting
+TensorFlow twice costs ~15 s on two cores); tests that break a worker wait for its replacement.
+Tests that need their own pool (start failures, shutdown without draining) use one worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 
@@ -23,7 +24,8 @@ from nst_core.pool import (
 )
 from nst_core.pool.worker import ProgressThrottle
 from pool_contract import (  # the backend-neutral contract tests run here on the local pool
-    LONG, OOM_SIZE, PARAMS, STUCK_SIZE, _gone, assert_well_formed, collect, spec, until, worker_hooks,  # noqa: F401
+    LONG, OOM_SIZE, PARAMS, START_MARKER_ENV, STUCK_SIZE, _gone, assert_well_formed, collect, spec, until,
+    worker_hooks,  # noqa: F401
     # in this order: the events test checks a fresh pool
     test_events_in_order_with_result_and_a_free_loop, test_a_repeated_style_is_a_cache_hit_on_the_same_worker,
     test_more_jobs_than_capacity_wait_in_line, test_bad_inputs_fail_readably_and_the_worker_survives,
@@ -179,6 +181,28 @@ async def test_kill_9_fails_the_job_or_retries_it_and_the_pool_heals(pool):
     assert not {doomed_pid, retried_pid} & set(pool.worker_pids())
 
 
+@pytest.mark.timeout(120)
+async def test_a_worker_killed_while_warming_up_is_replaced_again_not_given_up(pool):
+    await pool.wait_ready(timeout=60)
+    restarts = pool.stats().restarts
+    seen = set(pool.worker_pids())
+
+    async def next_worker() -> int:
+        while not (fresh := set(pool.worker_pids()) - seen):
+            await asyncio.sleep(0.01)
+        seen.update(fresh)
+        return fresh.pop()
+
+    os.kill(pool.worker_pids()[0], signal.SIGKILL)  # a ready worker: replaced at once
+    for _ in range(3):  # its replacements die while loading (the OOM killer, say): each is started again
+        os.kill(await asyncio.wait_for(next_worker(), 30), signal.SIGKILL)
+        assert pool.workers_alive == 1 and not pool.start_failing  # the other worker serves meanwhile
+    await pool.wait_ready(timeout=90)  # after 2, 4 and 8 s of backoff
+    assert pool.capacity == 2 and pool.workers_alive == 2 and pool.unavailable_reason is None
+    assert pool.stats().restarts == restarts + 4
+    assert isinstance((await collect(pool.submit(spec())))[-1], Finished)
+
+
 # The contract's shutdown test ends the shared pool, so it runs after every test above.
 from pool_contract import test_shutdown_drains_then_stops_what_is_left_and_leaves_no_process  # noqa: E402,F401
 
@@ -205,6 +229,39 @@ async def test_shutdown_without_drain_ends_queued_jobs_at_once():
 @pytest.mark.timeout(90)
 async def test_a_worker_that_cannot_start_is_reported_not_hung():
     pool = LocalPool(devices="cpu", cpu_workers=1, warm_params=PARAMS.to_dict(), worker_init="no_such_module:hook")
-    with pytest.raises(WorkerStartError, match="No module named 'no_such_module'"):
-        await asyncio.wait_for(pool.start(), 60)
-    assert pool.workers_alive == 0 and spawned_children() == []
+    try:
+        with pytest.raises(WorkerStartError, match="No module named 'no_such_module'"):
+            await asyncio.wait_for(pool.start(), 60)
+        assert pool.workers_alive == 0
+        assert re.fullmatch(r"no worker could start: .*No module named 'no_such_module'; retrying in [12] s",
+                            pool.unavailable_reason), pool.unavailable_reason
+    finally:
+        await pool.shutdown()  # it keeps trying until shut down
+    assert pool.unavailable_reason == "the pool has been shut down" and spawned_children() == []
+
+
+@pytest.mark.timeout(120)
+async def test_a_pool_whose_worker_cannot_start_keeps_trying_and_recovers(tmp_path, monkeypatch):
+    marker = tmp_path / "weights-missing"
+    marker.touch()
+    monkeypatch.setenv(START_MARKER_ENV, str(marker))  # inherited by every worker started from now on
+    pool = LocalPool(devices="cpu", cpu_workers=1, warm_params=PARAMS.to_dict(), max_start_backoff_s=1.0,
+                     worker_init="pool_contract:fail_start_while_marked")
+    try:
+        with pytest.raises(WorkerStartError, match="simulated missing weights"):
+            await asyncio.wait_for(pool.start(), 60)
+        assert pool.workers_alive == 0 and pool.capacity == 1 and pool.start_failing
+        assert "no worker could start" in pool.unavailable_reason
+        assert "simulated missing weights" in pool.unavailable_reason
+        waiting = pool.submit(spec())  # waits in the pool for a worker
+        while pool.stats().restarts < 2:  # tried again (after 1 s), failed, and is trying once more
+            await asyncio.sleep(0.05)
+            assert not waiting.done
+        marker.unlink()  # the weights are back
+        events = await collect(waiting, timeout=90)
+        assert_well_formed(events, waiting.job_id)
+        assert isinstance(events[-1], Finished)
+        assert pool.unavailable_reason is None and pool.workers_alive == 1 and not pool.start_failing
+    finally:
+        await pool.shutdown()
+    assert spawned_children() == []

@@ -58,7 +58,11 @@ class PoolClosed(PoolError):
 
 
 class WorkerStartError(PoolError):
-    """A worker could not start (TensorFlow or the backbone failed to load)."""
+    """No worker could start (TensorFlow or the backbone failed to load, a worker was killed).
+
+    Raised by ``start``. For a worker that failed to start the pool is still started and
+    keeps retrying in the background; the caller shuts it down as always.
+    """
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -277,11 +281,33 @@ class WorkerPool(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> PoolStats: ...
 
+    @property
+    def unavailable_reason(self) -> str | None:
+        """Why no job can run now, as a short sentence for an operator; ``None`` while it can.
+
+        ``None`` while the pool is open and at least one worker is ready (``workers_alive``).
+        Otherwise e.g. ``"workers are starting"`` or ``"no worker could start: <why>;
+        retrying in 8 s"``. Jobs submitted meanwhile wait in the pool.
+        """
+        return None if self.workers_alive > 0 else "workers are starting"
+
+    @property
+    def start_failing(self) -> bool:
+        """True while no worker is ready because starting one failed (it is being retried):
+        a caller can tell "no worker can start" from "a worker is being replaced"."""
+        return False
+
     @abc.abstractmethod
     async def start(self) -> None:
-        """Start the workers and wait until each has its model loaded and warm.
+        """Start the workers; return once each has become ready or failed its first start.
 
-        Raises :class:`WorkerStartError` (with a readable reason) if a worker cannot start.
+        A worker that fails to start (or dies while starting) is started again after a
+        growing delay, for as long as the pool is open. If none became ready, this raises
+        :class:`WorkerStartError` with a readable reason, yet the pool stays started and keeps
+        retrying in the background (``unavailable_reason`` says why no worker runs); call
+        ``shutdown`` as always. A backend may also raise it for a fault it does not retry
+        (e.g. its cluster cannot be reached); the pool is then already shut down, and
+        ``unavailable_reason`` still says why.
         """
 
     @abc.abstractmethod

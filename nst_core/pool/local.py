@@ -9,8 +9,11 @@ The event loop never blocks on a worker: one reader thread per worker does the b
 ``recv`` and hands messages to the loop with ``call_soon_threadsafe``; sends go through a
 one-thread executor. A worker's exit is noticed when its pipe reaches end-of-file (after
 every message it sent has been handled), so a crash, an OOM kill or ``kill -9`` fails or
-retries its job and a replacement starts. Cancelling a running job sets a shared value the
-worker polls between steps; a worker that does not react in ``cancel_grace_s`` is killed.
+retries its job and a replacement starts. A worker that dies while starting (an error loading
+the model, a kill, its start time limit) is replaced too, after 2, 4, 8 ... seconds (up to
+``max_start_backoff_s``), for as long as the pool is open. Cancelling a running job sets a
+shared value the worker polls between steps; a worker that does not react in
+``cancel_grace_s`` is killed.
 """
 
 from __future__ import annotations
@@ -69,8 +72,6 @@ class _Slot:
     env: dict[str, str]
     intra_threads: int | None
     worker: "_Worker | None" = None
-    start_failures: int = 0  # consecutive
-    disabled_reason: str | None = None  # set after too many failed starts in a row
 
 
 @dataclass(eq=False)
@@ -103,12 +104,18 @@ class LocalPool(QueueingPool):
     the last step. ``oom_retries``: reruns at 0.75x the size after GPU out-of-memory.
     ``cancel_grace_s``: how long a running job may take to honour a cancel before its
     worker is killed. ``worker_init``: ``"module:function"`` called with each new Engine.
+    ``start_timeout_s``: how long a worker may take to become ready before it is killed and
+    counts as a failed start. ``max_start_backoff_s``: the longest wait before a worker slot
+    whose worker failed to start tries again (2 s after the first failure, then 4, 8 ...).
+
+    ``start`` returns once every worker became ready or failed its first start; if none is
+    ready it raises :class:`WorkerStartError`, but the pool keeps trying in the background
+    (``unavailable_reason`` says why no worker runs) until ``shutdown``.
 
     ``free_slots`` changes only when the caller submits and when a job ends (its terminal
     event), so a scheduler can re-check it on each terminal event instead of polling: a
-    worker being replaced still counts as a slot, and a job submitted meanwhile waits in the
-    pool until the replacement is warm. (The one exception: a slot whose worker fails to
-    start ``max_start_failures`` times in a row is given up and leaves ``capacity``.)
+    worker being replaced (or waiting to try its start again) still counts as a slot, and a
+    job submitted meanwhile waits in the pool until a worker is warm.
     """
 
     _job_class = _Job
@@ -126,19 +133,19 @@ class LocalPool(QueueingPool):
         oom_retries: int = 3,
         cancel_grace_s: float = 5.0,
         start_timeout_s: float = 300.0,
-        max_start_failures: int = 3,
+        max_start_backoff_s: float = 300.0,
         worker_init: str | None = None,
     ) -> None:
         if cpu_workers < 1:
             raise ValueError("cpu_workers must be at least 1")
         if warm_params is not None:
             StylizeParams.from_dict(warm_params)  # fail here, not in every worker
-        super().__init__(timeout_s=timeout_s, retries=retries, cancel_grace_s=cancel_grace_s)
+        super().__init__(timeout_s=timeout_s, retries=retries, cancel_grace_s=cancel_grace_s,
+                         max_start_backoff_s=max_start_backoff_s)
         self._devices = devices
         self._cpu_workers = cpu_workers
         self._cpu_threads = cpu_threads
         self._start_timeout_s = start_timeout_s
-        self._max_start_failures = max_start_failures
         self._worker_config = {
             "warm_params": warm_params, "worker_init": worker_init,
             "progress_interval_s": progress_interval_s, "oom_retries": oom_retries,
@@ -152,10 +159,10 @@ class LocalPool(QueueingPool):
 
     @property
     def capacity(self) -> int:
-        """Worker slots (one per GPU or CPU worker), less any given up after failing to start."""
+        """Worker slots (one per GPU or CPU worker), whether their worker is ready or not."""
         if not self._slots:
             return self._planned_capacity()
-        return sum(1 for s in self._slots if s.disabled_reason is None)
+        return len(self._slots)
 
     @property
     def workers_alive(self) -> int:
@@ -172,21 +179,18 @@ class LocalPool(QueueingPool):
         self._loop = asyncio.get_running_loop()
         self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nst-pool-send")
         self._slots = await self._plan_slots()
-        self._starting = True
-        try:
-            for slot in self._slots:
-                self._spawn(slot)
-            readies = [slot.worker.ready for slot in self._slots if slot.worker is not None]
-            results = await asyncio.gather(*readies, return_exceptions=True)
-        finally:
-            self._starting = False
+        for slot in self._slots:
+            self._spawn(slot)
+        # Each first worker's outcome; one that fails is already being retried meanwhile.
+        firsts = [slot.worker.ready for slot in self._slots if slot.worker is not None]
+        results = await asyncio.gather(*firsts, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
+        if len(errors) == len(results):
+            more = "" if self._closing else "; the pool keeps trying to start one"
+            raise WorkerStartError(f"A stylisation worker could not start: {errors[0]}{more}")
         if errors:
-            await self.shutdown()
-            raise WorkerStartError(f"A stylisation worker could not start: {errors[0]}")
-        for slot in self._slots:  # one that was ready and died while the others started
-            if slot.worker is not None and slot.worker.state == "dead":
-                self._after_exit(slot.worker)
+            log.warning("%d of %d workers could not start, going on with the others: %s", len(errors),
+                        len(results), errors[0])
 
     def _stop_running(self, job: _Job) -> None:
         if job.worker is not None:
@@ -245,7 +249,8 @@ class LocalPool(QueueingPool):
                 process.start()
             except Exception as exc:
                 worker.state = "dead"
-                worker.ready.set_exception(WorkerStartError(f"could not start a process: {exc}"))
+                worker.init_error = f"could not start a process: {exc}"
+                worker.ready.set_exception(WorkerStartError(worker.init_error))
                 worker.exited.set_result(None)
                 child_conn.close()
                 parent_conn.close()
@@ -330,7 +335,7 @@ class LocalPool(QueueingPool):
             worker.state = "idle"
             worker.pid = message[1]
             worker.was_ready = True
-            worker.slot.start_failures = 0
+            self._start_succeeded(worker.slot.index)
             if not worker.ready.done():
                 worker.ready.set_result(None)
             self._pump()
@@ -366,30 +371,23 @@ class LocalPool(QueueingPool):
         self._after_exit(worker)
 
     def _after_exit(self, worker: _Worker) -> None:
-        """Replace a worker that exited, unless the pool is starting or closing."""
+        """Replace a worker that exited (after a backoff if it never became ready), unless closing."""
         slot = worker.slot
-        if slot.worker is not worker or self._closing or self._starting:
+        if slot.worker is not worker or self._closing:
             return
         if worker.was_ready:
             self._restarts += 1
             self._spawn(slot)
             return
-        slot.start_failures += 1
-        reason = worker.init_error or "its process exited during start-up"
-        log.warning("worker %s failed to start (%d in a row): %s", slot.name, slot.start_failures, reason)
-        if slot.start_failures >= self._max_start_failures:
-            slot.disabled_reason = reason
-            slot.worker = None
-            self._pump()
-            return
-        assert self._loop is not None
-        delay = min(30.0, 2.0 ** slot.start_failures)
-        self._loop.call_later(delay, self._respawn_later, slot)
+        reason = worker.init_error or f"its process exited while starting ({_exit_text(worker.process.exitcode)})"
+        self._start_failed(slot.index, slot.name, reason)
 
-    def _respawn_later(self, slot: _Slot) -> None:
-        if not self._closing and (slot.worker is None or slot.worker.state == "dead"):
-            self._restarts += 1
-            self._spawn(slot)
+    def _respawn(self, index: int) -> bool:
+        slot = self._slots[index]
+        if slot.worker is not None and slot.worker.state != "dead":
+            return False
+        self._spawn(slot)
+        return True
 
     def _on_job_lost(self, job: _Job, exitcode: int | None) -> None:
         """The worker running ``job`` died: retry the job if allowed, else fail it."""
@@ -435,11 +433,6 @@ class LocalPool(QueueingPool):
     def _pump(self) -> None:
         """Start queued jobs on idle workers (lowest slot first, so runs are repeatable)."""
         if not self._queue:
-            return
-        if self._slots and all(s.disabled_reason for s in self._slots):
-            reason = f"No stylisation worker could be started ({self._slots[0].disabled_reason})."
-            while self._queue:
-                self._end_job(self._queue[0], Failed(self._queue[0].spec.job_id, reason, "error"))
             return
         for slot in self._slots:
             if not self._queue:

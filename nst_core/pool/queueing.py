@@ -2,9 +2,12 @@
 
 :class:`QueueingPool` implements the parts of :class:`~nst_core.pool.base.WorkerPool` that
 do not depend on where workers run: admission (``submit``), ``free_slots`` and ``stats``,
-exactly one terminal event per job, cancel of a waiting job, and the shutdown sequence. A
-backend (``LocalPool``, ``RayPool``) adds its workers: it fills the hooks ``_pump`` (start
-queued jobs on idle workers), ``_cancel_running``, ``_stop_running`` and ``_close_workers``.
+exactly one terminal event per job, cancel of a waiting job, the shutdown sequence, and
+retrying workers that fail to start (with a growing delay, never giving up while the pool is
+open) with ``unavailable_reason``. A backend (``LocalPool``, ``RayPool``) adds its workers: it
+fills the hooks ``_pump`` (start queued jobs on idle workers), ``_cancel_running``,
+``_stop_running``, ``_close_workers`` and ``_respawn``, and reports each worker slot's failed
+start with ``_start_failed`` and its success with ``_start_succeeded``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import abc
 import asyncio
 import collections
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,7 +26,7 @@ from .base import (
     Event, Failed, Finished, JobHandle, JobSpec, PoolClosed, PoolError, PoolStats, Queued, TerminalEvent, WorkerPool,
 )
 
-__all__ = ["PoolJob", "QueueingPool", "CANCELLED_REASON", "SHUTDOWN_REASON"]
+__all__ = ["PoolJob", "QueueingPool", "StartRetry", "CANCELLED_REASON", "SHUTDOWN_REASON"]
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +54,37 @@ class PoolJob:
         self.timers.clear()
 
 
+@dataclass(eq=False)
+class StartRetry:
+    """A worker slot whose worker failed to start, until one starts there again."""
+
+    failures: int = 0  # failed starts in a row
+    reason: str = ""  # why the latest one failed
+    timer: asyncio.TimerHandle | None = None  # the next attempt, while it is waited for
+
+
 class QueueingPool(WorkerPool):
-    """A :class:`WorkerPool` with its own first-in-first-out line of admitted jobs."""
+    """A :class:`WorkerPool` with its own first-in-first-out line of admitted jobs.
+
+    ``max_start_backoff_s`` caps the delay before a worker slot whose worker failed to start
+    tries again: 2 s after the first failure, then 4, 8 ... s up to the cap.
+    """
 
     _job_class: type[PoolJob] = PoolJob
 
-    def __init__(self, *, timeout_s: float | None, retries: int, cancel_grace_s: float) -> None:
+    def __init__(self, *, timeout_s: float | None, retries: int, cancel_grace_s: float,
+                 max_start_backoff_s: float = 300.0) -> None:
         if retries < 0:
             raise ValueError("retries must not be negative")
+        if not max_start_backoff_s > 0:
+            raise ValueError("max_start_backoff_s must be positive")
         self._timeout_s = timeout_s
         self._retries = retries
         self._cancel_grace_s = cancel_grace_s
+        self._max_start_backoff_s = max_start_backoff_s
+        self._start_retries: dict[int, StartRetry] = {}  # by worker slot
+        self._start_error: str | None = None  # why the latest failed start failed, while any slot is failing
+        self._start_failure: str | None = None  # set when start() gave up and shut the pool down
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: collections.deque[PoolJob] = collections.deque()
         self._jobs: dict[str, PoolJob] = {}
@@ -96,6 +120,10 @@ class QueueingPool(WorkerPool):
     async def _close_workers(self) -> None:
         """At shutdown, after every job has ended: stop every worker; return once none is left."""
 
+    @abc.abstractmethod
+    def _respawn(self, index: int) -> bool:
+        """Start a new worker in slot ``index`` after its start-up backoff; False if none is needed now."""
+
     # ------------------------------------------------------------------ shared
 
     @property
@@ -112,6 +140,35 @@ class QueueingPool(WorkerPool):
             workers_alive=self.workers_alive, restarts=self._restarts, submitted=self._submitted,
             finished=self._finished, failed=dict(self._failed), retries=self._retry_count,
         )
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        if self._closing:
+            if self._start_failure is not None:
+                return self._start_failure
+            done = self._closed is None or self._closed.done()
+            return "the pool has been shut down" if done else "the pool is shutting down"
+        if self._loop is None:
+            return "the pool has not been started"
+        if self.workers_alive > 0:
+            return None
+        if self._start_retries and self._start_error is not None:
+            due = [r.timer.when() for r in self._start_retries.values() if r.timer is not None]
+            if not due:
+                return f"no worker could start: {self._start_error}; trying again now"
+            wait = max(0, math.ceil(min(due) - self._loop.time()))
+            return f"no worker could start: {self._start_error}; retrying in {wait} s"
+        return self._waiting_reason()
+
+    @property
+    def start_failing(self) -> bool:
+        if self._start_failure is not None:
+            return True
+        return not self._closing and self._loop is not None and self.workers_alive == 0 and bool(self._start_retries)
+
+    def _waiting_reason(self) -> str:
+        """``unavailable_reason`` while no worker is ready and none has failed to start."""
+        return "workers are starting"
 
     def submit(self, spec: JobSpec) -> JobHandle:
         if self._loop is None:
@@ -147,6 +204,10 @@ class QueueingPool(WorkerPool):
             return
         self._closed = self._loop.create_future()
         self._closing = True
+        for retry in self._start_retries.values():  # no new worker from now on
+            if retry.timer is not None:
+                retry.timer.cancel()
+                retry.timer = None
         try:
             if drain and self._jobs:
                 try:
@@ -161,6 +222,38 @@ class QueueingPool(WorkerPool):
             await self._close_workers()
         finally:
             self._closed.set_result(None)
+
+    # ------------------------------------------------------------------ workers that fail to start
+
+    def _start_failed(self, index: int, name: str, reason: str) -> None:
+        """The worker of slot ``index`` failed to start (or died starting): try again after a backoff."""
+        assert self._loop is not None
+        retry = self._start_retries.setdefault(index, StartRetry())
+        retry.failures += 1
+        retry.reason = self._start_error = reason
+        if self._closing:
+            return
+        delay = min(self._max_start_backoff_s, 2.0 ** min(retry.failures, 30))
+        log.warning("worker %s failed to start (%d in a row): %s; trying again in %g s", name, retry.failures,
+                    reason, delay)
+        if retry.timer is not None:
+            retry.timer.cancel()
+        retry.timer = self._loop.call_later(delay, self._retry_start, index)
+
+    def _retry_start(self, index: int) -> None:
+        retry = self._start_retries.get(index)
+        if retry is not None:
+            retry.timer = None
+        if not self._closing and self._respawn(index):
+            self._restarts += 1
+
+    def _start_succeeded(self, index: int) -> None:
+        """A worker of slot ``index`` became ready: its next failure starts the backoff afresh."""
+        retry = self._start_retries.pop(index, None)
+        if retry is not None and retry.timer is not None:
+            retry.timer.cancel()
+        if not self._start_retries:
+            self._start_error = None
 
     def _cancel(self, job_id: str) -> None:
         job = self._jobs.get(job_id)

@@ -11,7 +11,11 @@ was running is run again on another actor (``retries``, with a ``Retrying`` note
 with ``worker_died``. ``capacity`` is the number of live actors, so it shrinks while actors
 are being restarted or cannot be placed, and grows again when they come back or when GPU
 nodes join the cluster. Queued jobs that find no live actor for ``no_capacity_timeout_s``
-fail with a clear reason instead of waiting forever.
+fail with a clear reason instead of waiting forever. An actor that fails to start (an error
+loading the model, its process killed while loading) is replaced after 2, 4, 8 ... seconds
+(up to ``max_start_backoff_s``), for as long as the pool is open. Not connecting to the
+cluster at all (Ray missing, nothing at the address) is not retried: ``start`` raises and
+the pool is shut down.
 
 Cancel goes through Ray (``ray.cancel`` on the job's task): the actor's job coroutine is
 cancelled and the job thread stops between steps; an actor whose job thread does not stop
@@ -200,7 +204,14 @@ class RayPool(QueueingPool):
     a job whose actor died (``JobSpec.retries`` overrides). ``max_restarts``: Ray restarts of
     each actor (-1: no limit). ``no_capacity_timeout_s``: how long queued jobs wait while no
     actor is live before they fail. ``rescan_interval_s``: how often the cluster's GPU count
-    is checked for new nodes. The other arguments are as for :class:`LocalPool`.
+    is checked for new nodes. ``max_start_backoff_s``: the longest wait before an actor that
+    failed to start is replaced (2 s after the first failure, then 4, 8 ...). The other
+    arguments are as for :class:`LocalPool`.
+
+    ``start`` returns once every actor became ready or failed its first start (or after
+    ``start_timeout_s``, while some wait for room on the cluster); if none is ready it raises
+    :class:`WorkerStartError` and the pool keeps trying until ``shutdown``. A failed
+    connection raises too, but then the pool is already shut down.
 
     ``free_slots`` changes when the caller submits, when a job ends, and when actors are
     lost or come back (a restarted actor, a new GPU node), so a scheduler should also
@@ -227,7 +238,7 @@ class RayPool(QueueingPool):
         no_capacity_timeout_s: float = 120.0,
         rescan_interval_s: float = 15.0,
         max_restarts: int = -1,
-        max_start_failures: int = 3,
+        max_start_backoff_s: float = 300.0,
         worker_init: str | None = None,
         ray_init: Mapping[str, Any] | None = None,
     ) -> None:
@@ -237,7 +248,8 @@ class RayPool(QueueingPool):
             raise ValueError("cpu_actors and cpus_per_actor must be at least 1")
         if warm_params is not None:
             StylizeParams.from_dict(warm_params)  # fail here, not in every actor
-        super().__init__(timeout_s=timeout_s, retries=retries, cancel_grace_s=cancel_grace_s)
+        super().__init__(timeout_s=timeout_s, retries=retries, cancel_grace_s=cancel_grace_s,
+                         max_start_backoff_s=max_start_backoff_s)
         self._address = (address or "").strip()
         self._devices = devices
         self._cpu_actors = cpu_actors
@@ -247,7 +259,6 @@ class RayPool(QueueingPool):
         self._no_capacity_timeout_s = no_capacity_timeout_s
         self._rescan_interval_s = rescan_interval_s
         self._max_restarts = max_restarts
-        self._max_start_failures = max_start_failures
         self._ray_init = dict(ray_init or {})
         self._worker_config: dict[str, Any] = {
             "warm_params": warm_params, "worker_init": worker_init,
@@ -264,7 +275,6 @@ class RayPool(QueueingPool):
         self._rescan_task: asyncio.Task | None = None
         self._drive_tasks: set[asyncio.Task] = set()
         self._no_capacity_timer: asyncio.TimerHandle | None = None
-        self._start_failures = 0  # consecutive actors that failed to start
 
     # ------------------------------------------------------------------ public API
 
@@ -292,9 +302,13 @@ class RayPool(QueueingPool):
         return {a.name: a.node_id for a in self._actors if a.live and a.node_id is not None}
 
     async def wait_ready(self, timeout: float | None = None) -> None:
-        """Wait until every actor is live (none starting or being restarted)."""
+        """Wait until every actor is live (none starting, being restarted or waiting to start again)."""
+        def waiting(actor: _Actor) -> bool:
+            return actor.state in ("starting", "lost") or (actor.state == "dead"
+                                                             and actor.index in self._start_retries)
+
         async def poll() -> None:
-            while not self._actors or any(a.state in ("starting", "lost") for a in self._actors):
+            while not self._actors or any(waiting(a) for a in self._actors):
                 await asyncio.sleep(0.05)
         await asyncio.wait_for(poll(), timeout)
 
@@ -308,29 +322,35 @@ class RayPool(QueueingPool):
             target = await self._plan()
             for index in range(target):
                 self._add_actor(index)
-            waits = [a.task for a in self._actors if a.task is not None]
+            firsts = list(self._actors)  # a failed one may be replaced in self._actors meanwhile
+            waits = [a.task for a in firsts if a.task is not None]
             await asyncio.wait(waits, timeout=self._start_timeout_s)
-        except BaseException:
+        except BaseException as exc:
             self._starting = False
+            if isinstance(exc, Exception):  # not retried: say why the pool is down
+                self._start_failure = str(exc) if isinstance(exc, WorkerStartError) else \
+                    f"the pool could not start ({type(exc).__name__}: {exc})"
             await self.shutdown()
             raise
         self._starting = False
-        failed = [a for a in self._actors if a.state == "dead"]
-        if failed:
-            await self.shutdown()
-            raise WorkerStartError(f"A stylisation worker could not start on the Ray cluster: {failed[0].init_error}")
-        if not any(a.live for a in self._actors):
+        if self._rescan_interval_s > 0 and self._gpu:
+            self._rescan_task = asyncio.create_task(self._rescan(), name="nst-ray-rescan")
+        failed = [a for a in firsts if a.init_error is not None]
+        waiting = [a.name for a in firsts if a.state == "starting"]
+        if not any(a.was_ready for a in firsts) and not any(a.live for a in self._actors):
+            if failed:
+                raise WorkerStartError(f"A stylisation worker could not start on the Ray cluster: "
+                                       f"{failed[0].init_error}; the pool keeps trying to start one")
             resources = await self._cluster_resources()
-            await self.shutdown()
             raise WorkerStartError(
                 f"No Ray actor became ready within {self._start_timeout_s:g} seconds. Each needs "
-                f"{self._actor_needs()}; the cluster has {_describe(resources)}.")
-        waiting = [a.name for a in self._actors if a.state == "starting"]
+                f"{self._actor_needs()}; the cluster has {_describe(resources)}. The pool keeps waiting for room.")
+        if failed:
+            log.warning("ray pool: %d actor(s) could not start, going on with the others: %s", len(failed),
+                        failed[0].init_error)
         if waiting:
             log.warning("ray pool: %d actor(s) not ready after %.0f s, going on without them for now: %s",
                         len(waiting), self._start_timeout_s, ", ".join(waiting))
-        if self._rescan_interval_s > 0 and self._gpu:
-            self._rescan_task = asyncio.create_task(self._rescan(), name="nst-ray-rescan")
         self._pump()
 
     def _stop_running(self, job: _Job) -> None:
@@ -475,14 +495,12 @@ class RayPool(QueueingPool):
             except ray.exceptions.RayActorError as exc:
                 actor.state = "dead"
                 actor.init_error = _actor_error_text(exc)
-                self._start_failures += 1
-                log.warning("ray pool: actor %s failed to start (%d in a row): %s", actor.name,
-                            self._start_failures, actor.init_error)
-                if not self._starting:
-                    self._pump()  # fails queued jobs if nothing is left
+                self._kill(actor, restart=False)  # (killed while loading, Ray would restart it as well)
+                self._start_failed(actor.index, actor.name, actor.init_error)
+                self._pump()
                 return
         actor.state, actor.was_ready = "idle", True
-        self._start_failures = 0
+        self._start_succeeded(actor.index)
         log.info("ray pool: actor ready", extra={"worker": actor.name, "pid": actor.pid, "node": actor.node_id})
         self._pump()
 
@@ -490,13 +508,13 @@ class RayPool(QueueingPool):
         """Add an actor per GPU that joined the cluster; replace actors that died for good."""
         while not self._closing:
             await asyncio.sleep(self._rescan_interval_s)
-            if self._closing or self._start_failures >= self._max_start_failures:
+            if self._closing:
                 continue
             gpus = int((await self._cluster_resources()).get("GPU", 0))
-            present = [a for a in self._actors if a.state != "dead"]
+            present = [a for a in self._actors if a.state != "dead" or a.index in self._start_retries]
             if len(present) >= gpus:
                 continue
-            free = [a.index for a in self._actors if a.state == "dead"] + list(
+            free = [a.index for a in self._actors if a.state == "dead" and a.index not in self._start_retries] + list(
                 range(len(self._actors), len(self._actors) + gpus))
             for index in free[: gpus - len(present)]:
                 log.info("ray pool: adding an actor", extra={"index": index, "cluster_gpus": gpus})
@@ -538,7 +556,7 @@ class RayPool(QueueingPool):
                 if died >= 3 or getattr(exc, "actor_init_failed", False):
                     actor.state, actor.init_error = "dead", _actor_error_text(exc)
                     log.error("ray pool: actor %s is gone for good: %s", actor.name, actor.init_error)
-                    self._replace_dead(actor)
+                    self._replace_dead(actor, start_failed=getattr(exc, "actor_init_failed", False))
                     return
             except (ray.exceptions.RayActorError, asyncio.TimeoutError):
                 died = 0
@@ -557,12 +575,30 @@ class RayPool(QueueingPool):
             await asyncio.sleep(delay)
             delay = min(5.0, delay * 2)
 
-    def _replace_dead(self, actor: _Actor) -> None:
-        if self._closing or self._start_failures >= self._max_start_failures:
-            self._pump()
-            return
-        self._restarts += 1
-        self._add_actor(actor.index)
+    def _replace_dead(self, actor: _Actor, start_failed: bool) -> None:
+        """Replace an actor that is gone for good: at once, or after a backoff if its restart failed to start."""
+        if start_failed:
+            self._start_failed(actor.index, actor.name, actor.init_error or "its start-up failed")
+        elif not self._closing:
+            self._restarts += 1
+            self._add_actor(actor.index)
+        self._pump()
+
+    def _respawn(self, index: int) -> bool:
+        actor = self._actors[index]
+        if actor.state != "dead":
+            return False  # (a rescan replaced it meanwhile)
+        try:
+            self._add_actor(index)
+        except Exception as exc:  # noqa: BLE001 - the connection is gone: try again later
+            self._start_failed(index, actor.name, f"its Ray actor could not be created ({exc})")
+            return False
+        return True
+
+    def _waiting_reason(self) -> str:
+        if any(a.state == "lost" for a in self._actors):
+            return "workers are being restarted (their process or node was lost)"
+        return super()._waiting_reason()
 
     def _kill(self, actor: _Actor, restart: bool) -> None:
         try:
@@ -605,12 +641,6 @@ class RayPool(QueueingPool):
         """Start queued jobs on idle actors (lowest index first); watch for lost capacity."""
         if self._loop is None:
             return  # (while shutdown drains, queued jobs still start; then the queue is emptied)
-        if self._queue and not self._starting and self._actors and all(a.state == "dead" for a in self._actors) \
-                and self._start_failures >= self._max_start_failures:
-            reason = f"No stylisation worker could be started on the Ray cluster ({self._actors[0].init_error})."
-            while self._queue:
-                self._end_job(self._queue[0], Failed(self._queue[0].spec.job_id, reason, "error"))
-            return
         for actor in self._actors:
             if not self._queue:
                 break
@@ -629,6 +659,8 @@ class RayPool(QueueingPool):
             self._pump()
             return
         lost = sum(1 for a in self._actors if not a.live)
+        why = (f"none could start: {self._start_error}" if self._start_retries and self._start_error
+               else f"{lost} are being restarted or cannot be placed")
         log.error("ray pool: no live actor for %.0f s; failing %d queued job(s)", self._no_capacity_timeout_s,
                   len(self._queue))
         while self._queue:
@@ -640,7 +672,7 @@ class RayPool(QueueingPool):
             else:
                 self._end_job(job, Failed(
                     job.spec.job_id, f"No stylisation worker is available on the Ray cluster right now "
-                                     f"({lost} are being restarted or cannot be placed). Please try again later.",
+                                     f"({why}). Please try again later.",
                     "error"))
 
     def _dispatch(self, job: _Job, actor: _Actor) -> None:
