@@ -29,27 +29,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .config import ConfigError, load_config, read_token
+    import os
+
+    from .config import TOKEN_ENV, ConfigError, load_config, read_token
 
     path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    notes: list[str] = []
     try:
-        config = load_config(path)
+        config = load_config(path, warnings=notes)
         if args.check_config:
             import dataclasses
             import json
 
+            for note in notes:
+                print(f"stylebot: warning: {note}", file=sys.stderr)
             print(json.dumps(dataclasses.asdict(config), indent=2, default=str))
             return 0
         token = read_token()
     except ConfigError as exc:
         print(f"stylebot: configuration error: {exc}", file=sys.stderr)
         return 2
+    # Kept in memory only: worker processes (spawned, or Ray's) inherit the environment.
+    os.environ.pop(TOKEN_ENV, None)
 
     import asyncio
 
     from .app import run
 
-    return asyncio.run(run(config, token, force_sync=args.sync))
+    return asyncio.run(run(config, token, force_sync=args.sync, config_warnings=notes))
 
 
 if __name__ == "__main__":

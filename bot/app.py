@@ -26,7 +26,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import discord
 import yarl
@@ -42,7 +42,9 @@ from .delivery import Messenger
 from .health import HealthServer, Metrics
 from .recovery import recover
 from .scheduler import Scheduler
+from .settings import ServerSettings
 from .store import JobStore
+from .uploads import UploadChecker
 
 __all__ = ["StyleBot", "run", "make_pool", "point_discord_at", "setup_logging", "commands_digest", "sync_commands",
            "SYNC_STATE_FILE"]
@@ -77,12 +79,14 @@ def make_pool(config: Config) -> WorkerPool:
 
         return RayPool(address=pool.ray_address, devices="cpu" if pool.devices.strip().lower() == "cpu" else "auto",
                        cpu_actors=pool.ray_actors, warm_params=warm.to_dict(), timeout_s=pool.job_timeout_s,
-                       retries=pool.retries, progress_interval_s=progress_interval_s)
+                       retries=pool.retries, progress_interval_s=progress_interval_s,
+                       max_start_backoff_s=pool.start_retry_max_s)
     devices: Any = pool.devices.strip().lower()
     if devices not in ("auto", "cpu"):
         devices = [d.strip() for d in devices.split(",") if d.strip()]
     return LocalPool(devices=devices, cpu_workers=pool.workers, warm_params=warm.to_dict(),
-                     timeout_s=pool.job_timeout_s, retries=pool.retries, progress_interval_s=progress_interval_s)
+                     timeout_s=pool.job_timeout_s, retries=pool.retries, progress_interval_s=progress_interval_s,
+                     max_start_backoff_s=pool.start_retry_max_s)
 
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -200,38 +204,59 @@ class StyleBot(discord.Client):
                                    interaction_margin_s=config.discord.interaction_margin_s,
                                    store=self.store, metrics=self.metrics, delivery=config.delivery,
                                    retention_s=storage.retention_hours * 3600.0)
-        self.scheduler = Scheduler(self.pool, self.messenger, per_user_waiting=config.limits.per_user_waiting,
-                                   queue_max=config.limits.queue_max, max_pixels=config.limits.max_pixels,
-                                   job_timeout_s=config.pool.job_timeout_s)
+        limits = config.limits
+        self.scheduler = Scheduler(self.pool, self.messenger, per_user_waiting=limits.per_user_waiting,
+                                   queue_max=limits.queue_max, per_guild_waiting=min(limits.per_guild_waiting,
+                                                                                     limits.queue_max),
+                                   max_pixels=limits.max_pixels, job_timeout_s=config.pool.job_timeout_s)
+        self.settings = ServerSettings(limits, self.store)
+        self.checker = UploadChecker(workers=limits.checks_at_once, waiting_max=limits.checks_waiting,
+                                     timeout_s=limits.check_timeout_s)
         self.style_commands = StyleCommands(config, self.scheduler, self.messenger, StyleLibrary(config.styles.path),
-                                            store=self.store, metrics=self.metrics)
+                                            store=self.store, metrics=self.metrics, settings=self.settings,
+                                            checker=self.checker)
         self.style_commands.register(self.tree)
         self.health = (HealthServer(config.health.host, config.health.port, self.metrics, self.health_checks)
                        if config.health.port else None)
         self.shutdown_requested = asyncio.Event()
-        self._pool_task: asyncio.Task | None = None
-        self._tick_task: asyncio.Task | None = None
-        self._purge_task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []  # the background loops, see _supervise
         self._shut_down = False
+        self._pool_started = False  # start() is called once, even if its supervisor restarts the loop
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(CancelButton)
         # Before the gateway connects: jobs from before a restart go back in line ahead of new ones.
         await self.store.open()
+        await self.settings.load()
         await recover(self.store, self.scheduler, self.messenger)
-        self._purge_task = asyncio.create_task(self._purge(), name="store-purge")
-        self._pool_task = asyncio.create_task(self._start_pool(), name="pool-start")
+        self._supervise("store-purge", self._purge)
+        self._supervise("workers", self._run_workers)
         await sync_commands(self, self.tree, self.config, force=self.force_sync)
+
+    def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a background loop for the bot's lifetime: a failure is logged and the loop
+        started again (after a pause that grows), never left to die unread in its task."""
+        async def supervised() -> None:
+            failures = 0
+            while not self._shut_down:
+                try:
+                    await loop()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    failures += 1
+                    log.exception("background task failed; restarting it", extra={"task": name,
+                                                                                  "failures": failures})
+                    await asyncio.sleep(min(60.0, 2.0 ** failures))
+        self._tasks.append(asyncio.create_task(supervised(), name=name))
 
     async def _purge(self) -> None:
         """Delete the records of long-ended jobs now and then."""
         while True:
-            try:
-                removed = await self.store.purge()
-                if removed:
-                    log.info("old job records removed", extra={"count": removed})
-            except Exception:
-                log.exception("purging old job records failed")
+            removed = await self.store.purge()
+            if removed:
+                log.info("old job records removed", extra={"count": removed})
             await asyncio.sleep(3600.0)
 
     def _live_metrics(self) -> dict[str, float]:
@@ -246,9 +271,12 @@ class StyleBot(discord.Client):
         gateway = {"ok": bool(self.is_ready() and not self.is_closed() and ws is not None and ws.open)}
         if gateway["ok"]:
             gateway["latency_ms"] = round(self.latency * 1000, 1)
-        workers = {"ok": self.scheduler.pool_ready and self.pool.workers_alive > 0,
-                   "alive": self.pool.workers_alive, "capacity": self.pool.capacity,
-                   "starting": not self.scheduler.pool_ready and self.scheduler.accepting}
+        workers: dict[str, Any] = {"ok": self.scheduler.pool_ready and self.pool.workers_alive > 0,
+                                   "alive": self.pool.workers_alive, "capacity": self.pool.capacity,
+                                   "starting": not self.scheduler.pool_ready and self.scheduler.accepting
+                                   and not self.scheduler.workers_down}
+        if not workers["ok"]:
+            workers["reason"] = self.pool.unavailable_reason or "workers are starting"
         store: dict[str, Any] = {"ok": True}
         try:
             await asyncio.wait_for(self.store.ping(), 5.0)
@@ -259,26 +287,34 @@ class StyleBot(discord.Client):
     async def on_ready(self) -> None:
         log.info("connected", extra={"user": str(self.user), "guilds": len(self.guilds)})
 
-    async def _start_pool(self) -> None:
-        log.info("starting workers", extra={"devices": self.config.pool.devices, "workers": self.config.pool.workers})
-        try:
-            await self.pool.start()
-        except WorkerStartError as exc:
-            log.error("workers could not start; refusing jobs", extra={"error": str(exc)})
-            self.scheduler.stop_accepting(
-                "The stylisation workers could not start, so no jobs can run. The operator can see why in the logs.",
-                "The stylisation workers could not start, so this job cannot run.")
-            return
-        log.info("workers ready", extra={"capacity": self.pool.capacity})
-        self.scheduler.set_pool_ready()
-        self._tick_task = asyncio.create_task(self._tick(), name="scheduler-tick")
-
-    async def _tick(self) -> None:
-        """A slow safety net: dispatch if a slot freed up without a job ending (a worker replaced)."""
+    async def _run_workers(self) -> None:
+        """Start the pool, then follow it: while no worker can start, ``/stylize`` refuses at
+        once and waiting jobs are told; once one is up, jobs run again."""
+        if not self._pool_started:
+            self._pool_started = True
+            log.info("starting workers", extra={"devices": self.config.pool.devices,
+                                                "workers": self.config.pool.workers})
+            try:
+                await self.pool.start()
+                log.info("workers ready", extra={"capacity": self.pool.capacity})
+            except WorkerStartError as exc:
+                log.error("no worker could start; jobs wait until one does", extra={"error": str(exc)})
         while not self._shut_down:
+            self._follow_workers()
             await asyncio.sleep(1.0)
-            if self.scheduler.accepting:
-                self.scheduler.pump()
+
+    def _follow_workers(self) -> None:
+        if not self.scheduler.accepting:
+            return
+        if self.pool.workers_alive > 0:
+            if not self.scheduler.pool_ready:
+                self.scheduler.set_pool_ready()
+        elif self.pool.start_failing:
+            if not self.scheduler.workers_down:
+                log.error("no worker is running and none can start", extra={"reason": self.pool.unavailable_reason})
+            self.scheduler.set_workers_down(True)
+        # A slow safety net besides: dispatch if a slot freed up without a job ending (a worker replaced).
+        self.scheduler.pump()
 
     async def _on_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         original = getattr(error, "original", error)
@@ -308,17 +344,15 @@ class StyleBot(discord.Client):
         running = self.scheduler.running()
         log.info("shutting down", extra={"paused_waiting": len(paused), "running": len(running),
                                          "running_jobs": cfg.running_jobs})
-        if self._pool_task is not None and not self._pool_task.done():
-            self._pool_task.cancel()
+        for task in self._tasks:  # the pool's start (if still running), the purge, the worker follower
+            task.cancel()
         if running and cfg.running_jobs == "finish":
             if not await self.scheduler.wait_running(cfg.timeout_s):
                 log.warning("running jobs did not finish in time; stopping them", extra={"timeout_s": cfg.timeout_s})
         await self.pool.shutdown(drain=False)  # whatever still runs is paused: it runs again after the restart
         await self.scheduler.wait_running(10.0)
         await self.messenger.drain(timeout=30.0)  # what is still unsent is in the store for the next start
-        for task in (self._tick_task, self._purge_task):
-            if task is not None:
-                task.cancel()
+        await self.checker.close()
         await self.store.close()
         if self.health is not None:
             await self.health.stop()
@@ -326,9 +360,11 @@ class StyleBot(discord.Client):
         log.info("stopped")
 
 
-async def run(config: Config, token: str, *, force_sync: bool = False) -> int:
+async def run(config: Config, token: str, *, force_sync: bool = False, config_warnings: list[str] | None = None) -> int:
     """Run the bot until SIGTERM/SIGINT; returns the process exit status."""
     setup_logging(config.logging.level, config.logging.format, [token])
+    for warning in config_warnings or ():
+        log.warning("configuration: %s", warning)
     point_discord_at(config.discord.api_base, config.discord.gateway_url)
     bot = StyleBot(config, force_sync=force_sync)
     loop = asyncio.get_running_loop()

@@ -1,12 +1,15 @@
 """The slash commands and the Cancel button: thin Discord glue around the scheduler.
 
 ``/stylize`` acknowledges at once (an ephemeral "thinking" reply, so every refusal can be
-private), downloads both images straight away (attachment links expire), validates them
-off the event loop and queues a :class:`~bot.scheduler.Job`. A public status message with
-a Cancel button then follows the job; :class:`~bot.delivery.Messenger` keeps it current.
+private), checks the server's rules (:mod:`bot.settings`) and the line's limits, downloads
+both images straight away (attachment links expire) and checks them with bounded cost
+(:mod:`bot.uploads`), then queues a :class:`~bot.scheduler.Job`. A public status message
+with a Cancel button then follows the job; :class:`~bot.delivery.Messenger` keeps it current.
 
-``/stylebot status`` shows the line; ``/stylebot cancel`` stops a job by id (its requester,
-or anyone with Manage Messages).
+``/stylebot status`` shows the line and the caller's server's part of it; ``/stylebot cancel``
+stops a job by id. A job may be cancelled by its requester, or by a member with Manage
+Messages in the job's own channel of the job's own server: nothing reaches across servers.
+``/stylebot-settings`` lets a server's admins (Manage Server) set its rules.
 """
 
 from __future__ import annotations
@@ -18,116 +21,53 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Literal
 
 import discord
 from discord import app_commands
 
-from nst_core.errors import ImageError, ParamsError
-from nst_core.images import decode_image, image_info
+from nst_core.errors import ParamsError
 from nst_core.params import StylizeParams
 
 from . import render
 from .config import Config
-from .scheduler import Job, LineFull, NotAccepting, Refused, Scheduler, UserLimitReached, new_job_id
+from .scheduler import (
+    Job, LineFull, NotAccepting, Refused, Scheduler, ServerLimitReached, UserLimitReached, WorkersUnavailable,
+    new_job_id,
+)
+from .settings import (
+    MAX_CHANNELS, ChannelNotAllowed, PresetNotAllowed, QuotaReached, ServerSettings, SettingRefused,
+)
 from .store import SpoolFull, StoreError
+from .uploads import Admission, ChecksBusy, UploadChecker, UploadProblem, check_attachment
 
 if TYPE_CHECKING:
     from .delivery import Messenger
     from .health import Metrics
     from .store import JobStore
 
-__all__ = ["StyleCommands", "CancelButton", "StyleLibrary", "UploadProblem", "StorageUnavailable",
-           "check_attachment", "check_image", "refusal_reason", "ACCEPTED_TYPES"]
+__all__ = ["StyleCommands", "CancelButton", "StyleLibrary", "StorageUnavailable", "refusal_reason", "may_cancel"]
 
 log = logging.getLogger(__name__)
 
-ACCEPTED_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp")
-_ACCEPTED_TEXT = "PNG, JPEG, WebP, GIF or BMP"
 _LIBRARY_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
-_DOWNLOAD_TIMEOUT_S = 60.0
 MAX_STRENGTH = 5.0
-
-
-class UploadProblem(Exception):
-    """Something the requester has to fix; ``str()`` says what, politely and exactly."""
 
 
 class StorageUnavailable(Refused):
     """The job could not be recorded (the spool is full, or the disk cannot be written)."""
 
 
+_REFUSAL_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (UserLimitReached, "user_limit"), (ServerLimitReached, "server_limit"), (LineFull, "line_full"),
+    (NotAccepting, "not_accepting"), (WorkersUnavailable, "workers_down"), (StorageUnavailable, "storage"),
+    (ChannelNotAllowed, "channel"), (PresetNotAllowed, "preset"), (QuotaReached, "quota"), (ChecksBusy, "busy"),
+)
+
+
 def refusal_reason(exc: Exception) -> str:
     """The ``reason`` label a refusal is counted under in the metrics."""
-    if isinstance(exc, UserLimitReached):
-        return "user_limit"
-    if isinstance(exc, LineFull):
-        return "line_full"
-    if isinstance(exc, NotAccepting):
-        return "not_accepting"
-    if isinstance(exc, StorageUnavailable):
-        return "storage"
-    return "invalid_upload"
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _mb(n: int) -> str:
-    return render.format_bytes(n)
-
-
-def check_attachment(label: str, filename: str, content_type: str | None, size: int, width: int | None,
-                     height: int | None, *, max_bytes: int, max_pixels: int, max_aspect: float = 10.0) -> None:
-    """Refuse what Discord's metadata already shows is wrong, before downloading anything."""
-    name = f"`{filename}`"
-    base_type = (content_type or "").split(";")[0].strip().lower()
-    if base_type and base_type not in ACCEPTED_TYPES:
-        raise UploadProblem(f"The {label} {name} is a {base_type} file. Please attach a {_ACCEPTED_TEXT} image.")
-    if size > max_bytes:
-        raise UploadProblem(f"The {label} {name} is {_mb(size)}; the limit is {_mb(max_bytes)}. "
-                            "Please attach a smaller image (resize it or save it as JPEG).")
-    if width and height:
-        _check_shape(label, name, width, height, max_pixels, max_aspect)
-
-
-def _check_shape(label: str, name: str, width: int, height: int, max_pixels: int, max_aspect: float) -> None:
-    # The shape first: "resize it to 6324×6" would be no help for a 20000×20 strip.
-    if max(width, height) > max_aspect * min(width, height):
-        raise UploadProblem(
-            f"The {label} {name} is {width}×{height} pixels, too long and thin to stylise (the sides may differ "
-            f"by a factor of {max_aspect:g} at most). Please crop it closer to a square and try again.")
-    if width * height > max_pixels:
-        raise UploadProblem(_too_many_pixels(label, name, width, height, max_pixels))
-
-
-def _too_many_pixels(label: str, name: str, width: int, height: int, max_pixels: int) -> str:
-    scale = (max_pixels / (width * height)) ** 0.5
-    return (f"The {label} {name} is {width}×{height} pixels ({_megapixels(width * height)} megapixels); "
-            f"the limit is {_megapixels(max_pixels)} megapixels. Please resize it to at most about "
-            f"{int(width * scale)}×{int(height * scale)} and try again.")
-
-
-def _megapixels(pixels: int) -> str:
-    return f"{pixels / 1e6:.1f}" if pixels >= 100_000 else f"{pixels / 1e6:.2g}"
-
-
-def check_image(label: str, filename: str, data: bytes, *, max_bytes: int, max_pixels: int,
-                max_aspect: float = 10.0) -> None:
-    """Refuse bytes that are too big or not a decodable image (decodes: run it in a thread)."""
-    name = f"`{filename}`"
-    if len(data) > max_bytes:
-        raise UploadProblem(f"The {label} {name} is {_mb(len(data))}; the limit is {_mb(max_bytes)}. "
-                            "Please attach a smaller image.")
-    try:
-        _, width, height = image_info(data)
-    except ImageError as exc:
-        raise UploadProblem(f"The {label} {name} cannot be used: {exc}") from None
-    _check_shape(label, name, width, height, max_pixels, max_aspect)
-    try:
-        decode_image(data, max_pixels=max_pixels)
-    except ImageError as exc:
-        raise UploadProblem(f"The {label} {name} cannot be used: {exc}") from None
+    return next((label for kind, label in _REFUSAL_REASONS if isinstance(exc, kind)), "invalid_upload")
 
 
 # --------------------------------------------------------------------------- style library
@@ -184,10 +124,21 @@ class StyleLibrary:
 # --------------------------------------------------------------------------- Cancel button
 
 
-def _can_cancel(interaction: discord.Interaction, job: Job) -> bool:
+def may_cancel(interaction: discord.Interaction, job: Job) -> bool:
+    """The requester, or a member with Manage Messages in the job's own channel of its own server."""
     if interaction.user.id == job.user_id:
         return True
-    permissions = interaction.permissions
+    if job.guild_id is None or interaction.guild_id != job.guild_id:
+        return False
+    if interaction.channel_id == job.channel_id:
+        permissions = interaction.permissions  # Discord computed them for this channel, overwrites included
+    else:
+        guild = interaction.guild
+        channel = guild.get_channel_or_thread(job.channel_id) if guild is not None else None
+        member = interaction.user
+        if channel is None or not isinstance(member, discord.Member):
+            return False  # cannot tell: refuse rather than guess
+        permissions = channel.permissions_for(member)
     return bool(permissions and permissions.manage_messages)
 
 
@@ -224,23 +175,37 @@ def cancel_view(job_id: str) -> discord.ui.View:
 
 @dataclass
 class _Request:
-    preset: str
+    preset: str | None  # None: the bot's default (within the server's ceiling)
     strength: float
     preserve_colors: bool
     seed: int | None
 
 
+def _channel_ids(interaction: discord.Interaction) -> tuple[int, ...]:
+    """Where a command runs, for the channel rule: a thread counts as its parent channel too."""
+    ids = [interaction.channel_id or 0]
+    parent = getattr(interaction.channel, "parent_id", None)
+    if parent:
+        ids.append(parent)
+    return tuple(ids)
+
+
 class StyleCommands:
-    """Registers ``/stylize`` and ``/stylebot`` on a command tree and answers them."""
+    """Registers ``/stylize``, ``/stylebot`` and ``/stylebot-settings`` on a command tree and answers them."""
 
     def __init__(self, config: Config, scheduler: Scheduler, messenger: "Messenger", library: StyleLibrary, *,
-                 store: "JobStore | None" = None, metrics: "Metrics | None" = None) -> None:
+                 store: "JobStore | None" = None, metrics: "Metrics | None" = None,
+                 settings: ServerSettings | None = None, checker: UploadChecker | None = None) -> None:
         self.config = config
         self.scheduler = scheduler
         self.messenger = messenger
         self.library = library
         self.store = store
         self.metrics = metrics
+        self.settings = settings if settings is not None else ServerSettings(config.limits, store)
+        limits = config.limits
+        self.checker = checker if checker is not None else UploadChecker(
+            workers=limits.checks_at_once, waiting_max=limits.checks_waiting, timeout_s=limits.check_timeout_s)
 
     def register(self, tree: app_commands.CommandTree) -> None:
         presets = self.config.engine.presets
@@ -272,8 +237,7 @@ class StyleCommands:
             preserve_colors: bool = False,
             seed: app_commands.Range[int, 0, 2**31 - 1] | None = None,
         ) -> None:
-            request = _Request(preset.value if preset else self.config.engine.default_preset, float(strength),
-                               bool(preserve_colors), seed)
+            request = _Request(preset.value if preset else None, float(strength), bool(preserve_colors), seed)
             await self.stylize(interaction, content, style, library_style, request)
 
         @stylize.autocomplete("library_style")
@@ -285,10 +249,10 @@ class StyleCommands:
 
         @group.command(name="status", description="Show the waiting line, running jobs, workers and recent job times")
         async def status(interaction: discord.Interaction) -> None:
-            await interaction.response.send_message(render.line_status_text(self.scheduler.status()),
-                                                    ephemeral=True)
+            text = render.line_status_text(self.scheduler.status(), self.scheduler.guild_status(interaction.guild_id))
+            await interaction.response.send_message(text, ephemeral=True)
 
-        @group.command(name="cancel", description="Cancel a job by id: your own, or any job with Manage Messages")
+        @group.command(name="cancel", description="Cancel a job by id: your own, or any job in a channel you moderate")
         @app_commands.describe(job_id="The job id shown in the job's status message")
         async def cancel(interaction: discord.Interaction, job_id: str) -> None:
             await self.cancel_job(interaction, job_id.strip().strip("`").lower())
@@ -296,14 +260,98 @@ class StyleCommands:
         @cancel.autocomplete("job_id")
         async def job_id_autocomplete(interaction: discord.Interaction,
                                       current: str) -> list[app_commands.Choice[str]]:
-            moderator = bool(interaction.permissions and interaction.permissions.manage_messages)
+            # Only jobs of the caller's own server that the caller may cancel: ids of other
+            # servers' jobs are never shown.
+            prefix = current.strip().lower()
             jobs = [j for j in self.scheduler.jobs()
-                    if (moderator or j.user_id == interaction.user.id) and j.job_id.startswith(current.lower())]
+                    if j.guild_id == interaction.guild_id and j.job_id.startswith(prefix) and may_cancel(interaction, j)]
             return [app_commands.Choice(name=f"{j.job_id} ({j.status.value}, {j.preset})", value=j.job_id)
                     for j in jobs[:25]]
 
         tree.add_command(stylize)
         tree.add_command(group)
+        tree.add_command(self._settings_group(preset_choices))
+
+    def _settings_group(self, preset_choices: list[app_commands.Choice[str]]) -> app_commands.Group:
+        """``/stylebot-settings``: shown to members with Manage Server by default, checked again when run."""
+        group = app_commands.Group(name="stylebot-settings", description="This server's rules for /stylize",
+                                   guild_only=True, default_permissions=discord.Permissions(manage_guild=True))
+
+        @group.command(name="show", description="Show this server's rules for /stylize")
+        async def show(interaction: discord.Interaction) -> None:
+            if await self._admin_only(interaction):
+                await interaction.response.send_message(self._settings_text(interaction.guild_id or 0),
+                                                        ephemeral=True)
+
+        @group.command(name="channels", description="Choose the channels where /stylize may be used")
+        @app_commands.describe(action="allow: add the channel; remove: take it off; everywhere: no channel rule",
+                               channel="The channel to allow or remove")
+        async def channels(interaction: discord.Interaction, action: Literal["allow", "remove", "everywhere"],
+                           channel: discord.TextChannel | discord.Thread | None = None) -> None:
+            if not await self._admin_only(interaction):
+                return
+            current = self.settings.get(interaction.guild_id or 0).channels
+            if action == "everywhere":
+                chosen: tuple[int, ...] = ()
+            elif channel is None:
+                await interaction.response.send_message(f"Please name the channel to {action}.", ephemeral=True)
+                return
+            elif action == "allow":
+                chosen = current if channel.id in current else (*current, channel.id)
+            else:
+                chosen = tuple(c for c in current if c != channel.id)
+            await self._change(interaction, channels=chosen)
+
+        @group.command(name="max-preset", description="The largest preset members may use in this server")
+        @app_commands.describe(preset="fast, balanced or best (within the bot operator's limit)")
+        @app_commands.choices(preset=preset_choices)
+        async def max_preset(interaction: discord.Interaction, preset: app_commands.Choice[str]) -> None:
+            if await self._admin_only(interaction):
+                await self._change(interaction, max_preset=preset.value)
+
+        @group.command(name="daily-quota", description="Jobs one member may start in 24 hours here (0: no limit)")
+        @app_commands.describe(jobs="Jobs per member per 24 hours; 0 for no limit (within the operator's limit)")
+        async def daily_quota(interaction: discord.Interaction, jobs: app_commands.Range[int, 0, 10_000]) -> None:
+            if await self._admin_only(interaction):
+                await self._change(interaction, daily_jobs=int(jobs))
+
+        return group
+
+    async def _admin_only(self, interaction: discord.Interaction) -> bool:
+        # The command's default permissions only hide it; a server can show it to anyone.
+        permissions = interaction.permissions
+        if interaction.guild_id is not None and permissions is not None and permissions.manage_guild:
+            return True
+        await interaction.response.send_message("Only members with the Manage Server permission can change this "
+                                                "server's rules for the bot.", ephemeral=True)
+        return False
+
+    async def _change(self, interaction: discord.Interaction, **changes: object) -> None:
+        guild_id = interaction.guild_id or 0
+        try:
+            await self.settings.update(guild_id, interaction.user.id, **changes)
+        except SettingRefused as exc:
+            await interaction.response.send_message(str(exc), ephemeral=True)
+            return
+        except StoreError:
+            log.exception("server settings could not be saved", extra={"guild_id": guild_id})
+            await interaction.response.send_message("The settings could not be saved right now. Please try again "
+                                                    "later.", ephemeral=True)
+            return
+        await interaction.response.send_message("Saved.\n" + self._settings_text(guild_id), ephemeral=True)
+
+    def _settings_text(self, guild_id: int) -> str:
+        rules = self.settings.rules(guild_id)
+        limits = self.config.limits
+        where = ", ".join(f"<#{c}>" for c in rules.channels) if rules.channels else "every channel"
+        quota = f"{rules.daily_jobs} per member per 24 hours" if rules.daily_jobs else "no limit"
+        ceiling = (f"at most {limits.daily_jobs_per_member}" if limits.daily_jobs_per_member else "no limit")
+        return "\n".join([
+            f"**/stylize may be used in:** {where} (at most {MAX_CHANNELS} channels)",
+            f"**Largest preset:** {rules.max_preset} (the bot's operator allows up to {limits.max_preset})",
+            f"**Jobs per member:** {quota} (the bot's operator allows {ceiling})",
+            f"**Jobs waiting from this server:** at most {self.scheduler.per_guild_waiting}",
+        ])
 
     # -- /stylize
 
@@ -312,11 +360,14 @@ class StyleCommands:
         # Acknowledge first: Discord drops interactions not answered within 3 seconds.
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            job = await self._make_job(interaction, content, style, library_style, request)
+            request.preset = self._check_rules(interaction, request.preset)
+            await self.settings.check_quota(interaction.guild_id, interaction.user.id)
+            async with self.checker.admit(interaction.user.id) as admission:
+                job = await self._make_job(interaction, admission, content, style, library_style, request)
             await self._accept(job)
         except (UploadProblem, Refused) as exc:
-            log.info("stylize refused", extra={"user_id": interaction.user.id, "reason": str(exc),
-                                               "why": refusal_reason(exc)})
+            log.info("stylize refused", extra={"user_id": interaction.user.id, "guild_id": interaction.guild_id,
+                                               "reason": str(exc), "why": refusal_reason(exc)})
             if self.metrics is not None:
                 self.metrics.refused.labels(refusal_reason(exc)).inc()
             await interaction.followup.send(str(exc), ephemeral=True)
@@ -334,11 +385,24 @@ class StyleCommands:
             return
         self.messenger.attach(job, message.id, text)
 
+    def _check_rules(self, interaction: discord.Interaction, preset: str | None) -> str:
+        """Refuse what the server's rules or the line forbid (cheap, before any download); returns
+        the preset to use (the default is lowered to the server's ceiling rather than refused)."""
+        guild_id = interaction.guild_id
+        self.settings.check_channel(guild_id, _channel_ids(interaction))
+        if preset is None:
+            allowed = self.settings.rules(guild_id).allowed_presets()
+            default = self.config.engine.default_preset
+            preset = default if default in allowed else allowed[-1]
+        self.settings.check_preset(guild_id, preset)
+        self.scheduler.check(interaction.user.id, guild_id)
+        return preset
+
     async def _accept(self, job: Job) -> None:
         """Record ``job`` (with its pictures) in the store, then put it in line; raises Refused."""
         if self.store is not None:
             try:
-                await self.store.accept(job)
+                await self.store.accept(job, daily_limit=self.settings.daily_limit(job.guild_id))
             except SpoolFull:
                 log.warning("spool full; refusing a job", extra={"spool_bytes": self.store.spool_bytes})
                 raise StorageUnavailable("The bot's storage for waiting jobs is full right now. "
@@ -356,10 +420,8 @@ class StyleCommands:
         if self.metrics is not None:
             self.metrics.accepted.inc()
 
-    async def _make_job(self, interaction: discord.Interaction, content: discord.Attachment,
+    async def _make_job(self, interaction: discord.Interaction, admission: Admission, content: discord.Attachment,
                         style: discord.Attachment | None, library_style: str | None, request: _Request) -> Job:
-        if not self.scheduler.accepting:
-            self.scheduler.check(interaction.user.id)  # raises NotAccepting with its own wording
         limits = self.config.limits
         checks = dict(max_bytes=limits.max_upload_bytes, max_pixels=limits.max_pixels,
                       max_aspect=limits.max_aspect_ratio)
@@ -371,15 +433,9 @@ class StyleCommands:
         if style is not None:
             check_attachment("style image", style.filename, style.content_type, style.size, style.width,
                              style.height, **checks)
-        self.scheduler.check(interaction.user.id)  # refuse before downloading anything
 
-        async def download(attachment: discord.Attachment, label: str) -> bytes:
-            try:
-                return await asyncio.wait_for(attachment.read(), _DOWNLOAD_TIMEOUT_S)
-            except (discord.HTTPException, asyncio.TimeoutError, OSError) as exc:
-                log.warning("download failed", extra={"label": label, "error": repr(exc)})
-                raise UploadProblem(f"The {label} `{attachment.filename}` could not be downloaded from Discord. "
-                                    "Please try again.") from None
+        def download(attachment: discord.Attachment, label: str) -> Awaitable[bytes]:
+            return admission.download(attachment.url, label, attachment.filename, limits.max_upload_bytes)
 
         if style is not None:
             content_bytes, style_bytes = await asyncio.gather(download(content, "content image"),
@@ -390,10 +446,11 @@ class StyleCommands:
             content_bytes = await download(content, "content image")
             style_bytes = await self.library.read(library_style)
             style_label = library_style
-        await asyncio.to_thread(check_image, "content image", content.filename, content_bytes, **checks)
+        await admission.check("content image", content.filename, content_bytes, **checks)
         if style is None:  # the operator's own files: no upload size limit, still a readable image
             checks["max_bytes"] = max(limits.max_upload_bytes, len(style_bytes))
-        await asyncio.to_thread(check_image, "style image", style_label, style_bytes, **checks)
+        await admission.check("style image", style_label, style_bytes, **checks)
+        assert request.preset is not None
         params = self._params(request)
         return Job(
             job_id=self._fresh_id(), user_id=interaction.user.id, channel_id=interaction.channel_id or 0,
@@ -405,6 +462,7 @@ class StyleCommands:
 
     def _params(self, request: _Request) -> StylizeParams:
         engine = self.config.engine
+        assert request.preset is not None
         preset = engine.presets[request.preset]
         seed = request.seed if request.seed is not None else random.randrange(2**31)
         try:
@@ -426,21 +484,27 @@ class StyleCommands:
 
     async def cancel_job(self, interaction: discord.Interaction, job_id: str) -> None:
         job = self.scheduler.get(job_id)
-        if job is None:
+        # Another server's job answers exactly like an unknown one: its id says nothing there.
+        if job is None or (job.guild_id != interaction.guild_id and job.user_id != interaction.user.id):
             await interaction.response.send_message(
                 f"Job `{job_id}` is not waiting or running any more, so there is nothing to cancel.", ephemeral=True)
             return
-        if not _can_cancel(interaction, job):
+        if not may_cancel(interaction, job):
             await interaction.response.send_message(
-                "Only the requester (or a moderator with Manage Messages) can cancel this job.", ephemeral=True)
+                "Only the requester (or a moderator with Manage Messages in the job's channel) can cancel this job.",
+                ephemeral=True)
             return
         # Answer first: stopping a running job can take a moment, the interaction cannot wait.
         await interaction.response.send_message(f"Cancelling job `{job_id}`…", ephemeral=True)
         log.info("cancel requested", extra={"job_id": job_id, "by": interaction.user.id})
         cancelled = await self.scheduler.cancel(job_id, interaction.user.id)
-        note = f"Job `{job_id}` was cancelled." if cancelled else f"Job `{job_id}` had already ended."
+        if cancelled:
+            note = f"Job `{job_id}` was cancelled."
+        elif job.status.value == "finished":
+            note = f"Job `{job_id}` had already finished, so it was not cancelled: its result is on its way."
+        else:
+            note = f"Job `{job_id}` had already ended."
         try:
             await interaction.edit_original_response(content=note)
         except discord.HTTPException:
             pass
-

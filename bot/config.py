@@ -89,6 +89,7 @@ class PoolConfig:
     backend: str = _opt("local", choices=("local", "ray"))  # ray: workers are actors on a Ray cluster
     ray_address: str = ""  # "" starts Ray on this machine; "auto"; "HEAD:6379"; "ray://HEAD:10001"
     ray_actors: int = _opt(1, min=1, max=256)  # actors on a Ray cluster without GPUs (else one per GPU)
+    start_retry_max_s: float = _opt(300.0, min=1.0)  # longest pause between attempts to start a worker
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,14 @@ class LimitsConfig:
     max_aspect_ratio: float = _opt(10.0, min=1.0)  # longer side / shorter side
     per_user_waiting: int = _opt(2, min=1)
     queue_max: int = _opt(20, min=1)
+    per_guild_waiting: int = _opt(10, min=1)  # one server's share of the line
+    # What each server's admins may tighten with /stylebot-settings, never exceed:
+    max_preset: str = _opt("best", choices=tuple(PRESETS))  # the largest preset anyone may use
+    daily_jobs_per_member: int = _opt(0, min=0)  # jobs per member per server in 24 hours; 0: no limit
+    # Checking uploads (decoding them) runs on a small pool of its own, bounded in number and time:
+    checks_at_once: int = _opt(2, min=1, max=16)  # uploads decoded at the same time
+    checks_waiting: int = _opt(16, min=1)  # requests downloaded or checked at once (running ones included)
+    check_timeout_s: float = _opt(20.0, min=1.0)  # one request's checks, waiting included
 
 
 @dataclass(frozen=True)
@@ -181,8 +190,13 @@ def _origin(value: Any) -> str:
     return f" (set by {value.var})" if isinstance(value, _EnvValue) and value.var else ""
 
 
-def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Read ``path`` (TOML; ``None``: defaults only), apply ``NSTBOT_*`` overrides, validate."""
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None,
+                warnings: list[str] | None = None) -> Config:
+    """Read ``path`` (TOML; ``None``: defaults only), apply ``NSTBOT_*`` overrides, validate.
+
+    Problems that do not stop the bot (an ``NSTBOT_`` variable that is not an override) are
+    appended to ``warnings`` for the caller to log.
+    """
     env = os.environ if env is None else env
     data: dict[str, Any] = {}
     if path is not None:
@@ -200,6 +214,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         raise ConfigError(f"discord.token: the token is read only from the {TOKEN_ENV} environment variable; "
                           "remove it from the file")
     _apply_env(data, env)
+    if warnings is not None:
+        warnings.extend(_ignored_env(env))
     config = _build(Config, data, "")
     _check(config)
     return config
@@ -211,6 +227,22 @@ def read_token(env: Mapping[str, str] | None = None) -> str:
     if not token:
         raise ConfigError(f"set the bot token in the {TOKEN_ENV} environment variable")
     return token
+
+
+def _ignored_env(env: Mapping[str, str]) -> list[str]:
+    """``NSTBOT_`` variables without the ``__`` that makes them overrides: most likely typos."""
+    sections = [f.name for f in dataclasses.fields(Config)]
+    found = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or "__" in name:
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        hint = (f" (did you mean {ENV_PREFIX}{section.upper()}__{rest[len(section) + 1:].upper()}?)"
+                if section else "")
+        found.append(f"{name} is ignored: overrides are named {ENV_PREFIX}<SECTION>__<KEY>, with two underscores "
+                     f"after the section{hint}")
+    return found
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:

@@ -131,6 +131,7 @@ class StatusUpdater:
             self._final_set.set()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="status-updater")
+            self._task.add_done_callback(_log_failure)
 
     def attach(self, shown: str | None, *, editable: bool = True) -> None:
         """The message exists now and shows ``shown``; ``editable=False``: there is none."""
@@ -172,6 +173,12 @@ class StatusUpdater:
                 self._shown, self._last = text, self._clock()
             if final:
                 return
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    """A background task's failure is logged, never left to die unread."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a background task failed", exc_info=task.exception(), extra={"task": task.get_name()})
 
 
 @dataclass(frozen=True)
@@ -273,8 +280,8 @@ class Messenger:
 
     # -- JobListener
 
-    def job_waiting(self, job: Job, position: int, eta_s: float | None) -> None:
-        self._updater(job).set(self._text(job, render.waiting_line(position, eta_s)))
+    def job_waiting(self, job: Job, position: int, eta_s: float | None, note: str | None = None) -> None:
+        self._updater(job).set(self._text(job, render.waiting_line(position, eta_s, note)))
         if self.store is not None:
             self.store.note(job.job_id, position=position)
 
@@ -322,6 +329,7 @@ class Messenger:
         task = asyncio.get_running_loop().create_task(coro, name=f"deliver-{job.job_id}")  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
 
     async def drain(self, timeout: float) -> None:
         """Wait for deliveries in progress (at shutdown); later retries are left to the next start."""

@@ -11,8 +11,8 @@ Metrics (all prefixed ``stylebot_``):
 * ``queue_length`` (waiting jobs), ``jobs_running``, ``workers_alive``, ``spool_bytes``: gauges
   read when scraped;
 * ``worker_restarts_total``: replacement workers the pool started (crash, timeout, stuck cancel);
-* ``jobs_accepted_total``; ``requests_refused_total{reason}`` (user_limit, line_full,
-  not_accepting, storage, invalid_upload);
+* ``jobs_accepted_total``; ``requests_refused_total{reason}`` (user_limit, server_limit,
+  line_full, not_accepting, workers_down, storage, channel, preset, quota, busy, invalid_upload);
 * ``jobs_total{outcome}``: ended jobs by outcome (finished, cancelled, or the failure kind:
   invalid_input, timeout, worker_died, out_of_memory, shutdown, error);
 * ``job_duration_seconds``: histogram of finished jobs, from start on a worker to the result;
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 OUTCOMES = ("finished", *FAILURE_KINDS)
 PATHS = ("interaction", "channel", "dm")
-REFUSALS = ("user_limit", "line_full", "not_accepting", "storage", "invalid_upload")
+REFUSALS = ("user_limit", "server_limit", "line_full", "not_accepting", "workers_down", "storage", "channel",
+            "preset", "quota", "busy", "invalid_upload")
 _DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 

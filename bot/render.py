@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import discord
 from PIL import Image, ImageDraw, ImageFont
 
-from .scheduler import LineStatus
+from .scheduler import GuildLine, LineStatus
 
 __all__ = [
     "format_duration", "format_bytes", "progress_bar", "time_left", "status_header", "waiting_line",
@@ -82,9 +82,9 @@ def status_header(job_id: str, preset: str, style_label: str) -> str:
     return f"**Job `{job_id}`** · preset {preset} · style `{_clip(style_label, 60)}`"
 
 
-def waiting_line(position: int, eta_s: float | None) -> str:
+def waiting_line(position: int, eta_s: float | None, note: str | None = None) -> str:
     when = f" · starts in about {format_duration(eta_s)}" if eta_s is not None else ""
-    return f"⏳ Waiting — position **{position}** in line{when}"
+    return f"⏳ Waiting — position **{position}** in line{when}" + (f"\n⚠️ {note}" if note else "")
 
 
 def starting_line(worker: str | None = None) -> str:
@@ -244,16 +244,25 @@ def loss_chart_png(history: Sequence[Mapping[str, float]], width: int = 480, hei
 # --------------------------------------------------------------------------- /stylebot status
 
 
-def line_status_text(status: LineStatus) -> str:
+def line_status_text(status: LineStatus, guild: GuildLine | None = None) -> str:
+    """``/stylebot status``: the whole line in numbers, and the caller's server's part of it."""
     average = (f"{format_duration(status.average_s)} (last {status.recent_jobs} jobs)"
                if status.average_s is not None else "no finished jobs yet")
-    workers = f"{status.workers_alive}/{status.capacity} ready" if status.pool_ready else "starting up"
+    if status.workers_down:
+        workers = "could not start (jobs wait until they do)"
+    else:
+        workers = f"{status.workers_alive}/{status.capacity} ready" if status.pool_ready else "starting up"
     lines = [
         f"**Waiting:** {status.waiting} of at most {status.queue_max}",
         f"**Running:** {status.running}",
         f"**Workers:** {workers}",
         f"**Recent average:** {average}",
     ]
+    if guild is not None:
+        places = ", ".join(str(p) for p in guild.positions[:10]) + ("…" if len(guild.positions) > 10 else "")
+        where = f" (places {places})" if guild.positions else ""
+        lines.append(f"**This server:** {guild.running} running, {guild.waiting} of at most "
+                     f"{guild.per_guild_waiting} waiting{where}")
     if not status.accepting:
         lines.append("The bot is shutting down and not taking new jobs.")
     return "\n".join(lines)

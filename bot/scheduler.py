@@ -27,8 +27,8 @@ from nst_core.pool.base import (
 )
 
 __all__ = [
-    "Job", "JobStatus", "FairLine", "Scheduler", "JobListener", "Refused", "UserLimitReached", "LineFull",
-    "NotAccepting", "LineStatus", "DurationStats", "estimate_start", "new_job_id",
+    "Job", "JobStatus", "FairLine", "Scheduler", "JobListener", "Refused", "UserLimitReached", "ServerLimitReached",
+    "LineFull", "NotAccepting", "WorkersUnavailable", "WORKERS_DOWN_NOTE", "LineStatus", "GuildLine", "DurationStats", "estimate_start", "new_job_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,13 @@ class UserLimitReached(Refused):
                          "(or cancel one) before adding another.")
 
 
+class ServerLimitReached(Refused):
+    def __init__(self, waiting: int) -> None:
+        self.waiting = waiting
+        super().__init__(f"This server already has {waiting} jobs waiting, its share of the line. Please try again "
+                         "when one of them has started.")
+
+
 class LineFull(Refused):
     def __init__(self, waiting: int, eta_s: float | None) -> None:
         self.waiting, self.eta_s = waiting, eta_s
@@ -122,60 +129,138 @@ class NotAccepting(Refused):
         super().__init__(reason)
 
 
+class WorkersUnavailable(Refused):
+    def __init__(self) -> None:
+        super().__init__("The bot cannot run jobs right now: its workers could not start. The operator can see why "
+                         "in the bot's logs. Please try again later.")
+
+
+WORKERS_DOWN_NOTE = "The workers could not start; this job will run as soon as they do."
+
+
 # --------------------------------------------------------------------------- the fair line
 
 
-class FairLine(Generic[T]):
-    """Round-robin between users, first come first served per user.
+class _Rounds:
+    """Round-robin bookkeeping: which round is being served, and each key's last served round.
 
-    Think of rounds: in each round every user with waiting items gets one turn, in the
-    order their items arrived. A user's k-th waiting item is in round ``base + k`` where
-    ``base`` is the round being served now, or the one after the user's last served item
-    if that was in this round. A newcomer therefore joins the current round and goes before
-    the second item of a user who was already served in it. Items are taken in (round,
-    arrival) order; positions are computed from that same order, so they are exact.
+    A key's k-th waiting item (0-based) is in round ``base(key) + k``: the round being served
+    now, or the one after the key's last served item if that was in this round. Items are
+    taken in (round, arrival) order, so a newcomer joins the current round and goes before
+    the second item of a key that was already served in it.
+    """
+
+    def __init__(self) -> None:
+        self.current = 0
+        self._served: dict[Hashable, int] = {}
+
+    def base(self, key: Hashable) -> int:
+        served = self._served.get(key)
+        return self.current if served is None else max(self.current, served + 1)
+
+    def served(self, key: Hashable) -> bool:
+        """Whether ``key`` was served in the current round."""
+        return key in self._served
+
+    def took(self, key: Hashable, rnd: int) -> None:
+        self.current = rnd
+        self._served[key] = rnd
+        # Only keys served in the current round still affect anyone's base round.
+        self._served = {k: r for k, r in self._served.items() if r >= self.current}
+
+
+class _Lane(Generic[T]):
+    """One server's waiting items: round-robin between its users, first come first served per user."""
+
+    def __init__(self) -> None:
+        self.queues: dict[Hashable, collections.deque[tuple[int, T]]] = {}
+        self.rounds = _Rounds()
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def ordered(self) -> list[tuple[int, int, Hashable, T]]:
+        """``(round, arrival, user, item)`` in the order this lane's items are taken."""
+        entries = [(self.rounds.base(user) + k, seq, user, item)
+                   for user, queue in self.queues.items() for k, (seq, item) in enumerate(queue)]
+        entries.sort(key=lambda e: (e[0], e[1]))
+        return entries
+
+    def pop(self) -> T:
+        rnd, _, user, item = self.ordered()[0]
+        self.queues[user].popleft()
+        if not self.queues[user]:
+            del self.queues[user]
+        self.rounds.took(user, rnd)
+        return item
+
+    def remove(self, item: T) -> bool:
+        for user, queue in self.queues.items():
+            for entry in queue:
+                if entry[1] is item:
+                    queue.remove(entry)
+                    if not queue:
+                        del self.queues[user]
+                    return True
+        return False
+
+
+class FairLine(Generic[T]):
+    """Round-robin between servers, then between users within a server, first come first
+    served per user.
+
+    Both levels use the same rounds (:class:`_Rounds`): a server's k-th item, in the order
+    its own lane takes them, is in round ``base(server) + k``; so a busy server gets one turn
+    per round like a quiet one, and within its turns its members take turns. Items are taken
+    in (round, arrival) order; positions are computed from that same order, so they are exact.
 
     Items put back after a restart (:meth:`push_front`) form a front segment, taken first and
     in the order given, so the line resumes as it was.
     """
 
     def __init__(self) -> None:
-        self._queues: dict[Hashable, collections.deque[tuple[int, T]]] = {}
-        self._served: dict[Hashable, int] = {}  # user -> round of their last item taken
-        self._round = 0
+        self._lanes: dict[Hashable, _Lane[T]] = {}
+        self._rounds = _Rounds()
         self._seq = itertools.count()
-        self._front: collections.deque[tuple[Hashable, T]] = collections.deque()  # see push_front
+        self._front: collections.deque[tuple[Hashable, Hashable, T]] = collections.deque()  # (guild, user, item)
 
     def __len__(self) -> int:
-        return len(self._front) + sum(len(q) for q in self._queues.values())
+        return len(self._front) + sum(len(lane) for lane in self._lanes.values())
 
     def __contains__(self, item: object) -> bool:
-        return any(it is item for _, it in self._front) or any(
-            it is item for q in self._queues.values() for _, it in q)
+        return any(it is item for it in self.order())
 
-    def push(self, user: Hashable, item: T) -> None:
-        self._queues.setdefault(user, collections.deque()).append((next(self._seq), item))
+    def push(self, user: Hashable, item: T, guild: Hashable = None) -> None:
+        lane = self._lanes.setdefault(guild, _Lane())
+        lane.queues.setdefault(user, collections.deque()).append((next(self._seq), item))
 
-    def push_front(self, user: Hashable, item: T) -> None:
+    def push_front(self, user: Hashable, item: T, guild: Hashable = None) -> None:
         """Put ``item`` at the back of a front segment taken before every round: for jobs that
         were already in line (or running) before a restart, pushed in their old order."""
-        self._front.append((user, item))
+        self._front.append((guild, user, item))
 
     def waiting_of(self, user: Hashable) -> int:
-        return sum(1 for u, _ in self._front if u == user) + len(self._queues.get(user, ()))
+        """Items of ``user`` waiting, in every server."""
+        return (sum(1 for _, u, _ in self._front if u == user)
+                + sum(len(lane.queues.get(user, ())) for lane in self._lanes.values()))
+
+    def waiting_in(self, guild: Hashable) -> int:
+        """Items waiting from ``guild``."""
+        lane = self._lanes.get(guild)
+        return sum(1 for g, _, _ in self._front if g == guild) + (len(lane) if lane else 0)
 
     def _ordered(self) -> list[tuple[int, int, Hashable, T]]:
+        """``(round, arrival, guild, item)`` after the front segment, in the order taken."""
         entries = []
-        for user, queue in self._queues.items():
-            served = self._served.get(user)
-            base = self._round if served is None else max(self._round, served + 1)
-            entries.extend((base + k, seq, user, item) for k, (seq, item) in enumerate(queue))
+        for guild, lane in self._lanes.items():
+            base = self._rounds.base(guild)
+            entries.extend((base + k, seq, guild, item) for k, (_, seq, _, item) in enumerate(lane.ordered()))
         entries.sort(key=lambda e: (e[0], e[1]))
         return entries
 
     def order(self) -> list[T]:
         """Waiting items in the order they will be taken."""
-        return [it for _, it in self._front] + [e[3] for e in self._ordered()]
+        return [it for _, _, it in self._front] + [e[3] for e in self._ordered()]
 
     def position(self, item: T) -> int | None:
         """1-based place in :meth:`order` (1: taken next), or None if not waiting."""
@@ -185,44 +270,43 @@ class FairLine(Generic[T]):
         return None
 
     def peek(self) -> T | None:
-        if self._front:
-            return self._front[0][1]
-        entries = self._ordered()
-        return entries[0][3] if entries else None
+        order = self.order()
+        return order[0] if order else None
 
     def pop(self) -> T:
         if self._front:
-            return self._front.popleft()[1]
+            return self._front.popleft()[2]
         entries = self._ordered()
         if not entries:
             raise IndexError("the line is empty")
-        rnd, _, user, item = entries[0]
-        self._queues[user].popleft()
-        if not self._queues[user]:
-            del self._queues[user]
-        self._round = rnd
-        self._served[user] = rnd
-        # Only users served in the current round still affect anyone's base round.
-        self._served = {u: r for u, r in self._served.items() if r >= self._round}
+        rnd, _, guild, item = entries[0]
+        lane = self._lanes[guild]
+        taken = lane.pop()
+        assert taken is item
+        self._rounds.took(guild, rnd)
+        self._prune()
         return item
+
+    def _prune(self) -> None:
+        # An empty lane still matters while its server was served in the current round (its
+        # users' turns within that round); after that it carries nothing and can go.
+        for guild in [g for g, lane in self._lanes.items() if not len(lane) and not self._rounds.served(g)]:
+            del self._lanes[guild]
 
     def remove(self, item: T) -> bool:
         for entry in self._front:
-            if entry[1] is item:
+            if entry[2] is item:
                 self._front.remove(entry)
                 return True
-        for user, queue in self._queues.items():
-            for entry in queue:
-                if entry[1] is item:
-                    queue.remove(entry)
-                    if not queue:
-                        del self._queues[user]
-                    return True
+        for guild, lane in self._lanes.items():
+            if lane.remove(item):
+                self._prune()
+                return True
         return False
 
     def clear(self) -> list[T]:
         items = self.order()
-        self._queues.clear()
+        self._lanes.clear()
         self._front.clear()
         return items
 
@@ -269,7 +353,7 @@ def estimate_start(ahead: Iterable[float], running_left: Iterable[float], worker
 class JobListener(Protocol):
     """What the scheduler reports; called on the event loop, must not block."""
 
-    def job_waiting(self, job: Job, position: int, eta_s: float | None) -> None: ...
+    def job_waiting(self, job: Job, position: int, eta_s: float | None, note: str | None) -> None: ...
     def job_started(self, job: Job) -> None: ...
     def job_progress(self, job: Job, event: Progress) -> None: ...
     def job_retrying(self, job: Job, event: Retrying) -> None: ...
@@ -289,6 +373,17 @@ class LineStatus:
     recent_jobs: int
     accepting: bool
     pool_ready: bool
+    workers_down: bool = False  # no worker could start; jobs wait (and new ones are refused) until one does
+
+
+@dataclass(frozen=True)
+class GuildLine:
+    """One server's part of the line, for ``/stylebot status`` there."""
+
+    waiting: int
+    running: int
+    positions: tuple[int, ...]  # places in the whole line of this server's waiting jobs
+    per_guild_waiting: int
 
 
 class Scheduler:
@@ -301,6 +396,7 @@ class Scheduler:
         *,
         per_user_waiting: int,
         queue_max: int,
+        per_guild_waiting: int | None = None,
         max_pixels: int,
         job_timeout_s: float | None = None,
         clock: Callable[[], float] = time.time,
@@ -309,6 +405,7 @@ class Scheduler:
         self.listener = listener
         self.per_user_waiting = per_user_waiting
         self.queue_max = queue_max
+        self.per_guild_waiting = per_guild_waiting if per_guild_waiting is not None else queue_max
         self.max_pixels = max_pixels
         self.job_timeout_s = job_timeout_s
         self.clock = clock
@@ -317,10 +414,11 @@ class Scheduler:
         self.accepting = True
         self.refusal = NotAccepting().args[0]  # what new requests hear once accepting is False
         self.pool_ready = False
+        self.workers_down = False
         self._jobs: dict[str, Job] = {}  # waiting and running
         self._handles: dict[str, JobHandle] = {}
         self._followers: dict[str, asyncio.Task] = {}
-        self._announced: dict[str, tuple[int, float | None]] = {}
+        self._announced: dict[str, tuple[int, float | None, str | None]] = {}
 
     # -- queries
 
@@ -341,8 +439,14 @@ class Scheduler:
             waiting=len(self.line), queue_max=self.queue_max, running=len(self._handles),
             capacity=self.pool.capacity, workers_alive=self.pool.workers_alive,
             average_s=self.durations.average(), recent_jobs=len(self.durations),
-            accepting=self.accepting, pool_ready=self.pool_ready,
+            accepting=self.accepting, pool_ready=self.pool_ready, workers_down=self.workers_down,
         )
+
+    def guild_status(self, guild_id: int | None) -> GuildLine:
+        order = self.line.order()
+        positions = tuple(i for i, j in enumerate(order, 1) if j.guild_id == guild_id)
+        running = sum(1 for j in self.running() if j.guild_id == guild_id)
+        return GuildLine(len(positions), running, positions, self.per_guild_waiting)
 
     def estimate_for(self, job: Job) -> float | None:
         """Seconds until ``job`` (waiting) starts; None until some job has finished."""
@@ -374,24 +478,29 @@ class Scheduler:
 
     # -- admission
 
-    def check(self, user_id: int) -> None:
-        """Raise :class:`Refused` if ``user_id`` may not add a job now (cheap; call it early)."""
+    def check(self, user_id: int, guild_id: int | None) -> None:
+        """Raise :class:`Refused` if ``user_id`` may not add a job in ``guild_id`` now (cheap; call it early)."""
         if not self.accepting:
             raise NotAccepting(self.refusal)
+        if self.workers_down:
+            raise WorkersUnavailable()
         waiting = self.line.waiting_of(user_id)
         if waiting >= self.per_user_waiting:
             raise UserLimitReached(waiting)
         if len(self.line) >= self.queue_max:
             raise LineFull(len(self.line), self._estimate(self.line.order()))
+        in_guild = self.line.waiting_in(guild_id)
+        if in_guild >= self.per_guild_waiting:
+            raise ServerLimitReached(in_guild)
 
     def submit(self, job: Job) -> None:
         """Put ``job`` in line (or straight on a worker); raises :class:`Refused`."""
-        self.check(job.user_id)
+        self.check(job.user_id, job.guild_id)
         if job.job_id in self._jobs:
             raise ValueError(f"job {job.job_id} is already known")
         job.status = JobStatus.WAITING
         self._jobs[job.job_id] = job
-        self.line.push(job.user_id, job)
+        self.line.push(job.user_id, job, job.guild_id)
         log.info("job queued", extra={"job_id": job.job_id, "user_id": job.user_id, "preset": job.preset,
                                       "position": self.line.position(job)})
         self.pump()
@@ -404,7 +513,7 @@ class Scheduler:
                 raise ValueError(f"job {job.job_id} is already known")
             job.status, job.started_at, job.worker, job.progress = JobStatus.WAITING, None, None, None
             self._jobs[job.job_id] = job
-            self.line.push_front(job.user_id, job)
+            self.line.push_front(job.user_id, job, job.guild_id)
             log.info("job restored", extra={"job_id": job.job_id, "user_id": job.user_id,
                                             "position": self.line.position(job)})
         self.pump()
@@ -413,6 +522,19 @@ class Scheduler:
 
     def set_pool_ready(self, ready: bool = True) -> None:
         self.pool_ready = ready
+        if ready:
+            self.workers_down = False
+        self.pump()
+
+    def set_workers_down(self, down: bool) -> None:
+        """No worker could start (``down``), or one has come up: new requests are refused
+        meanwhile, and waiting jobs are told they run once the workers do."""
+        if down == self.workers_down:
+            return
+        self.workers_down = down
+        if down:
+            self.pool_ready = False
+        log.warning("workers down; refusing new jobs" if down else "workers back; taking jobs again")
         self.pump()
 
     def pump(self) -> None:
@@ -435,12 +557,13 @@ class Scheduler:
     def _announce(self) -> None:
         """Tell every waiting job whose place (or estimate) changed where it stands now."""
         order = self.line.order()
+        note = WORKERS_DOWN_NOTE if self.workers_down else None
         for i, job in enumerate(order):
             eta = self._estimate(order[:i])
             eta_key = None if eta is None else round(eta / 5.0) * 5.0  # ignore jitter below 5 s
-            if self._announced.get(job.job_id) != (i + 1, eta_key):
-                self._announced[job.job_id] = (i + 1, eta_key)
-                self._notify("job_waiting", job, i + 1, eta)
+            if self._announced.get(job.job_id) != (i + 1, eta_key, note):
+                self._announced[job.job_id] = (i + 1, eta_key, note)
+                self._notify("job_waiting", job, i + 1, eta, note)
 
     async def _follow(self, job: Job, handle: JobHandle) -> None:
         try:
@@ -511,10 +634,11 @@ class Scheduler:
     # -- cancelling
 
     async def cancel(self, job_id: str, by_user: int) -> bool:
-        """Cancel a waiting or running job; False if it is not (or no longer) known.
+        """Cancel a waiting or running job; True only if it ended cancelled.
 
         A waiting job leaves the line at once; a running one is stopped by the pool and
-        this returns once it has ended.
+        this returns once it has ended. A job that finished (or failed) before the pool could
+        stop it is not cancelled: its result is delivered, so this says False.
         """
         job = self._jobs.get(job_id)
         if job is None:
@@ -532,7 +656,7 @@ class Scheduler:
         follower = self._followers.get(job_id)
         if follower is not None:
             await asyncio.wait([follower], timeout=5.0)
-        return True
+        return job.status is JobStatus.CANCELLED
 
     # -- shutting down
 

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, TypeVar
 from nst_core.pool.base import Finished
 
 from .scheduler import Job, JobStatus
+from .settings import QUOTA_WINDOW_S, GuildSettings, QuotaReached
 
 __all__ = ["JobStore", "StoredJob", "StoreError", "SpoolFull", "STATES", "OPEN_STATES", "ENDED_STATES"]
 
@@ -85,8 +86,25 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- version 2: per-server settings and the daily quota's count
+CREATE TABLE IF NOT EXISTS guild_settings (
+    guild_id INTEGER PRIMARY KEY,
+    channels TEXT NOT NULL DEFAULT '[]',     -- JSON list of channel ids; empty: everywhere
+    max_preset TEXT,                         -- NULL: the operator's ceiling
+    daily_jobs INTEGER,                      -- NULL: the operator's default
+    updated_at REAL NOT NULL,
+    updated_by INTEGER
+);
+CREATE TABLE IF NOT EXISTS usage (           -- accepted jobs, for "jobs per member per day"
+    job_id TEXT PRIMARY KEY,
+    guild_id INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_member ON usage (guild_id, user_id, at);
 """
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+_USAGE_KEPT_S = 86400.0  # the quota counts the last 24 hours
 
 _UPDATABLE = frozenset({
     "state", "status_message_id", "position", "attempts", "restarts", "started_at", "finished_at", "worker",
@@ -230,26 +248,34 @@ class JobStore:
 
     # ------------------------------------------------------------------ accepting
 
-    async def accept(self, job: Job) -> None:
-        """Record ``job`` as queued with its images; raises :class:`SpoolFull` or :class:`StoreError`."""
+    async def accept(self, job: Job, daily_limit: int = 0) -> None:
+        """Record ``job`` as queued with its images; raises :class:`SpoolFull` or :class:`StoreError`,
+        or :class:`~bot.settings.QuotaReached` when its requester already started ``daily_limit``
+        jobs in its server within 24 hours (0: no limit; counted here, so parallel requests
+        cannot slip past it)."""
         size = len(job.content) + len(job.style)
         if self._spool_bytes + size > self.spool_max_bytes:
             raise SpoolFull(f"the spool holds {self._spool_bytes} bytes; the cap is {self.spool_max_bytes}")
         try:
-            job.seq = await self._run(self._accept, job)
-        except StoreError:
+            job.seq = await self._run(self._accept, job, daily_limit)
+        except (StoreError, QuotaReached):
             raise
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             raise StoreError(f"job {job.job_id} could not be recorded: {exc}") from exc
 
-    def _accept(self, job: Job) -> int:
+    def _accept(self, job: Job, daily_limit: int) -> int:
+        now = self.clock()
+        if daily_limit and job.guild_id is not None:
+            used, oldest = self._usage(job.guild_id, job.user_id, now - QUOTA_WINDOW_S)
+            if used >= daily_limit and oldest is not None:
+                raise QuotaReached(daily_limit, oldest + QUOTA_WINDOW_S)
         folder = self.job_dir(job.job_id)
         try:
             folder.mkdir(parents=True, exist_ok=False)
             _write(folder / _CONTENT, job.content)
             _write(folder / _STYLE, job.style)
-            now = self.clock()
+            self.db.execute("BEGIN IMMEDIATE")
             cur = self.db.execute(
                 "INSERT INTO jobs (job_id, state, user_id, channel_id, guild_id, application_id, interaction_token, "
                 "token_created_at, upload_limit, params, style_label, preset, created_at, updated_at) "
@@ -257,7 +283,13 @@ class JobStore:
                 (job.job_id, job.user_id, job.channel_id, job.guild_id, job.application_id, job.interaction_token,
                  job.token_created_at, job.upload_limit, json.dumps(job.params), job.style_label, job.preset,
                  job.created_at, now))
+            if job.guild_id is not None:
+                self.db.execute("INSERT INTO usage (job_id, guild_id, user_id, at) VALUES (?, ?, ?, ?)",
+                                (job.job_id, job.guild_id, job.user_id, now))
+            self.db.execute("COMMIT")
         except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             _remove(folder)
             raise
         self._spool_bytes += len(job.content) + len(job.style)
@@ -268,8 +300,41 @@ class JobStore:
         await self._run(self._discard, job_id)
 
     def _discard(self, job_id: str) -> None:
-        self.db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+        with _transaction(self.db):
+            self.db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            self.db.execute("DELETE FROM usage WHERE job_id = ?", (job_id,))  # a refused job does not count
         self._remove_files(job_id)
+
+    # ------------------------------------------------------------------ quotas and server settings
+
+    async def usage(self, guild_id: int, user_id: int, since: float) -> tuple[int, float | None]:
+        """Jobs ``user_id`` started in ``guild_id`` since ``since``, and when the oldest of them was."""
+        return await self._run(self._usage, guild_id, user_id, since)
+
+    def _usage(self, guild_id: int, user_id: int, since: float) -> tuple[int, float | None]:
+        count, oldest = self.db.execute("SELECT COUNT(*), MIN(at) FROM usage WHERE guild_id = ? AND user_id = ? "
+                                        "AND at > ?", (guild_id, user_id, since)).fetchone()
+        return int(count), oldest
+
+    async def load_settings(self) -> list[GuildSettings]:
+        return await self._run(self._load_settings)
+
+    def _load_settings(self) -> list[GuildSettings]:
+        return [GuildSettings(guild_id=row["guild_id"], channels=tuple(int(c) for c in json.loads(row["channels"])),
+                              max_preset=row["max_preset"], daily_jobs=row["daily_jobs"])
+                for row in self.db.execute("SELECT * FROM guild_settings")]
+
+    async def save_settings(self, settings: GuildSettings, by_user: int) -> None:
+        await self._run(self._save_settings, settings, by_user)
+
+    def _save_settings(self, settings: GuildSettings, by_user: int) -> None:
+        self.db.execute(
+            "INSERT INTO guild_settings (guild_id, channels, max_preset, daily_jobs, updated_at, updated_by) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (guild_id) DO UPDATE SET channels = excluded.channels, "
+            "max_preset = excluded.max_preset, daily_jobs = excluded.daily_jobs, updated_at = excluded.updated_at, "
+            "updated_by = excluded.updated_by",
+            (settings.guild_id, json.dumps(list(settings.channels)), settings.max_preset, settings.daily_jobs,
+             self.clock(), by_user))
 
     # ------------------------------------------------------------------ updates
 
@@ -384,6 +449,7 @@ class JobStore:
         with _transaction(self.db):
             for job_id in ids:
                 self.db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            self.db.execute("DELETE FROM usage WHERE at < ?", (self.clock() - _USAGE_KEPT_S,))
         for job_id in ids:
             self._remove_files(job_id)
         return len(ids)

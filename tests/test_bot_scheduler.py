@@ -141,7 +141,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def job_waiting(self, job, position, eta_s):
+    def job_waiting(self, job, position, eta_s, note=None):
         self.calls.append(("waiting", job.job_id, position))
 
     def job_started(self, job):
@@ -226,7 +226,7 @@ async def test_limits_are_refused_with_specific_messages():
         s.submit(job(3))
     s.durations.add("fast", 120.0)
     with pytest.raises(LineFull, match=r"queue is full \(3 jobs waiting, about 8 minutes of work\)"):
-        s.check(3)  # the running job (2 min, just started) and three waiting ones of 2 min each
+        s.check(3, None)  # the running job (2 min, just started) and three waiting ones of 2 min each
     assert "about 1 minute of work)" in str(LineFull(3, 40.0))
 
 

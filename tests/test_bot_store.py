@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot import render
-from bot.commands import UploadProblem, check_attachment
+from bot.uploads import UploadProblem, check_attachment
 from bot.config import DeliveryConfig, load_config
 from bot.delivery import Messenger, Sent, _Unchecked
 from bot.health import HealthServer, Metrics

@@ -13,7 +13,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import FakeDiscord
@@ -274,6 +274,8 @@ class Channel:
     topic: Optional[str] = None
     parent_id: Optional[int] = None
     recipient: Optional[User] = None  # DM channels only
+    # role or member id -> (type 0 role / 1 member, allow bits, deny bits)
+    overwrites: Dict[int, Tuple[int, int, int]] = field(default_factory=dict)
 
     @property
     def is_dm(self) -> bool:
@@ -298,7 +300,10 @@ class Channel:
             "guild_id": str(self.guild_id) if self.guild_id else None,
             "name": self.name,
             "position": self.position,
-            "permission_overwrites": [],
+            "permission_overwrites": [
+                {"id": str(target), "type": kind, "allow": str(allow), "deny": str(deny)}
+                for target, (kind, allow, deny) in self.overwrites.items()
+            ],
             "nsfw": False,
             "parent_id": str(self.parent_id) if self.parent_id else None,
             "flags": 0,
@@ -337,6 +342,30 @@ class Guild:
                     perms |= role.permissions
         if perms & Permissions.ADMINISTRATOR:
             return Permissions.ALL
+        return perms
+
+    def permissions_in(self, user_id: int, channel: "Channel") -> int:
+        """Permissions of *user_id* in *channel*: guild-level, then the channel's overwrites in
+        Discord's order (@everyone, the member's roles together, the member)."""
+        perms = self.permissions_of(user_id)
+        if perms == Permissions.ALL:
+            return perms
+        member = self.members.get(user_id)
+        roles = set(member.roles) if member is not None else set()
+
+        def apply(allow: int, deny: int) -> None:
+            nonlocal perms
+            perms = (perms & ~deny) | allow
+
+        if self.id in channel.overwrites:
+            apply(*channel.overwrites[self.id][1:])
+        allow = deny = 0
+        for target, (kind, a, d) in channel.overwrites.items():
+            if kind == 0 and target in roles and target != self.id:
+                allow, deny = allow | a, deny | d
+        apply(allow, deny)
+        if user_id in channel.overwrites and channel.overwrites[user_id][0] == 1:
+            apply(*channel.overwrites[user_id][1:])
         return perms
 
     def to_json(self) -> Dict[str, Any]:

@@ -476,6 +476,16 @@ class FakeDiscord:
             self.channels[ch.id] = ch
         return ch
 
+    def set_overwrite(self, channel: Any, target: Any, *, allow: int = 0, deny: int = 0) -> None:
+        """A permission overwrite on *channel* for a role (a ``Role``) or a member (a user ref);
+        sent with the channel in GUILD_CREATE and applied to interactions' permissions there.
+        Set it before the bot connects (no CHANNEL_UPDATE is dispatched)."""
+        ch = self._channel(channel)
+        if isinstance(target, Role):
+            ch.overwrites[target.id] = (0, int(allow), int(deny))
+        else:
+            ch.overwrites[self.user(target).id] = (1, int(allow), int(deny))
+
     def permissions_of(self, user: Any, guild: Any = None) -> int:
         return self._guild(guild).permissions_of(self.user(user).id)
 
@@ -741,14 +751,14 @@ class FakeDiscord:
             "channel_id": str(channel.id),
         }
         if guild is not None:
-            perms = guild.permissions_of(user.id)
+            perms = guild.permissions_in(user.id, channel)  # Discord sends the channel's, overwrites applied
             member = guild.members.get(user.id) or Member(user=user, guild_id=guild.id)
             payload.update(
                 guild_id=str(guild.id),
                 guild={"id": str(guild.id), "locale": guild.locale, "features": []},
                 guild_locale=guild.locale,
                 member=member.to_json(permissions=perms),
-                app_permissions=str(guild.permissions_of(self.bot_user.id)),
+                app_permissions=str(guild.permissions_in(self.bot_user.id, channel)),
                 authorizing_integration_owners={"0": str(guild.id)},
                 context=0,
             )

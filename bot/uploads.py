@@ -1,0 +1,243 @@
+"""Taking pictures from strangers: metadata checks, size-limited downloads, bounded decoding.
+
+Every upload is hostile until proven otherwise, and one stranger must not be able to slow
+the bot down for everyone else. So:
+
+* :func:`check_attachment` refuses what Discord's metadata already shows is wrong, before
+  anything is downloaded;
+* :meth:`UploadChecker.download` streams an attachment and stops at the byte limit (a
+  lying ``size`` costs at most the limit);
+* :meth:`UploadChecker.check` decodes on a small thread pool of its own (never the event
+  loop's shared one, which library reads and deliveries use), bounded in number (requests
+  admitted at once, one at a time per member) and in time (a request's checks give up after
+  ``check_timeout_s``). Decoding itself is bounded by :mod:`nst_core.images` (pixel limit
+  read from the header, JPEG scan count, lean mode conversion). A check that outlives its
+  timeout keeps its slot until it really ends, so stuck work turns new requests away
+  instead of piling up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import time
+from typing import AsyncIterator
+
+import aiohttp
+
+from nst_core.errors import ImageError
+from nst_core.images import decode_image, image_info
+
+from . import render
+from .scheduler import Refused
+
+__all__ = ["UploadProblem", "ChecksBusy", "UploadChecker", "Admission", "check_attachment", "check_image", "ACCEPTED_TYPES"]
+
+log = logging.getLogger(__name__)
+
+ACCEPTED_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp")
+_ACCEPTED_TEXT = "PNG, JPEG, WebP, GIF or BMP"
+_CHUNK = 64 * 1024
+
+
+class UploadProblem(Exception):
+    """Something the requester has to fix; ``str()`` says what, politely and exactly."""
+
+
+class ChecksBusy(Refused):
+    """Too many uploads are being checked right now (or this member already has some)."""
+
+
+# --------------------------------------------------------------------------- plain checks
+
+
+def _mb(n: int) -> str:
+    return render.format_bytes(n)
+
+
+def check_attachment(label: str, filename: str, content_type: str | None, size: int, width: int | None,
+                     height: int | None, *, max_bytes: int, max_pixels: int, max_aspect: float = 10.0) -> None:
+    """Refuse what Discord's metadata already shows is wrong, before downloading anything."""
+    name = f"`{filename}`"
+    base_type = (content_type or "").split(";")[0].strip().lower()
+    if base_type and base_type not in ACCEPTED_TYPES:
+        raise UploadProblem(f"The {label} {name} is a {base_type} file. Please attach a {_ACCEPTED_TEXT} image.")
+    if size > max_bytes:
+        raise UploadProblem(_too_big(label, name, size, max_bytes))
+    if width and height:
+        _check_shape(label, name, width, height, max_pixels, max_aspect)
+
+
+def _too_big(label: str, name: str, size: int | None, max_bytes: int) -> str:
+    what = f"is {_mb(size)}" if size is not None else "is larger than that"
+    return (f"The {label} {name} {what}; the limit is {_mb(max_bytes)}. "
+            "Please attach a smaller image (resize it or save it as JPEG).")
+
+
+def _check_shape(label: str, name: str, width: int, height: int, max_pixels: int, max_aspect: float) -> None:
+    # The shape first: "resize it to 6324×6" would be no help for a 20000×20 strip.
+    if max(width, height) > max_aspect * min(width, height):
+        raise UploadProblem(
+            f"The {label} {name} is {width}×{height} pixels, too long and thin to stylise (the sides may differ "
+            f"by a factor of {max_aspect:g} at most). Please crop it closer to a square and try again.")
+    if width * height > max_pixels:
+        raise UploadProblem(_too_many_pixels(label, name, width, height, max_pixels))
+
+
+def _too_many_pixels(label: str, name: str, width: int, height: int, max_pixels: int) -> str:
+    scale = (max_pixels / (width * height)) ** 0.5
+    return (f"The {label} {name} is {width}×{height} pixels ({_megapixels(width * height)} megapixels); "
+            f"the limit is {_megapixels(max_pixels)} megapixels. Please resize it to at most about "
+            f"{int(width * scale)}×{int(height * scale)} and try again.")
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f}" if pixels >= 100_000 else f"{pixels / 1e6:.2g}"
+
+
+def check_image(label: str, filename: str, data: bytes, *, max_bytes: int, max_pixels: int,
+                max_aspect: float = 10.0) -> None:
+    """Refuse bytes that are too big or not a decodable image (decodes: run it off the loop)."""
+    name = f"`{filename}`"
+    if len(data) > max_bytes:
+        raise UploadProblem(_too_big(label, name, len(data), max_bytes))
+    try:
+        _, width, height = image_info(data)
+    except ImageError as exc:
+        raise UploadProblem(f"The {label} {name} cannot be used: {exc}") from None
+    _check_shape(label, name, width, height, max_pixels, max_aspect)
+    try:
+        decode_image(data, max_pixels=max_pixels).close()
+    except ImageError as exc:
+        raise UploadProblem(f"The {label} {name} cannot be used: {exc}") from None
+
+
+# --------------------------------------------------------------------------- the bounded checker
+
+
+class UploadChecker:
+    """Downloads and decodes uploads with bounded cost; one per bot, closed at shutdown."""
+
+    def __init__(self, *, workers: int, waiting_max: int, timeout_s: float, download_timeout_s: float = 60.0) -> None:
+        self.waiting_max = waiting_max
+        self.timeout_s = timeout_s
+        self.download_timeout_s = download_timeout_s
+        self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="upload-check")
+        self._session: aiohttp.ClientSession | None = None
+        self._admitted = 0  # requests between admit() and the end of their last check
+        self._members: dict[int, int] = {}  # the same, per member
+
+    @property
+    def admitted(self) -> int:
+        return self._admitted
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @contextlib.asynccontextmanager
+    async def admit(self, user_id: int) -> AsyncIterator["Admission"]:
+        """Hold one of the checker's places for a request's downloads and checks; raises
+        :class:`ChecksBusy` when the member already has a request being checked, or when
+        ``waiting_max`` requests are."""
+        if self._members.get(user_id):
+            raise ChecksBusy("Your previous pictures are still being checked. Please wait for that answer, "
+                             "then try again.")
+        if self._admitted >= self.waiting_max:
+            raise ChecksBusy("The bot is checking a lot of pictures right now. Please try again in a minute.")
+        admission = Admission(self, user_id, time.monotonic() + self.timeout_s)
+        self._hold(user_id)
+        try:
+            yield admission
+        finally:
+            admission.closed = True
+            admission.release_when_idle()
+
+    def _hold(self, user_id: int) -> None:
+        self._admitted += 1
+        self._members[user_id] = self._members.get(user_id, 0) + 1
+
+    def _release(self, user_id: int) -> None:
+        self._admitted -= 1
+        left = self._members.get(user_id, 0) - 1
+        if left > 0:
+            self._members[user_id] = left
+        else:
+            self._members.pop(user_id, None)
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.download_timeout_s))
+        return self._session
+
+
+class Admission:
+    """One admitted request: its deadline and its checks still running on the pool."""
+
+    def __init__(self, checker: UploadChecker, user_id: int, deadline: float) -> None:
+        self.checker = checker
+        self.user_id = user_id
+        self.deadline = deadline
+        self.closed = False
+        self._running: set[asyncio.Future] = set()
+        self._released = False
+
+    def _left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def release_when_idle(self) -> None:
+        """Give the place back once the request is done and no check of it still runs."""
+        if self.closed and not self._running and not self._released:
+            self._released = True
+            self.checker._release(self.user_id)
+
+    async def download(self, url: str, label: str, filename: str, max_bytes: int) -> bytes:
+        """The attachment's bytes, read as a stream and refused past ``max_bytes``."""
+        name = f"`{filename}`"
+        data = bytearray()
+
+        async def fetch() -> None:
+            async with self.checker._http().get(url) as response:
+                if response.status != 200:
+                    raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
+                async for chunk in response.content.iter_chunked(_CHUNK):
+                    data.extend(chunk)
+                    if len(data) > max_bytes:
+                        raise UploadProblem(_too_big(label, name, None, max_bytes))
+
+        try:
+            await asyncio.wait_for(fetch(), min(self.checker.download_timeout_s, self._left()))
+        except UploadProblem:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            log.warning("download failed", extra={"label": label, "error": repr(exc)})
+            raise UploadProblem(f"The {label} {name} could not be downloaded from Discord. "
+                                "Please try again.") from None
+        return bytes(data)
+
+    async def check(self, label: str, filename: str, data: bytes, **limits: float) -> None:
+        """:func:`check_image` on the checker's own pool, within the request's time."""
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self.checker._executor,
+                                          lambda: check_image(label, filename, data, **limits))  # type: ignore[arg-type]
+        except RuntimeError:  # the pool was shut down: the bot is stopping
+            raise ChecksBusy("The bot is shutting down. Please try again in a few minutes.") from None
+        self._running.add(future)
+
+        def done(f: asyncio.Future) -> None:
+            self._running.discard(f)
+            if not f.cancelled():
+                f.exception()  # retrieved: a late failure is not "never retrieved"
+            self.release_when_idle()
+        future.add_done_callback(done)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self._left())
+        except asyncio.TimeoutError:
+            log.warning("an upload check ran out of time", extra={"label": label, "user_id": self.user_id})
+            raise UploadProblem(f"Checking the {label} `{filename}` took too long. Please send a smaller or "
+                                "simpler picture (a normal JPEG or PNG).") from None
