@@ -3,10 +3,11 @@
 Pillow only (no TensorFlow), so the bot can validate and prepare images cheaply.
 Everything that reads bytes from a user treats them as hostile: only a handful of
 decoders are allowed to look at them, the pixel count and the structures that make a
-small file slow or memory-hungry to read (a JPEG's scans and segments, a GIF's header
-blocks, a large RLE BMP) are checked before any pixel is decoded, conversions work in
-bands of rows, and every failure becomes an :class:`ImageError` whose message can be
-shown to the user as is.
+small file slow or memory-hungry to read (a JPEG's scans and segments, a PNG's chunks, a
+GIF's header blocks, a large RLE BMP) are checked before any pixel is decoded, conversions
+work in bands of rows, and every failure becomes an :class:`ImageError` whose message can
+be shown to the user as is. Nothing here touches process-wide state (warning filters,
+Pillow's settings), so checks may run on several threads at once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import warnings
+import struct
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ __all__ = [
     "MAX_JPEG_SCANS",
     "decode_image",
     "image_info",
+    "validate_image",
     "to_rgb",
     "to_array",
     "from_array",
@@ -55,12 +57,16 @@ _MIN_FIT_SIDE = 16
 # file repeating its scans thousands of times costs minutes or hours to decode.
 MAX_JPEG_SCANS = 100
 
-# Pillow reads a JPEG's headers in Python, a step per segment and per stray byte before
-# the first scan, and keeps every APP and COM segment: an 8 MB file of tiny segments costs
-# seconds and over 100 MiB before any pixel. Real photos have a few dozen segments and no
-# stray bytes; the caps also keep our own walk short.
-_MAX_JPEG_SEGMENTS = 2_000
-_MAX_JPEG_STRAY_BYTES = 256 * 1024
+# Pillow reads a JPEG's headers in Python, a step per marker and per stray or fill byte
+# before the first scan, and keeps every APP and COM segment: an 8 MB file of tiny segments
+# or bare markers costs seconds and over 100 MiB before any pixel. Real photos have a few
+# dozen markers (restart markers, which the walk skips in C, aside) and no stray bytes, so
+# the caps cost them nothing. They also bound our own walk, which takes a Python step per
+# marker and per run of fill bytes inside a scan: at most a few thousand, whatever the file.
+# Pillow's header loop takes about 0.5 µs per stray byte, so 16 KiB of them cost about
+# 10 ms (paid twice by a caller that also asks image_info); fill bytes in scans count too.
+_MAX_JPEG_STEPS = 2_000
+_MAX_JPEG_STRAY_BYTES = 16 * 1024
 
 # Any marker except RSTn, TEM and the reserved 0xFF02-0xFFBF, which libjpeg steps over (or
 # refuses); in entropy-coded data 0xFF00 is a stuffed byte, so skipping to the next match
@@ -72,6 +78,35 @@ _JPEG_MARKER = re.compile(rb"\xff[\xc0-\xcf\xd8-\xfe]")
 _JPEG_SKIPPED_BY_LENGTH = frozenset(
     [*range(0xC0, 0xD0), *range(0xDA, 0xDE), *range(0xE0, 0xF0), 0xFE]
 )
+# Inside a scan's data 0xFF is always followed by 0x00, a restart marker or a marker, so
+# 0xFFFF can only start a run of fill bytes. Runs are found and skipped with these, in C.
+_JPEG_FILL = re.compile(rb"\xff\xff")
+_NOT_FF = re.compile(rb"[^\xff]")
+_JPEG_HEADERS_MESSAGE = (
+    "The JPEG holds far more segments or stray bytes than a real photo; "
+    "please re-save it as a normal JPEG or PNG."
+)
+
+# Pillow reads a PNG's chunks one at a time in Python, all of them when decoding (those
+# before the image data also just to open it), and keeps every private chunk: 8 MB of
+# empty chunks cost about 7 s. Real PNGs have a handful of metadata chunks (a few dozen
+# from the most talkative editors) and their image data in one chunk or in chunks of 8 KiB
+# or more (libpng's size: about 1,000 for an 8 MB upload); an APNG adds two per frame. At
+# the caps Pillow spends about 50 ms on the chunks and our walk (1 µs each) 20 ms.
+_MAX_PNG_CHUNKS = 20_000
+_MAX_PNG_METADATA_CHUNKS = 1_000
+_PNG_IMAGE_DATA_CHUNKS = frozenset({b"IDAT", b"fdAT"})  # everything else is metadata...
+# ...but an APNG's frame headers, counted on their own. Pillow parses each one it meets
+# (about 6 µs apiece): all of them in a file not marked as animated. Only the first frame
+# is decoded; real animations have a few hundred frames.
+_MAX_PNG_FRAMES = 5_000
+# Pillow inflates each of these (up to 1 MiB, its MAX_TEXT_CHUNK) whether it keeps the
+# result or not, and keeps up to 64 MiB of text: a 1 KB chunk costs a millisecond and
+# 1 MiB. Real files have one colour profile and a few compressed texts (EXIF, XMP).
+_MAX_PNG_COMPRESSED_CHUNKS = 16
+_PNG_COMPRESSED_CHUNKS = frozenset({b"iCCP", b"zTXt", b"iTXt"})
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHUNK_HEADER = struct.Struct(">I4s")  # length, type; the data and a CRC follow
 
 # Pillow reads the blocks before a GIF's first image one sub-block (or stray byte) at a
 # time in Python and keeps every comment sub-block: 8 MB of one-byte comment blocks cost
@@ -121,44 +156,36 @@ _OTHER_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode an uploaded image into a loaded RGB image.
 
-    Accepts PNG, JPEG, WebP, GIF (first frame) and BMP. EXIF orientation is applied,
-    transparency is composited over white and every colour mode becomes 8-bit RGB.
-    Raises :class:`ImageError` for anything else: empty, not an image, an unsupported
-    format, truncated or corrupt data, more than ``max_pixels`` pixels (Pillow's
-    ``Image.MAX_IMAGE_PIXELS`` applies too when it is lower), or a structure that would
-    make decoding far costlier than the file's size suggests (more than
+    Accepts PNG, JPEG, WebP, GIF (first frame), APNG (first frame) and BMP. EXIF
+    orientation is applied, transparency is composited over white and every colour mode
+    becomes 8-bit RGB. Raises :class:`ImageError` for anything else: empty, not an image,
+    an unsupported format, truncated or corrupt data, more than ``max_pixels`` pixels
+    (Pillow's ``Image.MAX_IMAGE_PIXELS`` applies too when it is lower), or a structure
+    that would make decoding far costlier than the file's size suggests (more than
     :data:`MAX_JPEG_SCANS` scans, say), refused before any pixel is decoded. Memory
     beyond the decoded image and the RGB result stays a few MiB whatever the mode.
     """
-    _check_bytes(data)
-    if max_pixels <= 0:
-        raise ValueError("max_pixels must be positive")
-    limit = _effective_limit(max_pixels)
-    # Pillow only *warns* between MAX_IMAGE_PIXELS and twice that; make it refuse, but
-    # only for this call: catch_warnings restores the global filters on the way out.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = _open(data)
-        _check_dimensions(img.size, limit)
-        _check_decode_cost(img)
-        try:
-            img.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageError(_too_large_message(img.size, limit)) from exc
-        except Exception as exc:  # OSError "truncated", SyntaxError, zlib errors, ...
-            raise ImageError(_corrupt_message(img.format)) from exc
-        _apply_orientation(img)
-        try:
-            rgb = to_rgb(img)
-        except ImageError:
-            raise
-        except Exception as exc:
-            raise ImageError(_corrupt_message(img.format)) from exc
+    rgb, img, _ = _decode(data, max_pixels)
     if rgb is img:
         # Detach from the file object so the upload's bytes are not kept alive with it.
         rgb = img.copy()
         img.close()
     return rgb
+
+
+def validate_image(data: bytes, *, max_pixels: int) -> tuple[str, int, int]:
+    """``(format, width, height)`` of an upload, after decoding it fully.
+
+    Refuses exactly what :func:`decode_image` refuses, with the same messages, but opens
+    the file only once and keeps nothing: for a caller that wants to know an upload is
+    usable without holding its pixels. The format is named as by :func:`image_info`; the
+    size is that of the decoded image, EXIF orientation applied.
+    """
+    rgb, img, fmt = _decode(data, max_pixels)
+    size = rgb.size
+    rgb.close()
+    img.close()
+    return fmt, size[0], size[1]
 
 
 def image_info(data: bytes) -> tuple[str, int, int]:
@@ -172,18 +199,43 @@ def image_info(data: bytes) -> tuple[str, int, int]:
     make :func:`decode_image` refuse them as too costly to decode.
     """
     _check_bytes(data)
-    with warnings.catch_warnings():
-        # Only the header is read, so Pillow's bomb warning has nothing to protect.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = _open(data)
+    img = _open(data)
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ImageError(_EMPTY_PIXELS_MESSAGE)
     _check_decode_cost(img)
     if _header_orientation(img) in (5, 6, 7, 8):  # the four that turn by 90 degrees
         width, height = height, width
-    fmt = "JPEG" if img.format == "MPO" else (img.format or "unknown")
-    return fmt, width, height
+    return _format_name(img), width, height
+
+
+def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, Any, str]:
+    """``(rgb, img, format)``: the loaded upload ``img`` and ``rgb``, which may be ``img``."""
+    _check_bytes(data)
+    if max_pixels <= 0:
+        raise ValueError("max_pixels must be positive")
+    img = _open(data)
+    # Pillow's own size check never ran (see _open): this one covers its limit too, before
+    # a pixel is decoded, without relying on its warning and the process's filters.
+    limit = _effective_limit(max_pixels)
+    _check_dimensions(img.size, limit)
+    _check_decode_cost(img)
+    try:
+        img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Only a later frame's size could get here, and only the first is decoded; kept so
+        # that a process turning Pillow's warnings into errors still gets a sentence.
+        raise ImageError(_too_large_message(img.size, limit)) from exc
+    except Exception as exc:  # OSError "truncated", SyntaxError, zlib errors, ...
+        raise ImageError(_corrupt_message(img.format)) from exc
+    _apply_orientation(img)
+    try:
+        rgb = to_rgb(img)
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise ImageError(_corrupt_message(img.format)) from exc
+    return rgb, img, _format_name(img)
 
 
 def _check_bytes(data: Any) -> None:
@@ -198,50 +250,49 @@ def _effective_limit(max_pixels: int) -> int:
     return max_pixels if pillow_limit is None else min(max_pixels, int(pillow_limit))
 
 
+def _format_name(img: Any) -> str:
+    return "JPEG" if img.format == "MPO" else (img.format or "unknown")
+
+
 def _open(data: bytes) -> Any:
     """Open (header only) with the accepted decoders; every failure is an ImageError.
 
-    JPEG and GIF structure is checked first: Pillow's own header parsing is what a
-    crafted file makes slow.
+    JPEG, PNG and GIF structure is checked first: Pillow's own header parsing is what a
+    crafted file makes slow. Then the accepted decoders' header parsers are tried as
+    ``Image.open`` tries them (Pillow's registry ``Image.OPEN``: format name to factory
+    and prefix test), but without Pillow's size check: that one only *warns* between
+    ``MAX_IMAGE_PIXELS`` and twice that, through the process-wide warning filters, which
+    no thread can safely change for its own call alone. Callers check the size themselves
+    before decoding (:func:`_check_dimensions`).
     """
-    head = bytes(data[:6])
+    head = bytes(data[:8])
     if head.startswith(b"\xff\xd8\xff"):  # what Pillow's JPEG plugin accepts
         _check_jpeg_structure(data)
-    elif head in (b"GIF87a", b"GIF89a"):
+    elif head == _PNG_SIGNATURE:
+        _check_png_structure(data)
+    elif head[:6] in (b"GIF87a", b"GIF89a"):
         _check_gif_structure(data)
-    try:
-        return Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow refused on size before handing the image over; read the header again
-        # to tell the user the dimensions instead of a bare "too large".
-        img = _open_header_unchecked(data)
-        if img is None:
-            raise ImageError("The image is too large to be opened safely.") from exc
-        return img
-    except Exception as exc:  # UnidentifiedImageError, OSError, SyntaxError, struct.error...
-        raise ImageError(_unreadable_message(data)) from exc
-
-
-def _open_header_unchecked(data: bytes) -> Any | None:
-    """The accepted decoders' header parsers, without Pillow's size check; None on failure.
-
-    Mirrors what ``Image.open`` does through ``Image.OPEN`` (Pillow's registry of
-    format name to (factory, accept)). Used only after ``Image.open`` itself recognised
-    the file, and the caller never loads pixels from the result without its own check.
-    """
+    Image.init()  # registers every decoder once (WebP's is not among the preloaded ones)
     prefix = bytes(data[:16])
     for fmt in ACCEPTED_FORMATS:
         entry = Image.OPEN.get(fmt)
-        if entry is None:
+        if entry is None:  # a Pillow built without this decoder
             continue
         factory, accept = entry
         try:
             accepted = not accept or accept(prefix)
-            if accepted and not isinstance(accepted, str):
-                return factory(io.BytesIO(data), "")
-        except Exception:
-            continue
-    return None
+            if not accepted or isinstance(accepted, str):  # a string says why it is not
+                continue
+            return factory(io.BytesIO(data), "")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            # A GIF whose first frame reaches far beyond its declared screen, or a WebP
+            # canvas: the plugin checks that size itself, before a size can be reported.
+            raise ImageError("The image is too large to be opened safely.") from exc
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue  # not this format after all, as Image.open sees it: try the next
+        except Exception as exc:  # OSError, ValueError, EOFError...
+            raise ImageError(_unreadable_message(data)) from exc
+    raise ImageError(_unreadable_message(data))
 
 
 def _check_jpeg_structure(data: bytes) -> None:
@@ -249,20 +300,59 @@ def _check_jpeg_structure(data: bytes) -> None:
 
     Walks the marker segments as libjpeg reads them: by their lengths, and after each
     SOS over the entropy-coded data up to the next marker, so every scan the decoder
-    would run is counted. Where the bytes stop making sense the walk just stops, and
-    Pillow gives its usual error.
+    would run is counted. Every other byte between markers is stray (or fill) and
+    counts, up to the end of the file when no marker follows; so does every marker and
+    every run of fill bytes inside a scan, one Python step each. Runs of bytes are
+    searched in C and never further than the stray bytes left allow. Where the bytes
+    stop making sense the walk just stops, and Pillow gives its usual error.
     """
     size = len(data)
-    pos, scans, segments, stray = 2, 0, 0, 0
+    pos, scans, steps, stray = 2, 0, 0, 0
+    in_scan = False  # after an SOS segment come its entropy-coded data, not stray bytes
+    next_fill = -1  # where the next 0xFFFF inside a scan is (size: none), once searched
     while True:
-        found = _JPEG_MARKER.search(data, pos)
-        if found is None:
+        if steps > _MAX_JPEG_STEPS or stray > _MAX_JPEG_STRAY_BYTES:
+            raise ImageError(_JPEG_HEADERS_MESSAGE)
+        if pos >= size:
             return
-        start = found.start()
-        if scans == 0:
-            stray += start - pos  # bytes Pillow's header parser steps over one by one
+        steps += 1
+        budget = _MAX_JPEG_STRAY_BYTES - stray
+        if not in_scan:
+            window = min(size, pos + budget + 2)  # a marker beyond it is over the budget
+            found = _JPEG_MARKER.search(data, pos, window)
+            if found is None:
+                stray, pos = stray + window - pos, window
+                continue
+            start = found.start()
+            stray += start - pos
+        else:
+            if next_fill < pos:
+                fill = _JPEG_FILL.search(data, pos)
+                next_fill = size if fill is None else fill.start()
+            found = _JPEG_MARKER.search(data, pos, next_fill)
+            if found is not None:
+                start = found.start()
+            elif next_fill == size:
+                return  # the scan's data run to the end: libjpeg reads them as they are
+            else:
+                # Fill bytes: all but the last 0xFF of the run, which pairs with the byte
+                # after it (a marker, a stuffed zero, a restart marker).
+                window = min(size, next_fill + budget + 2)
+                run_end = _NOT_FF.search(data, next_fill + 2, window)
+                if run_end is None:  # over the budget, or 0xFF up to the end of the file
+                    stray, pos = stray + window - next_fill, window
+                    continue
+                end = run_end.start()
+                stray += end - next_fill - 1
+                if _JPEG_MARKER.match(data, end - 1) is None:
+                    pos = end + 1  # still the scan's data
+                    continue
+                start = end - 1
         marker = data[start + 1]
-        if marker == 0xD9:  # EOI: the decoder stops here (an MPO's next picture follows)
+        in_scan = False
+        if marker == 0xD9 and scans:
+            # EOI: the decoder stops here (an MPO's next picture follows). Before the first
+            # scan Pillow's header parser reads on, so the walk does too.
             return
         if marker not in _JPEG_SKIPPED_BY_LENGTH:
             pos = start + 2
@@ -271,19 +361,54 @@ def _check_jpeg_structure(data: bytes) -> None:
             return
         length = (data[start + 2] << 8) | data[start + 3]
         pos = start + 2 + max(length, 2)  # libjpeg reads a length under 2 as no data
-        segments += 1
         if marker == 0xDA:
+            in_scan = True
             scans += 1
             if scans > MAX_JPEG_SCANS:
                 raise ImageError(
                     f"The JPEG has more than {MAX_JPEG_SCANS} scans, far more than a real photo; "
                     "please re-save it as a normal JPEG or PNG."
                 )
-        if segments > _MAX_JPEG_SEGMENTS or stray > _MAX_JPEG_STRAY_BYTES:
+
+
+def _check_png_structure(data: bytes) -> None:
+    """Refuse a PNG split into so many chunks that Pillow would be slow to read it.
+
+    Walks the chunk headers (length and type) from the signature to IEND, jumping over
+    each chunk's data: a struct unpack and a few comparisons per chunk, and the caps stop
+    it after at most :data:`_MAX_PNG_CHUNKS` of them. The walk stops where Pillow stops
+    reading: at IEND, at a type that is not four letters, or at the end of the bytes.
+    """
+    size = len(data)
+    unpack = _PNG_CHUNK_HEADER.unpack_from
+    pos, chunks, metadata, frames, compressed = len(_PNG_SIGNATURE), 0, 0, 0, 0
+    while pos + 8 <= size:
+        length, kind = unpack(data, pos)
+        if kind == b"IEND" or not kind.isalpha():
+            return
+        chunks += 1
+        if kind == b"fcTL":
+            frames += 1
+            if frames > _MAX_PNG_FRAMES:
+                raise ImageError(
+                    f"The animated PNG has more than {_MAX_PNG_FRAMES:,} frames; only its first "
+                    "is used, so please send that frame as a still PNG."
+                )
+        elif kind not in _PNG_IMAGE_DATA_CHUNKS:
+            metadata += 1
+            if kind in _PNG_COMPRESSED_CHUNKS:
+                compressed += 1
+                if compressed > _MAX_PNG_COMPRESSED_CHUNKS:
+                    raise ImageError(
+                        "The PNG holds far more compressed text or colour profile chunks than "
+                        "a real picture; please re-save it as a normal PNG."
+                    )
+        if chunks > _MAX_PNG_CHUNKS or metadata > _MAX_PNG_METADATA_CHUNKS:
             raise ImageError(
-                "The JPEG's headers hold far more segments or stray bytes than a real photo's; "
-                "please re-save it as a normal JPEG or PNG."
+                "The PNG is split into far more chunks than a real picture; "
+                "please re-save it as a normal PNG."
             )
+        pos += 12 + length  # length and type, the data, the CRC
 
 
 def _check_gif_structure(data: bytes) -> None:

@@ -13,13 +13,21 @@ import struct
 import subprocess
 import sys
 import textwrap
+import warnings
+import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from nst_core.errors import ImageError
-from nst_core.images import MAX_JPEG_SCANS, decode_image, image_info
+from nst_core.images import (
+    DEFAULT_MAX_PIXELS,
+    MAX_JPEG_SCANS,
+    decode_image,
+    image_info,
+    validate_image,
+)
 
 SOS, EOI = b"\xff\xda", b"\xff\xd9"
 
@@ -31,12 +39,14 @@ def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
 
 
 def refused(data: bytes) -> str:
-    """The message, after checking that the cheap header check and the decoder agree."""
+    """The message, after checking that the cheap header check and the decoders agree."""
     with pytest.raises(ImageError) as header:
         image_info(data)
     with pytest.raises(ImageError) as decoding:
         decode_image(data)
-    assert str(header.value) == str(decoding.value)
+    with pytest.raises(ImageError) as validation:
+        validate_image(data, max_pixels=DEFAULT_MAX_PIXELS)
+    assert str(header.value) == str(decoding.value) == str(validation.value)
     return str(header.value)
 
 
@@ -127,6 +137,190 @@ def test_jpeg_padded_with_stray_bytes_before_its_first_scan_is_refused():
     padded = data[:app0_end] + b"\xff" * 300_000 + data[app0_end:]
     pillow_decodes(padded)
     assert "stray bytes" in refused(padded)
+
+
+def test_jpeg_of_fill_bytes_with_no_marker_after_them_is_refused():
+    # No marker ends the run, so nothing may skip counting it: Pillow's header parser
+    # would step over every byte in Python (8 MB of them: 7 s) before giving up.
+    bomb = b"\xff\xd8" + b"\xff" * 1_000_000
+    assert "stray bytes" in refused(bomb)
+
+
+def after_app0(data: bytes) -> int:
+    return 4 + struct.unpack(">H", data[4:6])[0]
+
+
+@pytest.mark.parametrize("where", ["before the first scan", "after the scan"])
+def test_jpeg_flooded_with_bare_markers_is_refused(where):
+    # Each 0xFFD8 is a marker without a length: stepped over two bytes at a time, in Python,
+    # by Pillow's header parser before the first scan and by any walk that does not count it.
+    data = encode(Image.new("RGB", (16, 16)), "JPEG")
+    flood = b"\xff\xd8" * 20_000
+    if where == "before the first scan":
+        bomb = data[: after_app0(data)] + flood + data[after_app0(data) :]
+        with Image.open(io.BytesIO(bomb)) as img:  # Pillow's parser steps over all of them
+            assert img.size == (16, 16)
+    else:
+        bomb = data[: -len(EOI)] + flood + EOI
+    assert "segments" in refused(bomb)
+
+
+@pytest.mark.parametrize(
+    "padding",
+    [b"\xff" * 1_000_000, b"\xff\xff\x00" * 100_000],
+    ids=["one run of fill bytes", "many short runs"],
+)
+def test_jpeg_scan_padded_with_fill_bytes_is_refused(padding):
+    # libjpeg skips fill bytes (0xFF before a marker or a stuffed zero), so the file decodes;
+    # a walk looking at each of them would take a Python step, or a regex attempt, apiece.
+    data = encode(Image.new("RGB", (16, 16)), "JPEG")
+    bomb = data[: -len(EOI)] + padding + EOI
+    pillow_decodes(bomb)
+    assert "stray bytes" in refused(bomb)
+
+
+def test_real_jpeg_metadata_fill_bytes_and_mpo_are_still_accepted():
+    rng = np.random.default_rng(1)
+    photo = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x010F] = "Camera"
+    rich = encode(photo, "JPEG", exif=exif.tobytes(), icc_profile=bytes(range(256)) * 300,
+                  xmp=b"<x:xmpmeta>" + b"x" * 2000 + b"</x:xmpmeta>", comment=b"hello")
+    sos = rich.index(SOS)
+    filled = rich[:sos] + b"\xff" * 50 + rich[sos : -len(EOI)] + b"\xff" * 50 + EOI
+    pillow_decodes(filled)  # libjpeg allows fill bytes before any marker
+    mpo = encode(photo, "MPO", save_all=True, append_images=[photo.rotate(180)])
+    for data in (rich, filled, mpo):
+        assert image_info(data) == ("JPEG", 64, 48)
+        assert validate_image(data, max_pixels=10**7) == ("JPEG", 64, 48)
+        assert decode_image(data).size == (64, 48)
+
+
+# --------------------------------------------------------------------------- PNG
+
+
+def png_chunk(kind: bytes, payload: bytes = b"") -> bytes:
+    crc = zlib.crc32(kind + payload)
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def png_with(data: bytes, chunks: bytes, *, after_image_data: bool = False) -> bytes:
+    """``data`` (a PNG) with ``chunks`` put before its first IDAT chunk, or before IEND."""
+    at = data.index(b"IEND" if after_image_data else b"IDAT") - 4  # the chunk's length field
+    return data[:at] + chunks + data[at:]
+
+
+@pytest.mark.parametrize(
+    "chunks, after_image_data",
+    [
+        (png_chunk(b"zzZz") * 5_000, False),
+        (png_chunk(b"tEXt") * 5_000, True),
+        (png_chunk(b"IDAT") * 60_000, False),
+    ],
+    ids=["private chunks", "empty texts after the pixels", "empty image data chunks"],
+)
+def test_png_split_into_thousands_of_chunks_is_refused(chunks, after_image_data):
+    # Pillow reads every chunk in Python and keeps each private one: 700,000 empty chunks
+    # (8 MB) cost about 7 s.
+    bomb = png_with(encode(Image.new("RGB", (16, 16)), "PNG"), chunks,
+                    after_image_data=after_image_data)
+    assert len(bomb) < 1_000_000
+    pillow_decodes(bomb)
+    assert "chunks" in refused(bomb)
+
+
+def test_png_with_thousands_of_frame_headers_is_refused():
+    # Pillow parses every APNG frame header it meets, in Python; in a file without acTL
+    # (not animated, to Pillow) it meets them all, wherever they are.
+    frame = struct.Struct(">IIIIIHHBB")  # sequence, width, height, x, y, delay, dispose, blend
+    headers = b"".join(png_chunk(b"fcTL", frame.pack(i, 16, 16, 0, 0, 1, 10, 0, 0))
+                       for i in range(10_000))
+    bomb = png_with(encode(Image.new("RGB", (16, 16)), "PNG"), headers)
+    pillow_decodes(bomb)
+    assert "frames" in refused(bomb)
+
+
+@pytest.mark.parametrize("kind", [b"zTXt", b"iCCP"])
+def test_png_with_many_compressed_chunks_is_refused(kind):
+    # Pillow inflates each one, up to 1 MiB, and keeps up to 64 MiB of text: 64 chunks of
+    # 1 KB cost 64 MiB of inflating (and here of memory) for a 70 KB file.
+    inflated = zlib.compress(b"a" * ((1 << 20) - 64), 9)
+    spam = b"".join(png_chunk(kind, b"key%d\x00\x00" % i + inflated) for i in range(64))
+    bomb = png_with(encode(Image.new("RGB", (16, 16)), "PNG"), spam)
+    assert len(bomb) < 100_000
+    pillow_decodes(bomb)
+    assert "compressed" in refused(bomb)
+
+
+def resplit_image_data(data: bytes, size: int) -> bytes:
+    """``data`` (a PNG with one IDAT chunk, as Pillow writes small ones) with its image data
+    in chunks of ``size`` bytes, as other encoders split it (libpng: 8 KiB)."""
+    start = data.index(b"IDAT") - 4
+    (length,) = struct.unpack(">I", data[start : start + 4])
+    end = start + 12 + length
+    assert data[end + 4 : end + 8] == b"IEND"  # the only IDAT chunk
+    pixels = data[start + 8 : start + 8 + length]
+    resplit = b"".join(png_chunk(b"IDAT", pixels[i : i + size]) for i in range(0, length, size))
+    return data[:start] + resplit + data[end:]
+
+
+def test_real_pngs_with_metadata_many_data_chunks_or_frames_are_still_accepted():
+    rng = np.random.default_rng(2)
+    photo = Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "an editor")
+    info.add_text("Comment", "x" * 5000, zip=True)
+    info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta/>", zip=True)
+    rich = encode(photo, "PNG", pnginfo=info, icc_profile=bytes(range(256)) * 40,
+                  exif=Image.Exif().tobytes())
+    chunked = resplit_image_data(rich, 32)
+    assert chunked.count(b"IDAT") > 400
+    frames = [Image.new("RGB", (8, 6), (i % 256, 255 - i % 256, 0)) for i in range(600)]
+    apng = encode(frames[0], "PNG", save_all=True, append_images=frames[1:])
+    assert apng.count(b"fcTL") == 600  # and 599 fdAT: frame chunks are not metadata
+    for data in (rich, chunked):
+        assert image_info(data) == ("PNG", 80, 64)
+        assert validate_image(data, max_pixels=10**7) == ("PNG", 80, 64)
+        assert np.array_equal(np.asarray(decode_image(data)), np.asarray(photo))
+    assert image_info(apng) == validate_image(apng, max_pixels=10**7) == ("PNG", 8, 6)
+    assert decode_image(apng).getpixel((4, 3)) == (0, 255, 0)  # the first frame
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A 1×1 PNG whose IHDR (CRC fixed) claims another size."""
+    data = bytearray(encode(Image.new("1", (1, 1)), "PNG"))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_pillow_size_limit_holds_without_touching_the_process_warning_filters(monkeypatch):
+    # The filters are one list for the whole process: catch_warnings on one checking thread
+    # restores them when it exits, in the middle of another thread's decode. So nothing may
+    # rely on them or change them, and Pillow is never left to warn about a size.
+    big = png_claiming(10000, 10000)  # 100 MP: over Image.MAX_IMAGE_PIXELS, under twice that
+    assert Image.MAX_IMAGE_PIXELS < 10000 * 10000 < 2 * Image.MAX_IMAGE_PIXELS
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the process-wide warning filters were touched")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name in ("catch_warnings", "simplefilter", "filterwarnings", "resetwarnings"):
+            monkeypatch.setattr(warnings, name, forbidden)
+        try:
+            assert image_info(big) == ("PNG", 10000, 10000)
+            with pytest.raises(ImageError, match="10000×10000"):
+                decode_image(big, max_pixels=10**9)
+            with pytest.raises(ImageError, match="10000×10000"):
+                validate_image(big, max_pixels=10**9)
+            assert decode_image(encode(Image.new("RGB", (2, 2)), "PNG")).size == (2, 2)
+        finally:
+            monkeypatch.undo()  # pytest needs them back before it reports anything
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
 # --------------------------------------------------------------------------- GIF, BMP
