@@ -10,12 +10,13 @@ from typing import Any
 from .errors import ParamsError
 from .schedule import PRESETS, MIN_SCALE_SIZE, Preset
 
-__all__ = ["StylizeParams", "BACKBONES", "PRECISIONS"]
+__all__ = ["StylizeParams", "BACKBONES", "PRECISIONS", "MAX_STRENGTH"]
 
 BACKBONES = ("vgg19", "vgg16")
 PRECISIONS = ("auto", "float32", "mixed")
 MAX_SIZE = 4096
 MAX_ITERATIONS = 20000
+MAX_STRENGTH = 10.0  # the style weight times ten: beyond it the picture is only texture
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,7 +68,7 @@ class StylizeParams:
         _int_range("seed", self.seed, 0, 2**31 - 1)
         for name in ("content_weight", "style_weight", "tv_weight", "learning_rate", "epsilon"):
             _float_range(name, getattr(self, name), 0.0, 1e12)
-        _float_range("strength", self.strength, 0.0, 10.0)
+        _float_range("strength", self.strength, 0.0, MAX_STRENGTH)
         _float_range("init_noise", self.init_noise, 0.0, 128.0)
         _float_range("beta1", self.beta1, 0.0, 0.9999)
         _float_range("beta2", self.beta2, 0.0, 0.99999)

@@ -1,11 +1,14 @@
 """Stylisation jobs in warm worker processes, behind an asyncio interface the bot can use.
 
-``base`` defines the backend-neutral interface (:class:`JobSpec`, the events,
-:class:`JobHandle`, :class:`WorkerPool`); ``queueing`` is what the backends share (the
-pool's own waiting line, admission, terminal events, the shutdown sequence); ``local`` is the default backend
-(:class:`LocalPool`: spawned processes on this host); ``ray_pool`` is the Ray backend
-(:class:`RayPool`: actors on a Ray cluster, an optional extra); ``worker`` is what runs
-inside a worker. Importing this package imports neither TensorFlow nor Ray.
+``base`` defines the backend-neutral interface (:class:`JobSpec`, the events and their
+semantics, :class:`JobHandle`, :class:`WorkerPool`). The pool itself is written once, over a
+small worker protocol (``protocol``: start, run, cancel, kill): ``slots`` keeps the workers'
+lives (start, failed starts with backoff, lost workers replaced, shutdown) and ``queueing``
+the jobs' (the pool's own line, dispatch, time limits, cancel, retries, terminal events).
+Backends only translate the protocol: ``local`` is the default (:class:`LocalPool`: spawned
+processes on this host, running ``worker``); ``ray_pool`` with ``ray_worker`` is the Ray
+backend (:class:`RayPool`: actors on a Ray cluster, an optional extra) and ``ray_actor`` the
+actor class. Importing this package imports neither TensorFlow nor Ray.
 
     pool = LocalPool(devices="auto", warm_params=params.to_dict())
     await pool.start()

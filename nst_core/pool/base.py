@@ -3,8 +3,9 @@
 Everything here is plain, picklable data or asyncio glue; nothing imports TensorFlow, so
 the bot can use it in its own process. A backend (the local process pool in
 :mod:`nst_core.pool.local`, the Ray cluster in :mod:`nst_core.pool.ray_pool`, both built on
-:mod:`nst_core.pool.queueing`) implements :class:`WorkerPool` and feeds each job's events
-to its :class:`JobHandle` with :meth:`JobHandle.deliver`.
+:mod:`nst_core.pool.queueing`, which handles faults the same way for both) implements
+:class:`WorkerPool` and feeds each job's events to its :class:`JobHandle` with
+:meth:`JobHandle.deliver`.
 
 Event semantics (the same for every backend):
 
@@ -290,6 +291,12 @@ class WorkerPool(abc.ABC):
         retrying in 8 s"``. Jobs submitted meanwhile wait in the pool.
         """
         return None if self.workers_alive > 0 else "workers are starting"
+
+    @property
+    def closed(self) -> bool:
+        """True once the pool was shut down, or gave up at start (a cluster it could not reach):
+        it starts no worker again, and a caller wanting workers needs a new pool."""
+        return False
 
     @property
     def start_failing(self) -> bool:

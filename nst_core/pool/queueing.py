@@ -1,130 +1,81 @@
-"""What every backend shares: the job record, the pool's own waiting line and its bookkeeping.
+"""The pool's job handling, written once for every backend: the line, dispatch and faults.
 
-:class:`QueueingPool` implements the parts of :class:`~nst_core.pool.base.WorkerPool` that
-do not depend on where workers run: admission (``submit``), ``free_slots`` and ``stats``,
-exactly one terminal event per job, cancel of a waiting job, the shutdown sequence, and
-retrying workers that fail to start (with a growing delay, never giving up while the pool is
-open) with ``unavailable_reason``. A backend (``LocalPool``, ``RayPool``) adds its workers: it
-fills the hooks ``_pump`` (start queued jobs on idle workers), ``_cancel_running``,
-``_stop_running``, ``_close_workers`` and ``_respawn``, and reports each worker slot's failed
-start with ``_start_failed`` and its success with ``_start_succeeded``.
+:class:`QueueingPool` is what a backend subclasses. With the slots and workers' lives of
+:class:`~nst_core.pool.slots.SlotPool` below it, it implements
+:class:`~nst_core.pool.base.WorkerPool` over the worker protocol of
+:mod:`nst_core.pool.protocol`, so a backend only translates that protocol to its transport
+(``LocalPool``: processes and pipes; ``RayPool``: Ray actors) and the faults are handled the
+same way everywhere. This module owns what happens to jobs:
+
+* admission (``submit``), the pool's own first-in-first-out line, ``free_slots``, ``stats``
+  and exactly one terminal event per job;
+* dispatching queued jobs to idle workers, lowest slot first (so runs are repeatable);
+* a job's time limit: the job fails and its worker is killed (a step cannot be interrupted
+  any other way), then replaced;
+* cancel: a queued job ends at once; a running one is asked to stop between steps, and if it
+  has not within ``cancel_grace_s`` it ends anyway and its worker is killed. A worker that is
+  not free again within that grace after its job ended (a cancel the job thread ignores, an
+  error in the transport) is killed too;
+* a worker lost mid-job: the job runs again on another worker while it has retries left
+  (``Retrying``), else ends with ``Failed(kind="worker_died")``;
+* where capacity may never come back (``no_capacity_timeout_s``, e.g. a Ray cluster that lost
+  its nodes): failing the queued jobs once no worker has been live for that long;
+* the shutdown sequence (drain, end what is left, stop the workers).
+
+A backend implements ``capacity``, ``_open`` (connect and plan: the names of the first
+slots) and ``_start_worker`` (a :class:`~nst_core.pool.protocol.Worker` for a slot), and may
+override ``_close``, ``_on_started``, ``_none_ready_reason`` and ``_waiting_reason``.
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import collections
 import logging
-import math
-from dataclasses import dataclass, field
-from typing import Literal
 
 from ..errors import ParamsError
 from ..params import StylizeParams
 from .base import (
-    Event, Failed, Finished, JobHandle, JobSpec, PoolClosed, PoolError, PoolStats, Queued, TerminalEvent, WorkerPool,
+    Event, Failed, Finished, JobHandle, JobSpec, PoolClosed, PoolError, PoolStats, Queued, Retrying, TerminalEvent,
 )
+from .protocol import CANCELLED_REASON, SHUTDOWN_REASON, PoolJob, Slot, Worker
+from .slots import SlotPool
 
-__all__ = ["PoolJob", "QueueingPool", "StartRetry", "CANCELLED_REASON", "SHUTDOWN_REASON"]
+__all__ = ["QueueingPool", "PoolJob", "CANCELLED_REASON", "SHUTDOWN_REASON"]
 
 log = logging.getLogger(__name__)
 
-CANCELLED_REASON = "The job was cancelled."
-SHUTDOWN_REASON = "The stylisation service is shutting down, so this job was stopped. Please try again later."
 
+class QueueingPool(SlotPool):
+    """A :class:`WorkerPool` over the worker protocol, with its own line of admitted jobs.
 
-@dataclass(eq=False)
-class PoolJob:
-    """A job inside a pool; backends subclass it to add where it runs."""
-
-    spec: JobSpec
-    handle: JobHandle
-    retries: int
-    timeout_s: float | None
-    state: Literal["queued", "running", "done"] = "queued"
-    attempt: int = 0  # dispatches so far
-    seq: int = 0  # id of the current dispatch; stale messages and callbacks carry an older one
-    cancel_requested: bool = False
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
-
-    def clear_timers(self) -> None:
-        for timer in self.timers:
-            timer.cancel()
-        self.timers.clear()
-
-
-@dataclass(eq=False)
-class StartRetry:
-    """A worker slot whose worker failed to start, until one starts there again."""
-
-    failures: int = 0  # failed starts in a row
-    reason: str = ""  # why the latest one failed
-    timer: asyncio.TimerHandle | None = None  # the next attempt, while it is waited for
-
-
-class QueueingPool(WorkerPool):
-    """A :class:`WorkerPool` with its own first-in-first-out line of admitted jobs.
-
-    ``max_start_backoff_s`` caps the delay before a worker slot whose worker failed to start
-    tries again: 2 s after the first failure, then 4, 8 ... s up to the cap.
+    ``timeout_s`` and ``retries`` are the defaults for jobs that do not set their own;
+    ``cancel_grace_s`` is how long a running job may take to honour a cancel;
+    ``no_capacity_timeout_s``: see the module docstring (None: never). The other arguments
+    are :class:`~nst_core.pool.slots.SlotPool`'s.
     """
 
-    _job_class: type[PoolJob] = PoolJob
-
     def __init__(self, *, timeout_s: float | None, retries: int, cancel_grace_s: float,
-                 max_start_backoff_s: float = 300.0) -> None:
+                 max_start_backoff_s: float = 300.0, worker_start_timeout_s: float | None = None,
+                 start_wait_s: float | None = None, no_capacity_timeout_s: float | None = None) -> None:
         if retries < 0:
             raise ValueError("retries must not be negative")
-        if not max_start_backoff_s > 0:
-            raise ValueError("max_start_backoff_s must be positive")
+        super().__init__(max_start_backoff_s=max_start_backoff_s, worker_start_timeout_s=worker_start_timeout_s,
+                         start_wait_s=start_wait_s)
         self._timeout_s = timeout_s
         self._retries = retries
         self._cancel_grace_s = cancel_grace_s
-        self._max_start_backoff_s = max_start_backoff_s
-        self._start_retries: dict[int, StartRetry] = {}  # by worker slot
-        self._start_error: str | None = None  # why the latest failed start failed, while any slot is failing
-        self._start_failure: str | None = None  # set when start() gave up and shut the pool down
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._no_capacity_timeout_s = no_capacity_timeout_s
+        self._no_capacity_timer: asyncio.TimerHandle | None = None
         self._queue: collections.deque[PoolJob] = collections.deque()
         self._jobs: dict[str, PoolJob] = {}
         self._seq = 0
-        self._starting = False
-        self._closing = False
-        self._closed: asyncio.Future | None = None
-        self._restarts = 0
         self._submitted = 0
         self._finished = 0
         self._failed: collections.Counter[str] = collections.Counter()
         self._retry_count = 0
 
-    # ------------------------------------------------------------------ the backend's part
-
-    @abc.abstractmethod
-    def _pump(self) -> None:
-        """Start queued jobs on idle workers."""
-
-    @abc.abstractmethod
-    def _cancel_running(self, job: PoolJob) -> None:
-        """Ask the worker running ``job`` to stop it (between steps)."""
-
-    @abc.abstractmethod
-    def _on_cancel_stuck(self, job: PoolJob, seq: int) -> None:
-        """``job`` did not stop within ``cancel_grace_s`` of its cancel."""
-
-    @abc.abstractmethod
-    def _stop_running(self, job: PoolJob) -> None:
-        """At shutdown: let the worker running ``job`` stop it (its terminal event is sent here)."""
-
-    @abc.abstractmethod
-    async def _close_workers(self) -> None:
-        """At shutdown, after every job has ended: stop every worker; return once none is left."""
-
-    @abc.abstractmethod
-    def _respawn(self, index: int) -> bool:
-        """Start a new worker in slot ``index`` after its start-up backoff; False if none is needed now."""
-
-    # ------------------------------------------------------------------ shared
+    # ------------------------------------------------------------------ public API
 
     @property
     def free_slots(self) -> int:
@@ -140,35 +91,6 @@ class QueueingPool(WorkerPool):
             workers_alive=self.workers_alive, restarts=self._restarts, submitted=self._submitted,
             finished=self._finished, failed=dict(self._failed), retries=self._retry_count,
         )
-
-    @property
-    def unavailable_reason(self) -> str | None:
-        if self._closing:
-            if self._start_failure is not None:
-                return self._start_failure
-            done = self._closed is None or self._closed.done()
-            return "the pool has been shut down" if done else "the pool is shutting down"
-        if self._loop is None:
-            return "the pool has not been started"
-        if self.workers_alive > 0:
-            return None
-        if self._start_retries and self._start_error is not None:
-            due = [r.timer.when() for r in self._start_retries.values() if r.timer is not None]
-            if not due:
-                return f"no worker could start: {self._start_error}; trying again now"
-            wait = max(0, math.ceil(min(due) - self._loop.time()))
-            return f"no worker could start: {self._start_error}; retrying in {wait} s"
-        return self._waiting_reason()
-
-    @property
-    def start_failing(self) -> bool:
-        if self._start_failure is not None:
-            return True
-        return not self._closing and self._loop is not None and self.workers_alive == 0 and bool(self._start_retries)
-
-    def _waiting_reason(self) -> str:
-        """``unavailable_reason`` while no worker is ready and none has failed to start."""
-        return "workers are starting"
 
     def submit(self, spec: JobSpec) -> JobHandle:
         if self._loop is None:
@@ -189,7 +111,7 @@ class QueueingPool(WorkerPool):
             handle.deliver(failed)
             return handle
         timeout = spec.timeout_s if spec.timeout_s is not None else self._timeout_s
-        job = self._job_class(spec, handle, spec.retries if spec.retries is not None else self._retries, timeout)
+        job = PoolJob(spec, handle, spec.retries if spec.retries is not None else self._retries, timeout)
         self._jobs[spec.job_id] = job
         self._queue.append(job)
         self._pump()
@@ -214,46 +136,101 @@ class QueueingPool(WorkerPool):
                     await asyncio.wait_for(asyncio.gather(*(j.handle.wait() for j in self._jobs.values())), timeout)
                 except asyncio.TimeoutError:
                     log.warning("shutdown: %d job(s) did not finish in %.0f s; cancelling", len(self._jobs), timeout)
+            if self._no_capacity_timer is not None:
+                self._no_capacity_timer.cancel()
             for job in list(self._jobs.values()):
-                if job.state == "running":
-                    self._stop_running(job)
+                if job.slot is not None and job.slot.worker is not None:
+                    job.slot.worker.cancel(job)  # it stops between steps; its worker is stopped next
                 self._end_job(job, Failed(job.spec.job_id, SHUTDOWN_REASON, "shutdown"))
             self._queue.clear()
-            await self._close_workers()
+            try:
+                await self._stop_workers()
+            finally:
+                await self._close()
         finally:
             self._closed.set_result(None)
 
-    # ------------------------------------------------------------------ workers that fail to start
+    # ------------------------------------------------------------------ jobs
 
-    def _start_failed(self, index: int, name: str, reason: str) -> None:
-        """The worker of slot ``index`` failed to start (or died starting): try again after a backoff."""
-        assert self._loop is not None
-        retry = self._start_retries.setdefault(index, StartRetry())
-        retry.failures += 1
-        retry.reason = self._start_error = reason
-        if self._closing:
+    def _pump(self) -> None:
+        """Start queued jobs on idle workers (lowest slot first); watch for capacity that never comes."""
+        if self._loop is None:
             return
-        delay = min(self._max_start_backoff_s, 2.0 ** min(retry.failures, 30))
-        log.warning("worker %s failed to start (%d in a row): %s; trying again in %g s", name, retry.failures,
-                    reason, delay)
-        if retry.timer is not None:
-            retry.timer.cancel()
-        retry.timer = self._loop.call_later(delay, self._retry_start, index)
+        for slot in self._slots:
+            if not self._queue:
+                break
+            if slot.state == "idle":
+                self._dispatch(self._queue.popleft(), slot)
+        if self._no_capacity_timeout_s is None:
+            return
+        if self._queue and not self._starting and not self._closing and not self.workers_alive:
+            if self._no_capacity_timer is None:
+                self._no_capacity_timer = self._loop.call_later(self._no_capacity_timeout_s, self._on_no_capacity)
+        elif self._no_capacity_timer is not None:
+            self._no_capacity_timer.cancel()
+            self._no_capacity_timer = None
 
-    def _retry_start(self, index: int) -> None:
-        retry = self._start_retries.get(index)
-        if retry is not None:
-            retry.timer = None
-        if not self._closing and self._respawn(index):
-            self._restarts += 1
+    def _dispatch(self, job: PoolJob, slot: Slot) -> None:
+        assert self._loop is not None and slot.worker is not None
+        self._seq += 1
+        job.seq, job.attempt, job.state = self._seq, job.attempt + 1, "running"
+        job.slot, slot.job, slot.seq, slot.state = slot, job, job.seq, "busy"
+        if job.timeout_s:
+            job.timers.append(self._loop.call_later(job.timeout_s, self._on_timeout, job, job.seq))
+        slot.worker.run(job)
 
-    def _start_succeeded(self, index: int) -> None:
-        """A worker of slot ``index`` became ready: its next failure starts the backoff afresh."""
-        retry = self._start_retries.pop(index, None)
-        if retry is not None and retry.timer is not None:
-            retry.timer.cancel()
-        if not self._start_retries:
-            self._start_error = None
+    def _current(self, job: PoolJob, seq: int) -> bool:
+        """``job`` is still running under dispatch ``seq`` (not ended, not re-dispatched)."""
+        return job.state == "running" and job.seq == seq
+
+    def _job_event(self, worker: Worker, seq: int, event: Event) -> None:
+        job = worker.slot.job
+        if worker.slot.worker is not worker or job is None or not self._current(job, seq):
+            return  # from a job that already ended (cancelled, timed out, shut down)
+        if isinstance(event, Retrying):
+            self._retry_count += 1
+        if isinstance(event, (Finished, Failed)):
+            self._end_job(job, event)
+        else:
+            job.handle.deliver(event)
+
+    def _worker_idle(self, worker: Worker) -> None:
+        slot = worker.slot
+        if slot.worker is not worker or slot.state != "busy" or slot.job is not None:
+            return
+        if slot.settle_timer is not None:
+            slot.settle_timer.cancel()
+            slot.settle_timer = None
+        slot.state = "idle"
+        self._pump()
+
+    def _settle_by(self, slot: Slot) -> None:
+        """``slot``'s worker must be free (its job stopped) within ``cancel_grace_s``, else it is killed."""
+        assert self._loop is not None
+        if slot.settle_timer is None:
+            slot.settle_timer = self._loop.call_later(self._cancel_grace_s, self._on_settle_overdue, slot,
+                                                      slot.worker, slot.seq)
+
+    def _on_settle_overdue(self, slot: Slot, worker: Worker, seq: int) -> None:
+        if slot.worker is not worker or slot.state != "busy" or slot.seq != seq:
+            return
+        slot.settle_timer = None
+        job = slot.job
+        if job is None:
+            log.warning("worker %s did not stop its job within %.1f s; replacing it", slot.name, self._cancel_grace_s)
+            self._kill(slot)
+            return
+        log.warning("job %s ignored its cancel for %.1f s; replacing its worker", job.spec.job_id,
+                    self._cancel_grace_s)
+        self._kill(slot)
+        self._end_job(job, Failed(job.spec.job_id, CANCELLED_REASON, "cancelled"))
+
+    def _on_timeout(self, job: PoolJob, seq: int) -> None:
+        if not self._current(job, seq):
+            return
+        if job.slot is not None and job.slot.job is job:
+            self._kill(job.slot)  # a stuck or slow step cannot be interrupted any other way
+        self._end_job(job, Failed(job.spec.job_id, f"The job timed out after {job.timeout_s:g} seconds.", "timeout"))
 
     def _cancel(self, job_id: str) -> None:
         job = self._jobs.get(job_id)
@@ -263,25 +240,49 @@ class QueueingPool(WorkerPool):
         if job.state == "queued":
             self._end_job(job, Failed(job_id, CANCELLED_REASON, "cancelled"))
             return
-        assert self._loop is not None
-        self._cancel_running(job)
-        job.timers.append(self._loop.call_later(self._cancel_grace_s, self._on_cancel_stuck, job, job.seq))
+        slot = job.slot
+        if slot is not None and slot.worker is not None:
+            slot.worker.cancel(job)
+            self._settle_by(slot)
 
-    def _next_dispatch(self, job: PoolJob) -> None:
-        """Mark ``job`` running under a new dispatch id, with its time limit armed."""
-        assert self._loop is not None
-        self._seq += 1
-        job.seq, job.attempt, job.state = self._seq, job.attempt + 1, "running"
-        if job.timeout_s:
-            job.timers.append(self._loop.call_later(job.timeout_s, self._on_timeout, job, job.seq))
+    def _on_job_lost(self, job: PoolJob, why: str) -> None:
+        """The worker running ``job`` is gone: run the job again if allowed, else fail it."""
+        if job.state != "running":
+            return
+        job.clear_timers()
+        job.slot = None
+        if job.cancel_requested:
+            self._end_job(job, Failed(job.spec.job_id, CANCELLED_REASON, "cancelled"))
+        elif job.attempt <= job.retries and not self._closing:
+            self._retry_count += 1
+            job.state = "queued"
+            job.handle.deliver(Retrying(job.spec.job_id, "worker_died",
+                                        f"The worker running this job stopped ({why}); trying again."))
+            self._queue.appendleft(job)  # it was admitted first: keep its place
+        else:
+            self._end_job(job, Failed(
+                job.spec.job_id, f"The worker running this job stopped unexpectedly ({why}). Please try again.",
+                "worker_died"))
 
-    def _current(self, job: PoolJob, seq: int) -> bool:
-        """``job`` is still running under dispatch ``seq`` (not ended, not re-dispatched)."""
-        return job.state == "running" and job.seq == seq
-
-    @abc.abstractmethod
-    def _on_timeout(self, job: PoolJob, seq: int) -> None:
-        """``job`` ran past its time limit under dispatch ``seq``."""
+    def _on_no_capacity(self) -> None:
+        self._no_capacity_timer = None
+        if self.workers_alive or self._closing:
+            self._pump()
+            return
+        lost = sum(1 for slot in self._slots if not slot.live)
+        why = (f"none could start: {self._start_error}" if self._start_retries and self._start_error
+               else f"{lost} are being restarted or cannot be placed")
+        log.error("no live worker for %.0f s; failing %d queued job(s)", self._no_capacity_timeout_s, len(self._queue))
+        while self._queue:
+            job = self._queue[0]
+            if job.attempt:
+                self._end_job(job, Failed(
+                    job.spec.job_id, f"The worker running this job was lost and no other stylisation worker is "
+                                     f"available{self._where}. Please try again later.", "worker_died"))
+            else:
+                self._end_job(job, Failed(
+                    job.spec.job_id, f"No stylisation worker is available{self._where} right now ({why}). "
+                                     "Please try again later.", "error"))
 
     def _end_job(self, job: PoolJob, terminal: TerminalEvent) -> None:
         if job.state == "done":
@@ -291,6 +292,11 @@ class QueueingPool(WorkerPool):
                 self._queue.remove(job)
             except ValueError:
                 pass
+        slot, job.slot = job.slot, None
+        if slot is not None and slot.job is job:
+            slot.job = None  # the slot stays busy until its worker reports itself free
+            if slot.state == "busy" and not self._closing:
+                self._settle_by(slot)
         job.clear_timers()
         job.state = "done"
         self._jobs.pop(job.spec.job_id, None)
@@ -302,3 +308,4 @@ class QueueingPool(WorkerPool):
             self._finished += 1
         elif isinstance(terminal, Failed):
             self._failed[terminal.kind] += 1
+

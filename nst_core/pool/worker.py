@@ -2,7 +2,8 @@
 
 :func:`run_job` is transport-free (it takes an ``emit`` callback), so any backend can run
 it: :func:`worker_main` is the local backend's process entry point and talks to the pool
-over a pipe; a Ray actor can call :func:`run_job` the same way.
+over a pipe; the Ray actor (:mod:`nst_core.pool.ray_actor`) calls :func:`run_job` the same
+way and :func:`load_engine` to warm up.
 
 TensorFlow is imported only inside functions: the bot process imports this module (to name
 the process target) and must never load TensorFlow.
