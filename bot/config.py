@@ -2,26 +2,35 @@
 
 Every option has a default (``config.example.toml`` documents them all). Any key can be
 overridden by an environment variable ``NSTBOT_<SECTION>__<KEY>`` (nested tables add more
-``__`` parts: ``NSTBOT_ENGINE__PRESETS__FAST__STEPS=60``). The Discord token is never part
-of the file: it comes only from ``DISCORD_TOKEN``.
+``__`` parts: ``NSTBOT_ENGINE__PRESETS__FAST__STEPS=60``; lists are comma-separated:
+``NSTBOT_DISCORD__DEV_GUILD_IDS=123,456``). The Discord token is never part of the file: it
+comes only from ``DISCORD_TOKEN``.
 
-Errors are :class:`ConfigError` with a message that names the bad key, e.g.
-``limits.queue_max must be a whole number of at least 1, not 'many'``.
+pydantic-settings reads the file and the variables and pydantic checks them against the
+sections' annotations (bounds, choices). The sections stay plain frozen dataclasses: built in
+code (tests, tools) they are not checked, and ``dataclasses.asdict``/``replace`` work.
+:func:`load_config` turns pydantic's errors into :class:`ConfigError` messages that name the
+bad key and, when a variable set it, the variable, e.g.
+``limits.queue_max must be a whole number of at least 1, not 'many' (set by NSTBOT_LIMITS__QUEUE_MAX)``.
 """
-
-from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
 import os
 import tomllib
 import typing
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
-from nst_core.params import BACKBONES, PRECISIONS
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationError, create_model, with_config
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError, core_schema
+from pydantic_settings import (BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError,
+                               TomlConfigSettingsSource)
+
+from nst_core.params import BACKBONES, PRECISIONS, MAX_STRENGTH
 from nst_core.schedule import PRESETS
 
 __all__ = [
@@ -39,87 +48,163 @@ class ConfigError(ValueError):
     """The configuration is unusable; the message names the key and says what is allowed."""
 
 
-def _opt(default: Any, *, min: float | None = None, max: float | None = None,
-         choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field whose bounds the loader checks (kept next to the default they limit)."""
-    return field(default=default, metadata={"min": min, "max": max, "choices": choices})
+# --------------------------------------------------------------------------- value types
+# The file's values must have the key's type (TOML has numbers, strings and lists); values from
+# the environment are text, parsed for the key's type. The messages are written by _message().
 
 
+class _EnvText(str):
+    """A value from the environment (stripped)."""
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, (bool, float)) or (isinstance(value, str) and not isinstance(value, _EnvText)):
+        raise PydanticCustomError("whole_number", "not a whole number")
+    return value
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool) or (isinstance(value, str) and not isinstance(value, _EnvText)):
+        raise PydanticCustomError("number", "not a number")
+    return value
+
+
+def _env_list(value: Any) -> Any:
+    """A list from the environment is comma-separated: ``123,456`` (or ``[123, 456]``)."""
+    if isinstance(value, _EnvText):
+        return [_EnvText(v.strip().strip("'\"")) for v in value.strip("[]").split(",") if v.strip()]
+    return value
+
+
+class _OneOf:
+    """The value is one of ``choices``, in any case (kept as spelled here)."""
+
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_before_validator_function(self._pick, handler(source))
+
+    def _pick(self, value: Any) -> str:
+        match = next((c for c in self.choices if isinstance(value, str) and c.lower() == value.lower()), None)
+        if match is None:
+            raise PydanticCustomError("choice", "not one of the choices")
+        return match
+
+
+def _not_ray_client(address: str) -> str:
+    if address.strip().lower().startswith("ray://"):
+        raise PydanticCustomError("rule", 'Ray Client (ray://) is not supported; run the bot on a node of the cluster '
+                                          'and use "auto" or "HEAD_IP:6379"')
+    return address
+
+
+Whole = Annotated[int, BeforeValidator(_whole)]
+Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
+_TABLE = ConfigDict(extra="forbid")  # a key the section does not have is an error
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@with_config(_TABLE)
 @dataclass(frozen=True)
 class DiscordConfig:
     api_base: str = ""  # REST base, e.g. http://127.0.0.1:8080/api/v10; empty: Discord itself
     gateway_url: str = ""  # e.g. ws://127.0.0.1:8080/gateway; empty: Discord itself
-    dev_guild_ids: tuple[int, ...] = ()  # guilds that get the commands synced on every start
-    interaction_ttl_s: float = _opt(900.0, min=1.0)  # how long Discord honours an interaction token
-    interaction_margin_s: float = _opt(60.0, min=0.0)  # deliver by channel message when less is left
+    # guilds that get the commands synced on every start
+    dev_guild_ids: Annotated[tuple[Whole, ...], BeforeValidator(_env_list)] = ()
+    interaction_ttl_s: Annotated[Number, Field(ge=1.0)] = 900.0  # how long Discord honours an interaction token
+    interaction_margin_s: Annotated[Number, Field(ge=0.0)] = 60.0  # deliver by channel message when less is left
 
 
+@with_config(_TABLE)
 @dataclass(frozen=True)
 class PresetConfig:
-    size: int = _opt(512, min=16, max=4096)  # longer side of the output (before engine.max_size)
-    steps: int = _opt(300, min=1, max=20000)
-    scales: int = _opt(3, min=1, max=8)
+    size: Annotated[Whole, Field(ge=16, le=4096)] = 512  # longer side of the output (before engine.max_size)
+    steps: Annotated[Whole, Field(ge=1, le=20000)] = 300
+    scales: Annotated[Whole, Field(ge=1, le=8)] = 3
 
 
 def _default_presets() -> dict[str, PresetConfig]:
     return {name: PresetConfig(p.size, p.steps, p.scales) for name, p in PRESETS.items()}
 
 
+def _merge_presets(value: Any) -> Any:
+    """A preset given in part keeps the engine's values for the keys left out."""
+    if not isinstance(value, dict):
+        return value
+    merged: dict[str, Any] = {name: dataclasses.asdict(p) for name, p in _default_presets().items()}
+    for name, table in value.items():
+        if name not in merged:
+            raise PydanticCustomError("unknown_preset", "unknown preset {name}", {"name": name})
+        merged[name] = {**merged[name], **table} if isinstance(table, dict) else table
+    return merged
+
+
+@with_config(_TABLE)
 @dataclass(frozen=True)
 class EngineConfig:
-    backbone: str = _opt("vgg19", choices=BACKBONES)
+    backbone: Annotated[str, _OneOf(*BACKBONES)] = "vgg19"
     weights: str = "imagenet"  # imagenet | random | PATH to a Keras weights file
-    default_preset: str = _opt("balanced", choices=tuple(PRESETS))
-    max_size: int = _opt(1024, min=16, max=4096)  # cap on the output's longer side
-    precision: str = _opt("auto", choices=PRECISIONS)
-    presets: dict[str, PresetConfig] = field(default_factory=_default_presets)
+    default_preset: Annotated[str, _OneOf(*PRESETS)] = "balanced"
+    max_size: Annotated[Whole, Field(ge=16, le=4096)] = 1024  # cap on the output's longer side
+    precision: Annotated[str, _OneOf(*PRECISIONS)] = "auto"
+    presets: Annotated[dict[str, PresetConfig], BeforeValidator(_merge_presets)] = field(
+        default_factory=_default_presets)
 
 
+@with_config(_TABLE)
 @dataclass(frozen=True)
 class StylesConfig:
     path: str = ""  # folder of style images offered by /stylize library_style; empty: none
 
 
+@with_config(_TABLE)
 @dataclass(frozen=True)
 class PoolConfig:
     devices: str = "auto"  # auto | cpu | comma-separated GPU ids ("0,1")
-    workers: int = _opt(1, min=1, max=64)  # worker processes when running on the CPU
-    job_timeout_s: float = _opt(900.0, min=1.0)
-    retries: int = _opt(1, min=0, max=5)  # reruns of a job whose worker crashed, on a fresh worker
-    backend: str = _opt("local", choices=("local", "ray"))  # ray: workers are actors on a Ray cluster
-    ray_address: str = ""  # "" starts Ray on this machine; "auto"; "HEAD:6379"; "ray://HEAD:10001"
-    ray_actors: int = _opt(1, min=1, max=256)  # actors on a Ray cluster without GPUs (else one per GPU)
-    start_retry_max_s: float = _opt(300.0, min=1.0)  # longest pause between attempts to start a worker
+    workers: Annotated[Whole, Field(ge=1, le=64)] = 1  # worker processes when running on the CPU
+    job_timeout_s: Annotated[Number, Field(ge=1.0)] = 900.0
+    retries: Annotated[Whole, Field(ge=0, le=5)] = 1  # reruns of a job whose worker crashed, on a fresh worker
+    backend: Annotated[str, _OneOf("local", "ray")] = "local"  # ray: workers are actors on a Ray cluster
+    ray_address: Annotated[str, AfterValidator(_not_ray_client)] = ""  # "" starts Ray here; "auto"; "HEAD:6379"
+    ray_actors: Annotated[Whole, Field(ge=1, le=256)] = 1  # actors on a Ray cluster without GPUs (else one per GPU)
+    start_retry_max_s: Annotated[Number, Field(ge=1.0)] = 300.0  # longest pause between attempts to start a worker
 
 
+@with_config(_TABLE)
 @dataclass(frozen=True)
 class LimitsConfig:
-    max_upload_bytes: int = _opt(8 * 1024 * 1024, min=1024)
-    max_pixels: int = _opt(16_000_000, min=1024)
-    max_aspect_ratio: float = _opt(10.0, min=1.0)  # longer side / shorter side
-    per_user_waiting: int = _opt(2, min=1)
-    queue_max: int = _opt(20, min=1)
-    per_guild_waiting: int = _opt(10, min=1)  # one server's share of the line
+    max_upload_bytes: Annotated[Whole, Field(ge=1024)] = 8 * 1024 * 1024
+    max_pixels: Annotated[Whole, Field(ge=1024)] = 16_000_000
+    max_aspect_ratio: Annotated[Number, Field(ge=1.0)] = 10.0  # longer side / shorter side
+    per_user_waiting: Annotated[Whole, Field(ge=1)] = 2
+    queue_max: Annotated[Whole, Field(ge=1)] = 20
+    per_guild_waiting: Annotated[Whole, Field(ge=1)] = 5  # one server's share of the line (at most queue_max)
+    max_strength: Annotated[Number, Field(ge=0.0, le=MAX_STRENGTH)] = 5.0  # /stylize strength, 0 to this
     # What each server's admins may tighten with /stylebot-settings, never exceed:
-    max_preset: str = _opt("best", choices=tuple(PRESETS))  # the largest preset anyone may use
-    daily_jobs_per_member: int = _opt(0, min=0)  # jobs per member per server in 24 hours; 0: no limit
+    max_preset: Annotated[str, _OneOf(*PRESETS)] = "best"  # the largest preset anyone may use
+    daily_jobs_per_member: Annotated[Whole, Field(ge=0)] = 0  # jobs per member per server in 24 hours; 0: no limit
     # Checking uploads (decoding them) runs on a small pool of its own, bounded in number and time:
-    checks_at_once: int = _opt(2, min=1, max=16)  # uploads decoded at the same time
-    checks_waiting: int = _opt(16, min=1)  # requests downloaded or checked at once (running ones included)
-    check_timeout_s: float = _opt(20.0, min=1.0)  # one request's checks, waiting included
+    checks_at_once: Annotated[Whole, Field(ge=1, le=16)] = 2  # uploads decoded at the same time
+    checks_waiting: Annotated[Whole, Field(ge=1)] = 16  # requests downloaded or checked at once (running ones included)
+    check_timeout_s: Annotated[Number, Field(ge=1.0)] = 20.0  # one request's checks, waiting included
 
 
+@with_config(_TABLE)
 @dataclass(frozen=True)
 class ProgressConfig:
-    edit_interval_s: float = _opt(3.0, min=0.2)  # Discord rate-limits message edits
+    edit_interval_s: Annotated[Number, Field(ge=0.2)] = 3.0  # Discord rate-limits message edits
 
 
+@with_config(_TABLE)
 @dataclass(frozen=True)
 class StorageConfig:
     path: str = "data/stylebot.sqlite3"  # the job database (SQLite); small state files live beside it
     spool_path: str = ""  # input images and undelivered results; empty: "spool" beside the database
-    spool_max_mb: float = _opt(2048.0, min=1.0)  # new jobs are refused while the spool holds more
-    retention_hours: float = _opt(168.0, min=0.0)  # ended jobs' records (and leftover files) kept this long
+    spool_max_mb: Annotated[Number, Field(ge=1.0)] = 2048.0  # new jobs are refused while the spool holds more
+    retention_hours: Annotated[Number, Field(ge=0.0)] = 168.0  # ended jobs' records (and leftover files) kept this long
 
     @property
     def state_dir(self) -> Path:
@@ -130,32 +215,37 @@ class StorageConfig:
         return Path(self.spool_path).expanduser() if self.spool_path else self.state_dir / "spool"
 
 
+@with_config(_TABLE)
 @dataclass(frozen=True)
 class DeliveryConfig:
-    timeout_s: float = _opt(60.0, min=1.0)  # one attempt on one route (discord.py's own 5xx retries included)
-    retries: int = _opt(2, min=0, max=10)  # further attempts on a route after a timeout or a lost connection
-    backoff_s: float = _opt(2.0, min=0.0)  # wait before the first retry; doubles each time
-    redeliver_after_s: float = _opt(60.0, min=1.0)  # every route failed for a passing reason: try again after
+    timeout_s: Annotated[Number, Field(ge=1.0)] = 60.0  # one attempt on one route (discord.py's 5xx retries included)
+    retries: Annotated[Whole, Field(ge=0, le=10)] = 2  # further attempts on a route after a timeout or lost connection
+    backoff_s: Annotated[Number, Field(ge=0.0)] = 2.0  # wait before the first retry; doubles each time
+    redeliver_after_s: Annotated[Number, Field(ge=1.0)] = 60.0  # all routes failed for a passing reason: retry after
 
 
+@with_config(_TABLE)
 @dataclass(frozen=True)
 class HealthConfig:
-    port: int = _opt(0, min=0, max=65535)  # /healthz and /metrics; 0: no server
+    port: Annotated[Whole, Field(ge=0, le=65535)] = 0  # /healthz and /metrics; 0: no server
     host: str = "127.0.0.1"
 
 
+@with_config(_TABLE)
 @dataclass(frozen=True)
 class ShutdownConfig:
-    running_jobs: str = _opt("finish", choices=("finish", "cancel"))
-    timeout_s: float = _opt(120.0, min=0.0)  # "finish": cancel whatever still runs after this
+    running_jobs: Annotated[str, _OneOf("finish", "cancel")] = "finish"
+    timeout_s: Annotated[Number, Field(ge=0.0)] = 120.0  # "finish": cancel whatever still runs after this
 
 
+@with_config(_TABLE)
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: str = _opt("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    format: str = _opt("json", choices=("json", "text"))
+    level: Annotated[str, _OneOf("DEBUG", "INFO", "WARNING", "ERROR")] = "INFO"
+    format: Annotated[str, _OneOf("json", "text")] = "json"
 
 
+@with_config(_TABLE)
 @dataclass(frozen=True)
 class Config:
     discord: DiscordConfig = field(default_factory=DiscordConfig)
@@ -174,20 +264,37 @@ class Config:
 # --------------------------------------------------------------------------- loading
 
 
-class _EnvValue(str):
-    """A value from the environment: text to be parsed for the key's type."""
-
-    var: str = ""  # the variable it came from, for error messages
+_SOURCES: ContextVar[tuple[Any, ...]] = ContextVar("_SOURCES")  # what load_config() reads, in priority order
 
 
-def _env_value(var: str, text: str) -> _EnvValue:
-    value = _EnvValue(text)
-    value.var = var
-    return value
+class _SettingsBase(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False,
+                                      extra="forbid")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], **defaults: Any) -> tuple[Any, ...]:
+        return _SOURCES.get()
 
 
-def _origin(value: Any) -> str:
-    return f" (set by {value.var})" if isinstance(value, _EnvValue) and value.var else ""
+# Config's sections as a BaseSettings: what pydantic-settings fills from the file and the environment.
+_Settings = create_model("_Settings", __base__=_SettingsBase, **{  # type: ignore[call-overload]
+    f.name: (typing.get_type_hints(Config)[f.name], Field(default_factory=f.default_factory))
+    for f in dataclasses.fields(Config)})
+
+
+class _EnvSource(EnvSettingsSource):
+    """The ``NSTBOT_<SECTION>__<KEY>`` variables of ``env`` (not necessarily os.environ), marked as such."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._env = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): _EnvText(value.strip()) for name, value in self._env.items()
+                if name.startswith(ENV_PREFIX) and "__" in name}
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        return value  # never JSON: lists are comma-separated (_env_list), tables are set key by key
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None,
@@ -198,25 +305,36 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     appended to ``warnings`` for the caller to log.
     """
     env = os.environ if env is None else env
-    data: dict[str, Any] = {}
+    sources: list[Any] = []
     if path is not None:
         path = Path(path)
+        if not path.expanduser().exists():
+            raise ConfigError(f"config file {path} does not exist")
+        if path.expanduser().is_dir():
+            raise ConfigError(f"config file {path} cannot be read: Is a directory")
         try:
-            with path.open("rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
+            sources.append(TomlConfigSettingsSource(_Settings, toml_file=path))
         except OSError as exc:
             raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    if isinstance(data.get("discord"), dict) and "token" in data["discord"]:
-        raise ConfigError(f"discord.token: the token is read only from the {TOKEN_ENV} environment variable; "
-                          "remove it from the file")
-    _apply_env(data, env)
+        data = sources[0].toml_data
+        if isinstance(data.get("discord"), dict) and "token" in data["discord"]:
+            raise ConfigError(f"discord.token: the token is read only from the {TOKEN_ENV} environment variable; "
+                              "remove it from the file")
+    overrides = _overrides(env)
     if warnings is not None:
         warnings.extend(_ignored_env(env))
-    config = _build(Config, data, "")
+    reset = _SOURCES.set((_EnvSource(_Settings, env), *sources))  # the variables win over the file
+    try:
+        settings = _Settings()
+    except ValidationError as exc:
+        raise ConfigError(_message(exc.errors()[0], overrides)) from None
+    except SettingsError as exc:  # pragma: no cover - a value pydantic-settings itself could not read
+        raise ConfigError(f"{exc}: {exc.__cause__}") from None
+    finally:
+        _SOURCES.reset(reset)
+    config = Config(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(Config)})
     _check(config)
     return config
 
@@ -245,138 +363,84 @@ def _ignored_env(env: Mapping[str, str]) -> list[str]:
     return found
 
 
-def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+def _overrides(env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """The override variables by the key they set; a name that cannot be one is an error."""
+    sections = [f.name for f in dataclasses.fields(Config)]
+    found = {}
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        parts = tuple(p.lower() for p in name[len(ENV_PREFIX):].split("__"))
         if not all(parts):
             raise ConfigError(f"{name}: empty key part in the variable name")
-        if parts == ["discord", "token"]:
+        if parts == ("discord", "token"):
             raise ConfigError(f"{name}: the token is read only from {TOKEN_ENV}")
-        table = data
-        for i, part in enumerate(parts[:-1]):
-            nxt = table.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"{name}: {'.'.join(parts[:i + 1])} is not a table")
-            table = nxt
-        table[parts[-1]] = _env_value(name, env[name])
+        if parts[0] not in sections:  # pydantic-settings would pass over it in silence
+            raise ConfigError(f"unknown key {parts[0]} (set by {name}) (known keys: {', '.join(sorted(sections))})")
+        found[parts] = name
+    return found
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.')} must be a table")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        known = ", ".join(sorted(fields))
-        where = f" in {prefix.rstrip('.')}" if prefix else ""
-        raise ConfigError(f"unknown key {prefix}{unknown[0]}{_origin(data[unknown[0]])} "
-                          f"(known keys{where}: {known})")
-    values = {}
-    for name, f in fields.items():
-        if name not in data:
-            continue
-        key = prefix + name
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, data[name], key + ".")
-        elif typing.get_origin(hint) is dict:
-            values[name] = _build_presets(data[name], key)
-        else:
-            try:
-                values[name] = _convert(key, data[name], hint, f.metadata)
-            except ConfigError as exc:
-                raise ConfigError(f"{exc}{_origin(data[name])}") from None
-    return cls(**values)
-
-
-def _build_presets(data: Any, key: str) -> dict[str, PresetConfig]:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{key} must be a table of presets")
-    presets = _default_presets()
-    for name, table in data.items():
-        if name not in presets:
-            raise ConfigError(f"unknown preset {key}.{name} (presets: {', '.join(presets)})")
-        base = dataclasses.asdict(presets[name])
-        if not isinstance(table, dict):
-            raise ConfigError(f"{key}.{name} must be a table with size, steps and scales")
-        built = _build(PresetConfig, table, f"{key}.{name}.")
-        given = {k: getattr(built, k) for k in table}
-        presets[name] = PresetConfig(**{**base, **given})  # keys left out keep the engine's preset value
-    return presets
-
-
-def _convert(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
-    from_env = isinstance(value, _EnvValue)
-    if hint is bool:
-        out = _to_bool(key, value)
-    elif hint is int:
-        out = _to_number(key, value, int, meta)
-    elif hint is float:
-        out = _to_number(key, value, float, meta)
-    elif hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, not {value!r}")
-        out = str(value).strip() if from_env else value
-        if meta.get("choices"):
-            choices = meta["choices"]
-            match = next((c for c in choices if c.lower() == out.lower()), None)
-            if match is None:
-                raise ConfigError(f"{key} must be one of {', '.join(choices)}, not {out!r}")
-            out = match
-    elif typing.get_origin(hint) is tuple:
-        item = typing.get_args(hint)[0]
-        if from_env:
-            text = value.strip().strip("[]")
-            value = [v.strip().strip("'\"") for v in text.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, not {value!r}")
-        out = tuple(_convert(f"{key}[{i}]", _EnvValue(v) if from_env else v, item, {}) for i, v in enumerate(value))
-    else:  # pragma: no cover - a field type this loader does not know
-        raise ConfigError(f"{key}: unsupported type {hint}")
-    return out
-
-
-def _to_bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, _EnvValue):
-        text = value.strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-    raise ConfigError(f"{key} must be true or false, not {value!r}")
-
-
-def _to_number(key: str, value: Any, kind: type, meta: Mapping[str, Any]) -> Any:
-    lo, hi = meta.get("min"), meta.get("max")
-    what = "a whole number" if kind is int else "a number"
-    if lo is not None and hi is not None:
-        what += f" from {lo:g} to {hi:g}"
-    elif lo is not None:
-        what += f" of at least {lo:g}"
-    number: Any = None
-    if isinstance(value, _EnvValue):
-        try:
-            number = kind(value.strip().replace("_", ""))
+def _message(error: Any, overrides: Mapping[tuple[str, ...], str]) -> str:
+    """One of pydantic's errors in this module's words: the key, what it allows, the value, the variable."""
+    loc = tuple(error["loc"])
+    if error["type"] == "unknown_preset":
+        loc += (error["ctx"]["name"],)
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    origin = next((f" (set by {name})" for parts, name in overrides.items()
+                   if parts[:len(loc)] == loc[:len(parts)]), "")
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        table = key.rpartition(".")[0]
+        known = ", ".join(sorted(f.name for f in dataclasses.fields(_type_at(loc[:-1])[0])))
+        return f"unknown key {key}{origin} (known keys{f' in {table}' if table else ''}: {known})"
+    if error["type"] == "unknown_preset":
+        return f"unknown preset {key}{origin} (presets: {', '.join(PRESETS)})"
+    if error["type"] == "rule":
+        return f"{key}: {error['msg']}{origin}"
+    hint, meta = _type_at(loc)
+    value = error["input"]
+    if error["type"] in ("greater_than_equal", "less_than_equal") and isinstance(value, str):
+        try:  # out of bounds, so it parsed: show the number read from the variable
+            value = hint(value)
         except ValueError:
-            number = None
-    elif isinstance(value, bool):
-        number = None
-    elif kind is int and isinstance(value, int):
-        number = value
-    elif kind is float and isinstance(value, (int, float)):
-        number = float(value)
-    if number is None or (kind is float and not math.isfinite(number)):
-        raise ConfigError(f"{key} must be {what}, not {value!r}")
-    if (lo is not None and number < lo) or (hi is not None and number > hi):
-        raise ConfigError(f"{key} must be {what}, not {number!r}")
-    return number
+            pass
+    return f"{key} must be {_expected(loc, hint, meta)}, not {value!r}{origin}"
 
 
+def _type_at(loc: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    """The type of the value at ``loc`` in a Config, and its annotations (bounds, choices)."""
+    hint: Any = Config
+    meta: list[Any] = []
+    for part in loc:
+        if dataclasses.is_dataclass(hint):
+            hint = typing.get_type_hints(hint, include_extras=True)[part]
+        else:  # an item of a list, or a value of a table
+            hint = typing.get_args(hint)[0 if typing.get_origin(hint) is tuple else -1]
+        meta = []
+        if typing.get_origin(hint) is Annotated:
+            hint, *more = typing.get_args(hint)
+            meta = [m for item in more for m in (item.metadata if isinstance(item, FieldInfo) else [item])]
+    return hint, meta
+
+
+def _expected(loc: tuple[Any, ...], hint: Any, meta: list[Any]) -> str:
+    choices = next((m.choices for m in meta if isinstance(m, _OneOf)), None)
+    if choices:
+        return f"one of {', '.join(choices)}"
+    if hint in (int, float):
+        lo = next((m.ge for m in meta if hasattr(m, "ge")), None)
+        hi = next((m.le for m in meta if hasattr(m, "le")), None)
+        what = "a whole number" if hint is int else "a number"
+        if lo is not None and hi is not None:
+            return f"{what} from {lo:g} to {hi:g}"
+        return f"{what} of at least {lo:g}" if lo is not None else what
+    if hint is str:
+        return "a string"
+    if typing.get_origin(hint) is tuple:
+        return "a list"
+    if typing.get_origin(hint) is dict:
+        return f"a table of {loc[-1]}"
+    return "a table with size, steps and scales" if hint is PresetConfig else "a table"
 def _check(config: Config) -> None:
     """Rules that involve more than one key or the file system."""
     d = config.discord

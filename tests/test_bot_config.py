@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import types
 from pathlib import Path
 
 import discord
@@ -16,7 +17,7 @@ from discord import app_commands
 
 from bot import app as bot_app
 from bot.commands import StyleCommands
-from bot.config import Config, ConfigError, PresetConfig, load_config, read_token
+from bot.config import Config, ConfigError, DeliveryConfig, PresetConfig, load_config, read_token
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -130,10 +131,53 @@ def test_environment_overrides_any_key(tmp_path):
     ("", {"NSTBOT_LIMITS__NOPE": "1"}, r"unknown key limits\.nope \(set by NSTBOT_LIMITS__NOPE\)"),
     ("", {"NSTBOT_DISCORD__TOKEN": "abc"}, r"read only from DISCORD_TOKEN"),
     ("this is = = not toml", {}, r"is not valid TOML"),
+    ("[limits]\nqueue_max = '5'\n", {}, r"limits\.queue_max must be a whole number of at least 1, not '5'"),
+    ("[limits]\nqueue_max = 5.0\n", {}, r"limits\.queue_max must be a whole number of at least 1, not 5\.0"),
+    ("", {"NSTBOT_LIMITS__QUEUE_MAX": "0"}, r"at least 1, not 0 \(set by NSTBOT_LIMITS__QUEUE_MAX\)$"),
+    ("", {"NSTBOT_PROGRESS__EDIT_INTERVAL_S": "inf"}, r"progress\.edit_interval_s must be a number of at least 0\.2"),
+    ("", {"NSTBOT_LIMIT__QUEUE_MAX": "3"}, r"unknown key limit \(set by NSTBOT_LIMIT__QUEUE_MAX\) \(known keys: "),
+    ("", {"NSTBOT_ENGINE__PRESETS__HUGE__SIZE": "64"},
+     r"unknown preset engine\.presets\.huge \(set by NSTBOT_ENGINE__PRESETS__HUGE__SIZE\)"),
+    ("", {"NSTBOT_ENGINE__PRESETS": '{"fast": {"size": 64}}'},
+     r"engine\.presets must be a table of presets, not .* \(set by NSTBOT_ENGINE__PRESETS\)"),  # never JSON
+    ("", {"NSTBOT_LIMITS____QUEUE_MAX": "3"}, r"NSTBOT_LIMITS____QUEUE_MAX: empty key part"),
 ])
 def test_errors_name_the_bad_key(tmp_path, text, env, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text), env=env)
+
+
+@pytest.mark.parametrize("text, env", [
+    ("[pool]\nray_address = 'ray://head:10001'\n", {}),
+    ("", {"NSTBOT_POOL__RAY_ADDRESS": "ray://head:10001"}),
+])
+def test_ray_client_addresses_are_refused(tmp_path, text, env):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), env=env)
+    assert str(caught.value).startswith('pool.ray_address: Ray Client (ray://) is not supported; run the bot on a node '
+                                        'of the cluster and use "auto" or "HEAD_IP:6379"')
+    assert str(caught.value).endswith("(set by NSTBOT_POOL__RAY_ADDRESS)") == bool(env)
+    for address in ("auto", "10.0.0.1:6379", ""):
+        assert load_config(None, env={"NSTBOT_POOL__RAY_ADDRESS": address}).pool.ray_address == address
+
+
+def test_lists_from_the_environment_and_the_file_agree(tmp_path):
+    for ids in ("123,456", " 123 , 456 ", "[123, 456]"):
+        assert load_config(None, env={"NSTBOT_DISCORD__DEV_GUILD_IDS": ids}).discord.dev_guild_ids == (123, 456)
+    assert load_config(None, env={"NSTBOT_DISCORD__DEV_GUILD_IDS": "42"}).discord.dev_guild_ids == (42,)
+    assert load_config(None, env={"NSTBOT_DISCORD__DEV_GUILD_IDS": ""}).discord.dev_guild_ids == ()
+    with pytest.raises(ConfigError, match=r"discord\.dev_guild_ids must be a list, not '1,2'$"):
+        load_config(write(tmp_path, "[discord]\ndev_guild_ids = '1,2'\n"), env={})  # the file has real lists
+
+
+def test_settings_are_frozen_dataclasses_and_checked_only_when_loaded():
+    config = load_config(None, env={"NSTBOT_LOGGING__LEVEL": "debug"})
+    assert config.logging.level == "DEBUG"  # choices in any case, kept as spelled in the code
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.limits.queue_max = 3  # type: ignore[misc]
+    assert hash(config.limits) == hash(Config().limits)
+    assert dataclasses.asdict(config)["engine"]["presets"]["fast"] == {"size": 384, "steps": 120, "scales": 2}
+    assert DeliveryConfig(timeout_s=0.2).timeout_s == 0.2  # built in code (tests): not held to the file's bounds
 
 
 def test_missing_file_and_token():
@@ -199,7 +243,8 @@ def test_command_digest_follows_the_definitions():
     def digest(config: Config) -> str:
         client = discord.Client(intents=discord.Intents.none())
         tree = app_commands.CommandTree(client)
-        StyleCommands(config, None, None, None).register(tree)  # type: ignore[arg-type]
+        scheduler = types.SimpleNamespace(per_guild_waiting=config.limits.per_guild_waiting)  # read by register()
+        StyleCommands(config, scheduler, None, None).register(tree)  # type: ignore[arg-type]
         return bot_app.commands_digest(tree)
 
     base = digest(Config())
