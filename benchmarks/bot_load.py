@@ -66,7 +66,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
-from bot import render  # noqa: E402
+from bot.outbox import is_delivery_of  # noqa: E402
 from bot.config import LimitsConfig  # noqa: E402
 from bot_fixtures import CONTENT_PNG, STYLE_PNG, start_bot, write_config  # noqa: E402
 from fake_discord import FakeDiscord  # noqa: E402
@@ -178,8 +178,8 @@ async def stylize(fake: FakeDiscord, member: Member, content: tuple[str, bytes, 
 
 def delivered(fake: FakeDiscord, job_id: str) -> int:
     return sum(1 for m in fake.messages.values() if not m.deleted and not m.ephemeral
-               and (render.is_delivery_of(m.content, job_id, "result")
-                    or render.is_delivery_of(m.content, job_id, "notice")))
+               and (is_delivery_of(m.embeds, job_id, "result")
+                    or is_delivery_of(m.embeds, job_id, "notice")))
 
 
 async def drain(fake: FakeDiscord, jobs: list[str], timeout: float) -> tuple[list[str], list[str], int]:
@@ -188,7 +188,7 @@ async def drain(fake: FakeDiscord, jobs: list[str], timeout: float) -> tuple[lis
     while time.monotonic() < deadline and not all(delivered(fake, j) for j in jobs):
         await asyncio.sleep(0.5)
     counts = {j: delivered(fake, j) for j in jobs}
-    failed = sum(1 for j in jobs if any(render.is_delivery_of(m.content, j, "notice")
+    failed = sum(1 for j in jobs if any(is_delivery_of(m.embeds, j, "notice")
                                         for m in fake.messages.values()))
     return [j for j, n in counts.items() if n == 0], [j for j, n in counts.items() if n > 1], failed
 

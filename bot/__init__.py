@@ -2,14 +2,22 @@
 
 Modules, in the order a request travels through them:
 
-* ``config``: the TOML settings, ``NSTBOT_*`` environment overrides, validation.
-* ``app``: the client and command tree, startup (command sync, worker pool), shutdown.
-* ``commands``: ``/stylize``, ``/stylebot status|cancel``, ``/stylebot-settings`` and the Cancel button.
+* ``__main__``: ``python -m bot``: settings, the token moved out of the environment, then ``app.run``.
+* ``config``: the TOML settings and ``NSTBOT_*`` environment overrides, validated (pydantic-settings).
+* ``app``: the client, startup (store, pool and upload checker made outside it and passed in,
+  command sync, recovery), the background loops, shutdown.
+* ``commands``: ``/stylize``, ``/stylebot status|cancel``; ``admin``: ``/stylebot-settings``;
+  ``views``: the Cancel button; ``errors``: how a failed command is answered.
 * ``settings``: each server's rules (channels, largest preset, daily quota) within the operator's ceilings.
 * ``uploads``: attachments from strangers: metadata checks, size-limited downloads, bounded decoding.
-* ``scheduler``: the fair waiting line (servers in turn, then members) and the job record; feeds the pool.
-* ``store``: every accepted job in SQLite, its pictures in a spool folder; server settings, quotas.
-* ``delivery``: status-message updates and getting results to the requester, exactly once.
+* ``library``: the operator's folder of style images.
+* ``jobs``: the job record, its one lifecycle, and the ledger, the only writer of a job's state.
+* ``scheduler``: admission and the line's limits, feeding the pool; ``line``: the fair order
+  (servers in turn, then members) and time estimates.
+* ``delivery``: what follows each recorded event; ``status``: the status messages;
+  ``outbox``: results and notices delivered exactly once.
+* ``store``: SQLite (jobs, server settings, quota counts) and the spool; ``schema``: its tables
+  and upgrades; ``spool``: its files.
 * ``recovery``: at start, jobs from before a restart back in line, undelivered results sent.
 * ``health``: ``/healthz`` and Prometheus ``/metrics`` on a small aiohttp server.
 * ``render``: every text, the result embed and the loss chart.

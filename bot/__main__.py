@@ -7,12 +7,43 @@ module (as ``__mp_main__``) before running its own target.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
 DEFAULT_CONFIG = Path("config.toml")
+_TOKEN_FD = "STYLEBOT_TOKEN_FD"  # set by main() for itself: where the token waits after the re-exec
+
+
+def _without_token_in_environment(token: str, argv: list[str]) -> None:
+    """Run this program again, same process id, with the token moved out of its environment.
+
+    Removing it from ``os.environ`` is not enough: ``/proc/<pid>/environ`` still shows the
+    environment the process started with, and worker processes (which decode strangers'
+    pictures) run as the same user. So the process re-executes itself without the variable
+    and reads the token from a pipe it inherits; the token then lives in memory only.
+    """
+    from .config import TOKEN_ENV
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, token.encode())  # far below a pipe's buffer: never blocks
+    os.close(write_end)
+    os.set_inheritable(read_end, True)
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+    env[_TOKEN_FD] = str(read_end)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "bot", *argv], env)
+
+
+def _token_from_pipe() -> str | None:
+    fd = os.environ.pop(_TOKEN_FD, None)
+    if fd is None:
+        return None
+    with os.fdopen(int(fd), "rb") as pipe:
+        return pipe.read().decode()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    import os
-
     from .config import TOKEN_ENV, ConfigError, load_config, read_token
 
     path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
@@ -45,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"stylebot: warning: {note}", file=sys.stderr)
             print(json.dumps(dataclasses.asdict(config), indent=2, default=str))
             return 0
-        token = read_token()
+        token = _token_from_pipe() or read_token()
     except ConfigError as exc:
         print(f"stylebot: configuration error: {exc}", file=sys.stderr)
         return 2
-    # Kept in memory only: worker processes (spawned, or Ray's) inherit the environment.
-    os.environ.pop(TOKEN_ENV, None)
+    if TOKEN_ENV in os.environ:  # kept in memory only: workers (spawned, or Ray's) see our environment
+        _without_token_in_environment(token, argv)
 
     import asyncio
 

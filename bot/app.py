@@ -32,19 +32,22 @@ import discord
 import yarl
 from discord import app_commands
 
-from nst_core.params import StylizeParams
 from nst_core.pool.base import WorkerPool, WorkerStartError
 from nst_core.pool.local import LocalPool
 
-from .commands import CancelButton, StyleCommands, StyleLibrary
+from .commands import StyleCommands
 from .config import Config
 from .delivery import Messenger
+from .errors import answer_error
 from .health import HealthServer, Metrics
+from .library import StyleLibrary
+from .jobs import Ledger, job_params
 from .recovery import recover
 from .scheduler import Scheduler
 from .settings import ServerSettings
-from .store import JobStore
+from .store import JobStore, StoreError
 from .uploads import UploadChecker
+from .views import CancelButton
 
 __all__ = ["StyleBot", "run", "make_pool", "point_discord_at", "setup_logging", "commands_digest", "sync_commands",
            "SYNC_STATE_FILE"]
@@ -68,10 +71,7 @@ def point_discord_at(api_base: str, gateway_url: str) -> None:
 
 def make_pool(config: Config) -> WorkerPool:
     engine, pool = config.engine, config.pool
-    preset = engine.presets[engine.default_preset]
-    warm = StylizeParams(preset=engine.default_preset, size=min(preset.size, engine.max_size),
-                         iterations=preset.steps, scales=preset.scales, backbone=engine.backbone,
-                         weights=engine.weights, precision=engine.precision)
+    warm = job_params(engine, engine.default_preset)
     # progress events a bit more often than status edits, so each edit is fresh
     progress_interval_s = min(1.0, max(0.2, config.progress.edit_interval_s / 2))
     if pool.backend == "ray":  # Ray itself is imported only when the pool starts
@@ -80,7 +80,8 @@ def make_pool(config: Config) -> WorkerPool:
         return RayPool(address=pool.ray_address, devices="cpu" if pool.devices.strip().lower() == "cpu" else "auto",
                        cpu_actors=pool.ray_actors, warm_params=warm.to_dict(), timeout_s=pool.job_timeout_s,
                        retries=pool.retries, progress_interval_s=progress_interval_s,
-                       max_start_backoff_s=pool.start_retry_max_s)
+                       max_start_backoff_s=pool.start_retry_max_s,
+                       no_capacity_timeout_s=None)  # jobs in the pool wait for a worker, as in the local pool
     devices: Any = pool.devices.strip().lower()
     if devices not in ("auto", "cpu"):
         devices = [d.strip() for d in devices.split(",") if d.strip()]
@@ -185,7 +186,10 @@ async def sync_commands(client: discord.Client, tree: app_commands.CommandTree, 
 class StyleBot(discord.Client):
     """The Discord client, owning the scheduler, the messenger and the worker pool."""
 
-    def __init__(self, config: Config, *, pool: WorkerPool | None = None, force_sync: bool = False) -> None:
+    def __init__(self, config: Config, *, pool: WorkerPool, store: JobStore, checker: UploadChecker,
+                 new_pool: Callable[[], WorkerPool] | None = None, force_sync: bool = False) -> None:
+        """``pool``, ``store`` and ``checker`` are made (and closed) by the caller, see :func:`run`;
+        ``new_pool`` makes a replacement for a pool that gave up at start (None: none is made)."""
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # no voice here: no warning
         intents = discord.Intents.none()
         intents.guilds = True  # channel and permission data; nothing privileged
@@ -194,26 +198,23 @@ class StyleBot(discord.Client):
         self.force_sync = force_sync
         self.tree = app_commands.CommandTree(self)
         self.tree.on_error = self._on_command_error  # type: ignore[method-assign]
-        self.pool = pool if pool is not None else make_pool(config)
+        self.pool, self.store, self.checker, self._new_pool = pool, store, checker, new_pool
         storage = config.storage
-        self.store = JobStore(storage.path, storage.spool_dir, spool_max_bytes=int(storage.spool_max_mb * 2**20),
-                              retention_s=storage.retention_hours * 3600.0)
         self.metrics = Metrics(live=self._live_metrics)
-        self.messenger = Messenger(self, edit_interval_s=config.progress.edit_interval_s,
+        self.ledger = Ledger(self.store)
+        self.messenger = Messenger(self, self.ledger, edit_interval_s=config.progress.edit_interval_s,
                                    interaction_ttl_s=config.discord.interaction_ttl_s,
                                    interaction_margin_s=config.discord.interaction_margin_s,
-                                   store=self.store, metrics=self.metrics, delivery=config.delivery,
+                                   metrics=self.metrics, delivery=config.delivery,
                                    retention_s=storage.retention_hours * 3600.0)
         limits = config.limits
-        self.scheduler = Scheduler(self.pool, self.messenger, per_user_waiting=limits.per_user_waiting,
-                                   queue_max=limits.queue_max, per_guild_waiting=min(limits.per_guild_waiting,
-                                                                                     limits.queue_max),
+        self.scheduler = Scheduler(self.pool, self.ledger, per_user_waiting=limits.per_user_waiting,
+                                   queue_max=limits.queue_max, per_guild_waiting=limits.per_guild_waiting,
                                    max_pixels=limits.max_pixels, job_timeout_s=config.pool.job_timeout_s)
         self.settings = ServerSettings(limits, self.store)
-        self.checker = UploadChecker(workers=limits.checks_at_once, waiting_max=limits.checks_waiting,
-                                     timeout_s=limits.check_timeout_s)
         self.style_commands = StyleCommands(config, self.scheduler, self.messenger, StyleLibrary(config.styles.path),
-                                            store=self.store, metrics=self.metrics, settings=self.settings,
+                                            ledger=self.ledger, store=self.store, metrics=self.metrics,
+                                            settings=self.settings,
                                             checker=self.checker)
         self.style_commands.register(self.tree)
         self.health = (HealthServer(config.health.host, config.health.port, self.metrics, self.health_checks)
@@ -221,14 +222,13 @@ class StyleBot(discord.Client):
         self.shutdown_requested = asyncio.Event()
         self._tasks: list[asyncio.Task] = []  # the background loops, see _supervise
         self._shut_down = False
-        self._pool_started = False  # start() is called once, even if its supervisor restarts the loop
+        self._pool_started = False  # start() is called once a pool, even if its supervisor restarts the loop
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(CancelButton)
         # Before the gateway connects: jobs from before a restart go back in line ahead of new ones.
-        await self.store.open()
         await self.settings.load()
-        await recover(self.store, self.scheduler, self.messenger)
+        await recover(self.store, self.ledger, self.scheduler, self.messenger)
         self._supervise("store-purge", self._purge)
         self._supervise("workers", self._run_workers)
         await sync_commands(self, self.tree, self.config, force=self.force_sync)
@@ -289,19 +289,34 @@ class StyleBot(discord.Client):
 
     async def _run_workers(self) -> None:
         """Start the pool, then follow it: while no worker can start, ``/stylize`` refuses at
-        once and waiting jobs are told; once one is up, jobs run again."""
-        if not self._pool_started:
-            self._pool_started = True
-            log.info("starting workers", extra={"devices": self.config.pool.devices,
-                                                "workers": self.config.pool.workers})
-            try:
-                await self.pool.start()
-                log.info("workers ready", extra={"capacity": self.pool.capacity})
-            except WorkerStartError as exc:
-                log.error("no worker could start; jobs wait until one does", extra={"error": str(exc)})
+        once and waiting jobs are told; once one is up, jobs run again. A pool that gave up
+        at start (its cluster could not be reached) is replaced, after a pause that grows."""
+        pause = 2.0
         while not self._shut_down:
+            if not self._pool_started:
+                self._pool_started = True
+                await self._start_pool()
+            if self.pool.closed and self._new_pool is not None and not self._shut_down:
+                self._follow_workers()  # workers down, said at once
+                log.warning("the worker pool gave up; trying a new one later", extra={"retry_in_s": pause})
+                await asyncio.sleep(pause)
+                pause = min(self.config.pool.start_retry_max_s, pause * 2)
+                if not self._shut_down:
+                    self.pool = self.scheduler.pool = self._new_pool()
+                    self._pool_started = False
+                continue
             self._follow_workers()
             await asyncio.sleep(1.0)
+
+    async def _start_pool(self) -> None:
+        log.info("starting workers", extra={"devices": self.config.pool.devices, "workers": self.config.pool.workers})
+        try:
+            await self.pool.start()
+            log.info("workers ready", extra={"capacity": self.pool.capacity})
+        except WorkerStartError as exc:
+            log.error("no worker could start; jobs wait until one does", extra={"error": str(exc)})
+        except Exception:  # a bug, not a start failure: still follow the pool, never stop here
+            log.exception("starting the workers failed")
 
     def _follow_workers(self) -> None:
         if not self.scheduler.accepting:
@@ -317,17 +332,7 @@ class StyleBot(discord.Client):
         self.scheduler.pump()
 
     async def _on_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        original = getattr(error, "original", error)
-        log.error("command failed", exc_info=(type(original), original, original.__traceback__),
-                  extra={"command": interaction.command.qualified_name if interaction.command else None})
-        text = "Something went wrong while handling that command. It has been logged; please try again."
-        try:
-            if interaction.response.is_done():
-                await interaction.followup.send(text, ephemeral=True)
-            else:
-                await interaction.response.send_message(text, ephemeral=True)
-        except discord.HTTPException:
-            pass
+        await answer_error(interaction, error)  # commands without a handler of their own
 
     def request_shutdown(self, why: str = "signal") -> None:
         if not self.shutdown_requested.is_set():
@@ -352,8 +357,6 @@ class StyleBot(discord.Client):
         await self.pool.shutdown(drain=False)  # whatever still runs is paused: it runs again after the restart
         await self.scheduler.wait_running(10.0)
         await self.messenger.drain(timeout=30.0)  # what is still unsent is in the store for the next start
-        await self.checker.close()
-        await self.store.close()
         if self.health is not None:
             await self.health.stop()
         await self.close()
@@ -366,7 +369,23 @@ async def run(config: Config, token: str, *, force_sync: bool = False, config_wa
     for warning in config_warnings or ():
         log.warning("configuration: %s", warning)
     point_discord_at(config.discord.api_base, config.discord.gateway_url)
-    bot = StyleBot(config, force_sync=force_sync)
+    storage, limits = config.storage, config.limits
+    store = JobStore(storage.path, storage.spool_dir, spool_max_bytes=int(storage.spool_max_mb * 2**20),
+                     retention_s=storage.retention_hours * 3600.0)
+    checker = UploadChecker(workers=limits.checks_at_once, waiting_max=limits.checks_waiting,
+                            timeout_s=limits.check_timeout_s)
+    try:
+        async with store, checker:  # closed after the bot, whatever happens to it
+            bot = StyleBot(config, pool=make_pool(config), store=store, checker=checker,
+                           new_pool=lambda: make_pool(config), force_sync=force_sync)
+            return await _serve(bot, token)
+    except StoreError as exc:
+        log.error("the job store cannot be used", extra={"error": str(exc)})
+        return 2
+
+
+async def _serve(bot: StyleBot, token: str) -> int:
+    config = bot.config
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, bot.request_shutdown, sig.name)

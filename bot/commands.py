@@ -17,11 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Literal
+from typing import TYPE_CHECKING, Awaitable
 
 import discord
 from discord import app_commands
@@ -30,28 +27,31 @@ from nst_core.errors import ParamsError
 from nst_core.params import StylizeParams
 
 from . import render
+from .admin import SettingsGroup
 from .config import Config
+from .errors import answer_error
+from .jobs import Job, JobState, Ledger, job_params, new_job_id
 from .scheduler import (
-    Job, LineFull, NotAccepting, Refused, Scheduler, ServerLimitReached, UserLimitReached, WorkersUnavailable,
-    new_job_id,
+    LineFull, NotAccepting, Refused, Scheduler, ServerLimitReached, UserLimitReached, WorkersUnavailable,
 )
 from .settings import (
-    MAX_CHANNELS, ChannelNotAllowed, PresetNotAllowed, QuotaReached, ServerSettings, SettingRefused,
+    ChannelNotAllowed, PresetNotAllowed, QuotaReached, ServerSettings,
 )
 from .store import SpoolFull, StoreError
 from .uploads import Admission, ChecksBusy, UploadChecker, UploadProblem, check_attachment
+from .library import StyleLibrary
+from .views import cancel_view
 
 if TYPE_CHECKING:
     from .delivery import Messenger
     from .health import Metrics
     from .store import JobStore
 
-__all__ = ["StyleCommands", "CancelButton", "StyleLibrary", "StorageUnavailable", "refusal_reason", "may_cancel"]
+__all__ = ["StyleCommands", "StyleLibrary", "StorageUnavailable", "refusal_reason", "may_cancel"]
 
 log = logging.getLogger(__name__)
 
 _LIBRARY_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
-MAX_STRENGTH = 5.0
 
 
 class StorageUnavailable(Refused):
@@ -70,60 +70,6 @@ def refusal_reason(exc: Exception) -> str:
     return next((label for kind, label in _REFUSAL_REASONS if isinstance(exc, kind)), "invalid_upload")
 
 
-# --------------------------------------------------------------------------- style library
-
-
-class StyleLibrary:
-    """The operator's folder of style images, offered by name (the file name without suffix).
-
-    User text is only ever matched against this listing, never joined onto a path.
-    """
-
-    def __init__(self, path: str | Path | None, refresh_s: float = 30.0) -> None:
-        self.path = Path(path).expanduser() if path else None
-        self._refresh_s = refresh_s
-        self._files: dict[str, Path] = {}
-        self._read_at = -float("inf")
-
-    def _listing(self) -> dict[str, Path]:
-        if self.path is None:
-            return {}
-        if time.monotonic() - self._read_at > self._refresh_s:  # a small folder; re-read now and then
-            try:
-                files = sorted(p for p in self.path.iterdir()
-                               if p.is_file() and p.suffix.lower() in _LIBRARY_SUFFIXES)
-            except OSError:
-                files = []
-            self._files = {p.stem: p for p in files}
-            self._read_at = time.monotonic()
-        return self._files
-
-    def names(self) -> list[str]:
-        return list(self._listing())
-
-    def search(self, text: str, limit: int = 25) -> list[str]:
-        text = text.strip().lower()
-        names = self.names()
-        starts = [n for n in names if n.lower().startswith(text)]
-        contains = [n for n in names if text in n.lower() and n not in starts]
-        return (starts + contains)[:limit]
-
-    async def read(self, name: str) -> bytes:
-        path = self._listing().get(name)
-        if path is None:
-            raise UploadProblem(f"There is no style called `{name}` in the library. "
-                                "Pick one from the list that appears as you type.")
-        try:
-            return await asyncio.to_thread(path.read_bytes)
-        except OSError:
-            log.exception("library style unreadable", extra={"style": name})
-            raise UploadProblem(f"The library style `{name}` cannot be read right now. "
-                                "Please pick another one.") from None
-
-
-# --------------------------------------------------------------------------- Cancel button
-
-
 def may_cancel(interaction: discord.Interaction, job: Job) -> bool:
     """The requester, or a member with Manage Messages in the job's own channel of its own server."""
     if interaction.user.id == job.user_id:
@@ -140,34 +86,6 @@ def may_cancel(interaction: discord.Interaction, job: Job) -> bool:
             return False  # cannot tell: refuse rather than guess
         permissions = channel.permissions_for(member)
     return bool(permissions and permissions.manage_messages)
-
-
-class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"nstbot:cancel:(?P<job_id>[0-9a-f]{4,32})"):
-    """Cancel for one job; the job id lives in the custom id, so it works after a restart."""
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__(discord.ui.Button(label="Cancel", style=discord.ButtonStyle.danger,
-                                           custom_id=f"nstbot:cancel:{job_id}", emoji="🛑"))
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
-                             match: re.Match[str], /) -> "CancelButton":
-        return cls(match["job_id"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        commands: StyleCommands | None = getattr(interaction.client, "style_commands", None)
-        if commands is None:
-            await interaction.response.send_message("The bot is starting up; please try again in a moment.",
-                                                    ephemeral=True)
-            return
-        await commands.cancel_job(interaction, self.job_id)
-
-
-def cancel_view(job_id: str) -> discord.ui.View:
-    view = discord.ui.View(timeout=None)
-    view.add_item(CancelButton(job_id))
-    return view
 
 
 # --------------------------------------------------------------------------- commands
@@ -190,16 +108,51 @@ def _channel_ids(interaction: discord.Interaction) -> tuple[int, ...]:
     return tuple(ids)
 
 
+class StylebotGroup(app_commands.Group, name="stylebot", description="Style bot status and moderation",
+                    guild_only=True):
+    """``/stylebot status`` and ``/stylebot cancel``."""
+
+    def __init__(self, style_commands: "StyleCommands") -> None:
+        super().__init__()
+        self.style_commands = style_commands
+
+    @app_commands.command(name="status", description="Show the waiting line, running jobs, workers and recent job times")
+    async def status(self, interaction: discord.Interaction) -> None:
+        scheduler = self.style_commands.scheduler
+        text = render.line_status_text(scheduler.status(), scheduler.guild_status(interaction.guild_id))
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(name="cancel", description="Cancel a job by id: your own, or any job in a channel you moderate")
+    @app_commands.describe(job_id="The job id shown in the job's status message")
+    async def cancel(self, interaction: discord.Interaction, job_id: str) -> None:
+        await self.style_commands.cancel_job(interaction, job_id.strip().strip("`").lower())
+
+    @cancel.autocomplete("job_id")
+    async def job_id_autocomplete(self, interaction: discord.Interaction,
+                                  current: str) -> list[app_commands.Choice[str]]:
+        # Only jobs of the caller's own server that the caller may cancel: ids of other
+        # servers' jobs are never shown.
+        prefix = current.strip().lower()
+        jobs = [j for j in self.style_commands.scheduler.jobs()
+                if j.guild_id == interaction.guild_id and j.job_id.startswith(prefix) and may_cancel(interaction, j)]
+        return [app_commands.Choice(name=f"{j.job_id} ({j.state.value}, {j.preset})", value=j.job_id)
+                for j in jobs[:25]]
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        await answer_error(interaction, error)
+
+
 class StyleCommands:
-    """Registers ``/stylize``, ``/stylebot`` and ``/stylebot-settings`` on a command tree and answers them."""
+    """``/stylize`` and cancelling; registers it and the command groups on a command tree."""
 
     def __init__(self, config: Config, scheduler: Scheduler, messenger: "Messenger", library: StyleLibrary, *,
-                 store: "JobStore | None" = None, metrics: "Metrics | None" = None,
+                 ledger: Ledger | None = None, store: "JobStore | None" = None, metrics: "Metrics | None" = None,
                  settings: ServerSettings | None = None, checker: UploadChecker | None = None) -> None:
         self.config = config
         self.scheduler = scheduler
         self.messenger = messenger
         self.library = library
+        self.ledger = ledger if ledger is not None else Ledger(store)
         self.store = store
         self.metrics = metrics
         self.settings = settings if settings is not None else ServerSettings(config.limits, store)
@@ -210,148 +163,51 @@ class StyleCommands:
     def register(self, tree: app_commands.CommandTree) -> None:
         presets = self.config.engine.presets
         max_size = self.config.engine.max_size
+        max_strength = self.config.limits.max_strength
         preset_choices = [
             app_commands.Choice(name=f"{name} — {min(p.size, max_size)} px, {p.steps} steps", value=name)
             for name, p in presets.items()
         ]
 
-        @app_commands.command(name="stylize", description="Repaint a picture in the style of another picture")
-        @app_commands.describe(
-            content="The picture to repaint (PNG, JPEG, WebP, GIF or BMP)",
-            style="The style picture; leave empty to use library_style instead",
-            library_style="A style from the bot's library, used when no style picture is attached",
-            preset=f"Speed and quality (default: {self.config.engine.default_preset})",
-            strength=f"How strongly to apply the style, 0 to {MAX_STRENGTH:g} (default 1)",
-            preserve_colors="Keep the content picture's colours and take only texture from the style",
-            seed="A number that makes the result repeatable (default: random)",
-        )
-        @app_commands.choices(preset=preset_choices)
-        @app_commands.guild_only()
-        async def stylize(
+        async def stylize_callback(
             interaction: discord.Interaction,
             content: discord.Attachment,
             style: discord.Attachment | None = None,
             library_style: str | None = None,
             preset: app_commands.Choice[str] | None = None,
-            strength: app_commands.Range[float, 0.0, MAX_STRENGTH] = 1.0,
+            strength: float = 1.0,
             preserve_colors: bool = False,
             seed: app_commands.Range[int, 0, 2**31 - 1] | None = None,
         ) -> None:
             request = _Request(preset.value if preset else None, float(strength), bool(preserve_colors), seed)
             await self.stylize(interaction, content, style, library_style, request)
 
+        # The operator's limit, so Discord itself keeps the option within it (set before the
+        # command reads its parameters; a string annotation could only name a module global).
+        stylize_callback.__annotations__["strength"] = app_commands.Range[float, 0.0, max_strength]
+        stylize = app_commands.command(name="stylize", description="Repaint a picture in the style of another picture")(
+            app_commands.guild_only()(app_commands.choices(preset=preset_choices)(app_commands.describe(
+                content="The picture to repaint (PNG, JPEG, WebP, GIF or BMP)",
+                style="The style picture; leave empty to use library_style instead",
+                library_style="A style from the bot's library, used when no style picture is attached",
+                preset=f"Speed and quality (default: {self.config.engine.default_preset})",
+                strength=f"How strongly to apply the style, 0 to {max_strength:g} (default 1)",
+                preserve_colors="Keep the content picture's colours and take only texture from the style",
+                seed="A number that makes the result repeatable (default: random)",
+            )(stylize_callback))))
+
         @stylize.autocomplete("library_style")
         async def library_style_autocomplete(interaction: discord.Interaction,
                                              current: str) -> list[app_commands.Choice[str]]:
             return [app_commands.Choice(name=n, value=n) for n in self.library.search(current)]
 
-        group = app_commands.Group(name="stylebot", description="Style bot status and moderation", guild_only=True)
-
-        @group.command(name="status", description="Show the waiting line, running jobs, workers and recent job times")
-        async def status(interaction: discord.Interaction) -> None:
-            text = render.line_status_text(self.scheduler.status(), self.scheduler.guild_status(interaction.guild_id))
-            await interaction.response.send_message(text, ephemeral=True)
-
-        @group.command(name="cancel", description="Cancel a job by id: your own, or any job in a channel you moderate")
-        @app_commands.describe(job_id="The job id shown in the job's status message")
-        async def cancel(interaction: discord.Interaction, job_id: str) -> None:
-            await self.cancel_job(interaction, job_id.strip().strip("`").lower())
-
-        @cancel.autocomplete("job_id")
-        async def job_id_autocomplete(interaction: discord.Interaction,
-                                      current: str) -> list[app_commands.Choice[str]]:
-            # Only jobs of the caller's own server that the caller may cancel: ids of other
-            # servers' jobs are never shown.
-            prefix = current.strip().lower()
-            jobs = [j for j in self.scheduler.jobs()
-                    if j.guild_id == interaction.guild_id and j.job_id.startswith(prefix) and may_cancel(interaction, j)]
-            return [app_commands.Choice(name=f"{j.job_id} ({j.status.value}, {j.preset})", value=j.job_id)
-                    for j in jobs[:25]]
+        @stylize.error
+        async def stylize_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+            await answer_error(interaction, error)
 
         tree.add_command(stylize)
-        tree.add_command(group)
-        tree.add_command(self._settings_group(preset_choices))
-
-    def _settings_group(self, preset_choices: list[app_commands.Choice[str]]) -> app_commands.Group:
-        """``/stylebot-settings``: shown to members with Manage Server by default, checked again when run."""
-        group = app_commands.Group(name="stylebot-settings", description="This server's rules for /stylize",
-                                   guild_only=True, default_permissions=discord.Permissions(manage_guild=True))
-
-        @group.command(name="show", description="Show this server's rules for /stylize")
-        async def show(interaction: discord.Interaction) -> None:
-            if await self._admin_only(interaction):
-                await interaction.response.send_message(self._settings_text(interaction.guild_id or 0),
-                                                        ephemeral=True)
-
-        @group.command(name="channels", description="Choose the channels where /stylize may be used")
-        @app_commands.describe(action="allow: add the channel; remove: take it off; everywhere: no channel rule",
-                               channel="The channel to allow or remove")
-        async def channels(interaction: discord.Interaction, action: Literal["allow", "remove", "everywhere"],
-                           channel: discord.TextChannel | discord.Thread | None = None) -> None:
-            if not await self._admin_only(interaction):
-                return
-            current = self.settings.get(interaction.guild_id or 0).channels
-            if action == "everywhere":
-                chosen: tuple[int, ...] = ()
-            elif channel is None:
-                await interaction.response.send_message(f"Please name the channel to {action}.", ephemeral=True)
-                return
-            elif action == "allow":
-                chosen = current if channel.id in current else (*current, channel.id)
-            else:
-                chosen = tuple(c for c in current if c != channel.id)
-            await self._change(interaction, channels=chosen)
-
-        @group.command(name="max-preset", description="The largest preset members may use in this server")
-        @app_commands.describe(preset="fast, balanced or best (within the bot operator's limit)")
-        @app_commands.choices(preset=preset_choices)
-        async def max_preset(interaction: discord.Interaction, preset: app_commands.Choice[str]) -> None:
-            if await self._admin_only(interaction):
-                await self._change(interaction, max_preset=preset.value)
-
-        @group.command(name="daily-quota", description="Jobs one member may start in 24 hours here (0: no limit)")
-        @app_commands.describe(jobs="Jobs per member per 24 hours; 0 for no limit (within the operator's limit)")
-        async def daily_quota(interaction: discord.Interaction, jobs: app_commands.Range[int, 0, 10_000]) -> None:
-            if await self._admin_only(interaction):
-                await self._change(interaction, daily_jobs=int(jobs))
-
-        return group
-
-    async def _admin_only(self, interaction: discord.Interaction) -> bool:
-        # The command's default permissions only hide it; a server can show it to anyone.
-        permissions = interaction.permissions
-        if interaction.guild_id is not None and permissions is not None and permissions.manage_guild:
-            return True
-        await interaction.response.send_message("Only members with the Manage Server permission can change this "
-                                                "server's rules for the bot.", ephemeral=True)
-        return False
-
-    async def _change(self, interaction: discord.Interaction, **changes: object) -> None:
-        guild_id = interaction.guild_id or 0
-        try:
-            await self.settings.update(guild_id, interaction.user.id, **changes)
-        except SettingRefused as exc:
-            await interaction.response.send_message(str(exc), ephemeral=True)
-            return
-        except StoreError:
-            log.exception("server settings could not be saved", extra={"guild_id": guild_id})
-            await interaction.response.send_message("The settings could not be saved right now. Please try again "
-                                                    "later.", ephemeral=True)
-            return
-        await interaction.response.send_message("Saved.\n" + self._settings_text(guild_id), ephemeral=True)
-
-    def _settings_text(self, guild_id: int) -> str:
-        rules = self.settings.rules(guild_id)
-        limits = self.config.limits
-        where = ", ".join(f"<#{c}>" for c in rules.channels) if rules.channels else "every channel"
-        quota = f"{rules.daily_jobs} per member per 24 hours" if rules.daily_jobs else "no limit"
-        ceiling = (f"at most {limits.daily_jobs_per_member}" if limits.daily_jobs_per_member else "no limit")
-        return "\n".join([
-            f"**/stylize may be used in:** {where} (at most {MAX_CHANNELS} channels)",
-            f"**Largest preset:** {rules.max_preset} (the bot's operator allows up to {limits.max_preset})",
-            f"**Jobs per member:** {quota} (the bot's operator allows {ceiling})",
-            f"**Jobs waiting from this server:** at most {self.scheduler.per_guild_waiting}",
-        ])
+        tree.add_command(StylebotGroup(self))
+        tree.add_command(SettingsGroup(self.settings, self.config.limits, lambda: self.scheduler.per_guild_waiting))
 
     # -- /stylize
 
@@ -362,7 +218,7 @@ class StyleCommands:
         try:
             request.preset = self._check_rules(interaction, request.preset)
             await self.settings.check_quota(interaction.guild_id, interaction.user.id)
-            async with self.checker.admit(interaction.user.id) as admission:
+            async with self.checker.admit(interaction.user.id, interaction.guild_id) as admission:
                 job = await self._make_job(interaction, admission, content, style, library_style, request)
             await self._accept(job)
         except (UploadProblem, Refused) as exc:
@@ -399,23 +255,21 @@ class StyleCommands:
         return preset
 
     async def _accept(self, job: Job) -> None:
-        """Record ``job`` (with its pictures) in the store, then put it in line; raises Refused."""
-        if self.store is not None:
-            try:
-                await self.store.accept(job, daily_limit=self.settings.daily_limit(job.guild_id))
-            except SpoolFull:
-                log.warning("spool full; refusing a job", extra={"spool_bytes": self.store.spool_bytes})
-                raise StorageUnavailable("The bot's storage for waiting jobs is full right now. "
-                                         "Please try again in a little while.") from None
-            except StoreError:
-                log.exception("a job could not be recorded; refusing it", extra={"job_id": job.job_id})
-                raise StorageUnavailable("The bot cannot record new jobs right now (the operator can see why in "
-                                         "its logs). Please try again later.") from None
+        """Record ``job`` (with its pictures), then put it in line; raises Refused."""
+        try:
+            await self.ledger.accept(job, daily_limit=self.settings.daily_limit(job.guild_id))
+        except SpoolFull:
+            log.warning("spool full; refusing a job", extra={"job_id": job.job_id})
+            raise StorageUnavailable("The bot's storage for waiting jobs is full right now. "
+                                     "Please try again in a little while.") from None
+        except StoreError:
+            log.exception("a job could not be recorded; refusing it", extra={"job_id": job.job_id})
+            raise StorageUnavailable("The bot cannot record new jobs right now (the operator can see why in "
+                                     "its logs). Please try again later.") from None
         try:
             self.scheduler.submit(job)  # the line may have filled while the pictures were written
         except Refused:
-            if self.store is not None:
-                await self.store.discard(job.job_id)
+            await self.ledger.discard(job)
             raise
         if self.metrics is not None:
             self.metrics.accepted.inc()
@@ -438,8 +292,13 @@ class StyleCommands:
             return admission.download(attachment.url, label, attachment.filename, limits.max_upload_bytes)
 
         if style is not None:
-            content_bytes, style_bytes = await asyncio.gather(download(content, "content image"),
-                                                              download(style, "style image"))
+            try:  # a task group: when one download fails, the other stops too
+                async with asyncio.TaskGroup() as group:
+                    content_task = group.create_task(download(content, "content image"))
+                    style_task = group.create_task(download(style, "style image"))
+            except BaseExceptionGroup as failed:
+                raise failed.exceptions[0] from None
+            content_bytes, style_bytes = content_task.result(), style_task.result()
             style_label = style.filename
         else:
             assert library_style is not None
@@ -450,27 +309,20 @@ class StyleCommands:
         if style is None:  # the operator's own files: no upload size limit, still a readable image
             checks["max_bytes"] = max(limits.max_upload_bytes, len(style_bytes))
         await admission.check("style image", style_label, style_bytes, **checks)
-        assert request.preset is not None
-        params = self._params(request)
         return Job(
             job_id=self._fresh_id(), user_id=interaction.user.id, channel_id=interaction.channel_id or 0,
             guild_id=interaction.guild_id, application_id=interaction.application_id,
             interaction_token=interaction.token, token_created_at=interaction.created_at.timestamp(),
-            upload_limit=interaction.filesize_limit, params=params.to_dict(), content=content_bytes,
-            style=style_bytes, style_label=style_label, preset=request.preset,
+            upload_limit=interaction.filesize_limit, params=self._params(request), content=content_bytes,
+            style=style_bytes, style_label=style_label,
         )
 
     def _params(self, request: _Request) -> StylizeParams:
-        engine = self.config.engine
         assert request.preset is not None
-        preset = engine.presets[request.preset]
         seed = request.seed if request.seed is not None else random.randrange(2**31)
         try:
-            return StylizeParams(
-                preset=request.preset, size=min(preset.size, engine.max_size), iterations=preset.steps,
-                scales=preset.scales, strength=request.strength, preserve_colors=request.preserve_colors, seed=seed,
-                backbone=engine.backbone, weights=engine.weights, precision=engine.precision,
-            )
+            return job_params(self.config.engine, request.preset, strength=request.strength,
+                              preserve_colors=request.preserve_colors, seed=seed)
         except ParamsError as exc:
             raise UploadProblem(str(exc)) from None
 
@@ -500,7 +352,7 @@ class StyleCommands:
         cancelled = await self.scheduler.cancel(job_id, interaction.user.id)
         if cancelled:
             note = f"Job `{job_id}` was cancelled."
-        elif job.status.value == "finished":
+        elif job.failure is None and job.state is not JobState.CANCELLED:
             note = f"Job `{job_id}` had already finished, so it was not cancelled: its result is on its way."
         else:
             note = f"Job `{job_id}` had already ended."

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 
 from . import render
 from .delivery import Messenger
+from .jobs import Job, JobState, Ledger
 from .scheduler import Scheduler
-from .store import JobStore, StoredJob
+from .store import JobStore
 
-__all__ = ["recover", "RecoveryReport", "MAX_RESTARTS"]
+__all__ = ["recover", "RecoveryReport", "MAX_RESTARTS", "old_order"]
 
 log = logging.getLogger(__name__)
 
@@ -48,35 +49,35 @@ class RecoveryReport:
         return bool(self.restored or self.deliveries or self.notices)
 
 
-def old_order(stored: StoredJob) -> tuple:
+def old_order(job: Job) -> tuple:
     """Sort key reproducing the line as it was: running jobs, then waiting ones by place."""
-    if stored.state == "running":
-        return (0, stored.job.started_at or 0.0, stored.seq)
-    return (1, stored.position if stored.position is not None else float("inf"), stored.seq)
+    if job.state is JobState.RUNNING:
+        return (0, job.started_at or 0.0, job.seq)
+    return (1, job.position if job.position is not None else float("inf"), job.seq)
 
 
-async def recover(store: JobStore, scheduler: Scheduler, messenger: Messenger) -> RecoveryReport:
+async def recover(store: JobStore, ledger: Ledger, scheduler: Scheduler, messenger: Messenger) -> RecoveryReport:
     report = RecoveryReport()
     open_jobs = await store.open_jobs()
-    in_line = sorted((s for s in open_jobs if s.state in ("queued", "running")), key=old_order)
+    in_line = sorted((j for j in open_jobs if j.state.in_line), key=old_order)
+    results = [j for j in open_jobs if j.state in (JobState.DONE, JobState.DELIVERING)]
+    notices = [j for j in open_jobs if j.state in (JobState.FAILED, JobState.NOTIFYING)]
     restored = []
-    for stored in in_line:
-        job = stored.job
-        if stored.restarts >= MAX_RESTARTS:
-            await _fail(store, messenger, stored, _TOO_MANY_RESTARTS, "error")
+    for job in in_line:
+        if job.restarts >= MAX_RESTARTS:
+            await _fail(ledger, messenger, job, _TOO_MANY_RESTARTS)
             report.notices.append(job.job_id)
             continue
         try:
             job.content, job.style = await store.load_inputs(job.job_id)
         except OSError:
             log.error("a waiting job's pictures are missing", extra={"job_id": job.job_id})
-            await _fail(store, messenger, stored, _LOST_INPUTS, "error")
+            await _fail(ledger, messenger, job, _LOST_INPUTS)
             report.notices.append(job.job_id)
             continue
-        job.restarts, job.attempts = stored.restarts + 1, stored.attempts
         restored.append(job)
     if restored:
-        store.note_restored(j.job_id for j in restored)
+        ledger.restored(restored)
         for job in restored:
             messenger.prepare_restored(job)
         scheduler.restore(restored)  # waits for the workers like any job
@@ -84,45 +85,39 @@ async def recover(store: JobStore, scheduler: Scheduler, messenger: Messenger) -
             messenger.spawn(messenger.announce_restored(job), job)
         report.restored = [j.job_id for j in restored]
 
-    for stored in open_jobs:
-        if stored.state in ("done", "delivering"):
-            messenger.spawn(_deliver_result(store, messenger, stored), stored.job)
-            report.deliveries.append(stored.job.job_id)
-        elif stored.state == "failed":
-            unsure = stored.route if stored.notice == "sending" else None
-            messenger.spawn(messenger.deliver_notice(stored.job, stored.job.failure or "It failed.",
-                                                     unsure_route=unsure), stored.job)
-            report.notices.append(stored.job.job_id)
+    for job in results:
+        messenger.spawn(_deliver_result(store, ledger, messenger, job), job)
+        report.deliveries.append(job.job_id)
+    for job in notices:
+        unsure = job.route if job.state is JobState.NOTIFYING else None
+        messenger.spawn(messenger.outbox.deliver_notice(job, job.failure or "It failed.", unsure_route=unsure), job)
+        report.notices.append(job.job_id)
     if report:
         log.info("recovered jobs from the store", extra={"restored": report.restored, "deliveries": report.deliveries,
                                                          "notices": report.notices})
     return report
 
 
-async def _deliver_result(store: JobStore, messenger: Messenger, stored: StoredJob) -> None:
-    job = stored.job
+async def _deliver_result(store: JobStore, ledger: Ledger, messenger: Messenger, job: Job) -> None:
     try:
         event = await store.load_result(job.job_id)
     except (OSError, ValueError, KeyError):
         log.error("a finished job's result is missing", extra={"job_id": job.job_id})
-        await _fail(store, messenger, stored, _LOST_RESULT, "error", spawn=False)
+        await _fail(ledger, messenger, job, _LOST_RESULT, spawn=False)
         return
-    if stored.state == "done":  # the bot may have stopped before the status message said so
+    if job.state is JobState.DONE:  # the bot may have stopped before the status message said so
         seconds = (job.finished_at - job.started_at) if job.finished_at and job.started_at else event.seconds
         await messenger.finish_status(job, render.done_line(seconds))
-    await messenger.deliver_result(job, event, unsure_route=stored.route if stored.state == "delivering" else None)
+    unsure = job.route if job.state is JobState.DELIVERING else None
+    await messenger.outbox.deliver_result(job, event, unsure_route=unsure)
 
 
-async def _fail(store: JobStore, messenger: Messenger, stored: StoredJob, reason: str, kind: str, *,
-                spawn: bool = True) -> None:
-    job = stored.job
-    job.failure = reason
-    await store.update(job.job_id, remove_files=True, state="failed", failure=reason, failure_kind=kind,
-                       notice="pending")
+async def _fail(ledger: Ledger, messenger: Messenger, job: Job, reason: str, *, spawn: bool = True) -> None:
+    await ledger.give_up(job, reason)
 
     async def tell() -> None:
         await messenger.finish_status(job, render.failed_line(reason))
-        await messenger.deliver_notice(job, reason)
+        await messenger.outbox.deliver_notice(job, reason)
 
     if spawn:
         messenger.spawn(tell(), job)

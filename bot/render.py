@@ -21,7 +21,7 @@ __all__ = [
     "format_duration", "format_bytes", "progress_bar", "time_left", "status_header", "waiting_line",
     "starting_line", "progress_line", "retrying_line", "done_line", "failed_line", "cancelled_line",
     "result_content", "failure_notice", "result_embed", "loss_chart_png", "line_status_text", "loss_change",
-    "restart_note", "moved_line", "is_delivery_of", "CHART_FILENAME", "LOSS_LABELS",
+    "restart_note", "moved_line", "CHART_FILENAME", "LOSS_LABELS",
 ]
 
 CHART_FILENAME = "losses.png"
@@ -153,15 +153,6 @@ def failure_notice(user_id: int, job_id: str, reason: str) -> str:
     return f"<@{user_id}> job `{job_id}` {_DID_NOT_FINISH} {reason}"
 
 
-def is_delivery_of(content: str | None, job_id: str, kind: str) -> bool:
-    """Whether a message's text is ``job_id``'s result (``kind="result"``) or its failure
-    notice (``kind="notice"``): how a restart recognises what was already delivered."""
-    content = content or ""
-    if f"job `{job_id}`" not in content:
-        return False
-    return (_READY in content) if kind == "result" else (_DID_NOT_FINISH in content)
-
-
 def result_embed(
     summary: Mapping[str, Any],
     *,
@@ -192,7 +183,7 @@ def result_embed(
     embed.add_field(name="Seed", value=str(seed))
     extras = [f"strength {strength:g}"] + (["colours preserved"] if preserve_colors else [])
     embed.add_field(name="Preset", value=f"{preset} ({', '.join(extras)})")
-    embed.set_footer(text=f"job {job_id} · style {_clip(style_label, 80)}")
+    embed.set_footer(text=f"style {_clip(style_label, 80)}")  # the outbox puts the job's marker before it
     if chart:
         embed.set_image(url=f"attachment://{CHART_FILENAME}")
     return embed

@@ -1,9 +1,10 @@
-"""The bot's own waiting line: fair between users, feeding the worker pool as slots free up.
+"""The bot's own waiting line: fair between servers and users, feeding the worker pool as slots free up.
 
-No Discord here. :class:`FairLine` decides the order (round-robin between users, first come
-first served per user); :class:`Scheduler` owns the jobs, admits or refuses them, hands
-them to a :class:`~nst_core.pool.base.WorkerPool` whenever ``pool.free_slots > 0`` and
-reports what happens to a :class:`JobListener` (the Discord side implements it).
+No Discord here. :class:`FairLine` decides the order (round-robin between servers, then
+between users, first come first served per user); :class:`Scheduler` keeps the jobs in line
+or running, admits or refuses them, hands them to a :class:`~nst_core.pool.base.WorkerPool`
+whenever ``pool.free_slots > 0`` and reports what happens to a :class:`JobListener` (the
+:class:`~bot.jobs.Ledger`, which alone changes a job's state).
 
 Keeping the pool's own queue empty means the positions the line reports are exact.
 """
@@ -11,87 +12,23 @@ Keeping the pool's own queue empty means the positions the line reports are exac
 from __future__ import annotations
 
 import asyncio
-import collections
-import enum
-import itertools
 import logging
 import math
-import secrets
-import statistics
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Hashable, Iterable, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol
 
-from nst_core.pool.base import (
-    Failed, Finished, JobHandle, JobSpec, PoolError, Progress, Queued, Retrying, Started, WorkerPool,
-)
+from nst_core.pool.base import Failed, Finished, JobHandle, PoolError, Progress, Queued, Retrying, Started, WorkerPool
+
+from .jobs import Job, JobState
+from .line import DurationStats, FairLine, estimate_start
 
 __all__ = [
-    "Job", "JobStatus", "FairLine", "Scheduler", "JobListener", "Refused", "UserLimitReached", "ServerLimitReached",
-    "LineFull", "NotAccepting", "WorkersUnavailable", "WORKERS_DOWN_NOTE", "LineStatus", "GuildLine", "DurationStats", "estimate_start", "new_job_id",
+    "Scheduler", "JobListener", "Refused", "UserLimitReached", "ServerLimitReached", "LineFull", "NotAccepting",
+    "WorkersUnavailable", "WORKERS_DOWN_NOTE", "LineStatus", "GuildLine",
 ]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-
-def new_job_id() -> str:
-    """Short enough to type in ``/stylebot cancel``, random enough not to guess."""
-    return secrets.token_hex(5)
-
-
-class JobStatus(str, enum.Enum):
-    WAITING = "waiting"
-    RUNNING = "running"
-    FINISHED = "finished"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    PAUSED = "paused"  # the bot stopped first; the job store keeps it open for the next start
-
-    @property
-    def ended(self) -> bool:
-        return self in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-@dataclass(eq=False)
-class Job:
-    """One /stylize request, as plain data (:mod:`bot.store` keeps it in SQLite).
-
-    ``token_created_at`` is when Discord created the interaction (epoch seconds): its token,
-    needed to edit the reply, expires a fixed time after that.
-    """
-
-    job_id: str
-    user_id: int
-    channel_id: int
-    guild_id: int | None
-    application_id: int
-    interaction_token: str
-    token_created_at: float
-    upload_limit: int  # bytes a reply to the interaction may carry (interaction.filesize_limit)
-    params: dict[str, Any]  # StylizeParams.to_dict()
-    content: bytes
-    style: bytes
-    style_label: str  # the style's file name or library name, for messages
-    preset: str
-    created_at: float = field(default_factory=time.time)
-    status: JobStatus = JobStatus.WAITING
-    status_message_id: int | None = None
-    started_at: float | None = None  # start of the current attempt
-    finished_at: float | None = None
-    worker: str | None = None
-    progress: tuple[int, int] | None = None  # (step, total) of the latest progress event
-    cancelled_by: int | None = None
-    failure: str | None = None
-    seq: int | None = None  # acceptance order, set by the store
-    attempts: int = 0  # starts on a worker (a retry after a crash, or a restart, adds one)
-    restarts: int = 0  # times a restart of the bot put it back in line
-
-    def spec(self, *, max_pixels: int, timeout_s: float | None = None) -> JobSpec:
-        return JobSpec(content=self.content, style=self.style, params=self.params, job_id=self.job_id,
-                       max_pixels=max_pixels, timeout_s=timeout_s)
-
 
 # --------------------------------------------------------------------------- refusals
 
@@ -138,215 +75,6 @@ class WorkersUnavailable(Refused):
 WORKERS_DOWN_NOTE = "The workers could not start; this job will run as soon as they do."
 
 
-# --------------------------------------------------------------------------- the fair line
-
-
-class _Rounds:
-    """Round-robin bookkeeping: which round is being served, and each key's last served round.
-
-    A key's k-th waiting item (0-based) is in round ``base(key) + k``: the round being served
-    now, or the one after the key's last served item if that was in this round. Items are
-    taken in (round, arrival) order, so a newcomer joins the current round and goes before
-    the second item of a key that was already served in it.
-    """
-
-    def __init__(self) -> None:
-        self.current = 0
-        self._served: dict[Hashable, int] = {}
-
-    def base(self, key: Hashable) -> int:
-        served = self._served.get(key)
-        return self.current if served is None else max(self.current, served + 1)
-
-    def served(self, key: Hashable) -> bool:
-        """Whether ``key`` was served in the current round."""
-        return key in self._served
-
-    def took(self, key: Hashable, rnd: int) -> None:
-        self.current = rnd
-        self._served[key] = rnd
-        # Only keys served in the current round still affect anyone's base round.
-        self._served = {k: r for k, r in self._served.items() if r >= self.current}
-
-
-class _Lane(Generic[T]):
-    """One server's waiting items: round-robin between its users, first come first served per user."""
-
-    def __init__(self) -> None:
-        self.queues: dict[Hashable, collections.deque[tuple[int, T]]] = {}
-        self.rounds = _Rounds()
-
-    def __len__(self) -> int:
-        return sum(len(q) for q in self.queues.values())
-
-    def ordered(self) -> list[tuple[int, int, Hashable, T]]:
-        """``(round, arrival, user, item)`` in the order this lane's items are taken."""
-        entries = [(self.rounds.base(user) + k, seq, user, item)
-                   for user, queue in self.queues.items() for k, (seq, item) in enumerate(queue)]
-        entries.sort(key=lambda e: (e[0], e[1]))
-        return entries
-
-    def pop(self) -> T:
-        rnd, _, user, item = self.ordered()[0]
-        self.queues[user].popleft()
-        if not self.queues[user]:
-            del self.queues[user]
-        self.rounds.took(user, rnd)
-        return item
-
-    def remove(self, item: T) -> bool:
-        for user, queue in self.queues.items():
-            for entry in queue:
-                if entry[1] is item:
-                    queue.remove(entry)
-                    if not queue:
-                        del self.queues[user]
-                    return True
-        return False
-
-
-class FairLine(Generic[T]):
-    """Round-robin between servers, then between users within a server, first come first
-    served per user.
-
-    Both levels use the same rounds (:class:`_Rounds`): a server's k-th item, in the order
-    its own lane takes them, is in round ``base(server) + k``; so a busy server gets one turn
-    per round like a quiet one, and within its turns its members take turns. Items are taken
-    in (round, arrival) order; positions are computed from that same order, so they are exact.
-
-    Items put back after a restart (:meth:`push_front`) form a front segment, taken first and
-    in the order given, so the line resumes as it was.
-    """
-
-    def __init__(self) -> None:
-        self._lanes: dict[Hashable, _Lane[T]] = {}
-        self._rounds = _Rounds()
-        self._seq = itertools.count()
-        self._front: collections.deque[tuple[Hashable, Hashable, T]] = collections.deque()  # (guild, user, item)
-
-    def __len__(self) -> int:
-        return len(self._front) + sum(len(lane) for lane in self._lanes.values())
-
-    def __contains__(self, item: object) -> bool:
-        return any(it is item for it in self.order())
-
-    def push(self, user: Hashable, item: T, guild: Hashable = None) -> None:
-        lane = self._lanes.setdefault(guild, _Lane())
-        lane.queues.setdefault(user, collections.deque()).append((next(self._seq), item))
-
-    def push_front(self, user: Hashable, item: T, guild: Hashable = None) -> None:
-        """Put ``item`` at the back of a front segment taken before every round: for jobs that
-        were already in line (or running) before a restart, pushed in their old order."""
-        self._front.append((guild, user, item))
-
-    def waiting_of(self, user: Hashable) -> int:
-        """Items of ``user`` waiting, in every server."""
-        return (sum(1 for _, u, _ in self._front if u == user)
-                + sum(len(lane.queues.get(user, ())) for lane in self._lanes.values()))
-
-    def waiting_in(self, guild: Hashable) -> int:
-        """Items waiting from ``guild``."""
-        lane = self._lanes.get(guild)
-        return sum(1 for g, _, _ in self._front if g == guild) + (len(lane) if lane else 0)
-
-    def _ordered(self) -> list[tuple[int, int, Hashable, T]]:
-        """``(round, arrival, guild, item)`` after the front segment, in the order taken."""
-        entries = []
-        for guild, lane in self._lanes.items():
-            base = self._rounds.base(guild)
-            entries.extend((base + k, seq, guild, item) for k, (_, seq, _, item) in enumerate(lane.ordered()))
-        entries.sort(key=lambda e: (e[0], e[1]))
-        return entries
-
-    def order(self) -> list[T]:
-        """Waiting items in the order they will be taken."""
-        return [it for _, _, it in self._front] + [e[3] for e in self._ordered()]
-
-    def position(self, item: T) -> int | None:
-        """1-based place in :meth:`order` (1: taken next), or None if not waiting."""
-        for i, it in enumerate(self.order(), 1):
-            if it is item:
-                return i
-        return None
-
-    def peek(self) -> T | None:
-        order = self.order()
-        return order[0] if order else None
-
-    def pop(self) -> T:
-        if self._front:
-            return self._front.popleft()[2]
-        entries = self._ordered()
-        if not entries:
-            raise IndexError("the line is empty")
-        rnd, _, guild, item = entries[0]
-        lane = self._lanes[guild]
-        taken = lane.pop()
-        assert taken is item
-        self._rounds.took(guild, rnd)
-        self._prune()
-        return item
-
-    def _prune(self) -> None:
-        # An empty lane still matters while its server was served in the current round (its
-        # users' turns within that round); after that it carries nothing and can go.
-        for guild in [g for g, lane in self._lanes.items() if not len(lane) and not self._rounds.served(g)]:
-            del self._lanes[guild]
-
-    def remove(self, item: T) -> bool:
-        for entry in self._front:
-            if entry[2] is item:
-                self._front.remove(entry)
-                return True
-        for guild, lane in self._lanes.items():
-            if lane.remove(item):
-                self._prune()
-                return True
-        return False
-
-    def clear(self) -> list[T]:
-        items = self.order()
-        self._lanes.clear()
-        self._front.clear()
-        return items
-
-
-# --------------------------------------------------------------------------- estimates
-
-
-class DurationStats:
-    """Recent job durations (from start on a worker to the result), per preset."""
-
-    def __init__(self, keep: int = 20) -> None:
-        self._recent: collections.deque[tuple[str, float]] = collections.deque(maxlen=keep)
-
-    def add(self, preset: str, seconds: float) -> None:
-        self._recent.append((preset, max(0.0, seconds)))
-
-    def __len__(self) -> int:
-        return len(self._recent)
-
-    def average(self, preset: str | None = None) -> float | None:
-        """Mean of the recent jobs of ``preset`` (all recent jobs when it has none yet)."""
-        values = [s for p, s in self._recent if p == preset] if preset is not None else []
-        if not values:
-            values = [s for _, s in self._recent]
-        return statistics.fmean(values) if values else None
-
-
-def estimate_start(ahead: Iterable[float], running_left: Iterable[float], workers: int) -> float:
-    """Seconds until a job starts, given the durations of the jobs ahead of it and how long
-    each running job still needs, with ``workers`` running in parallel (each job ahead goes
-    to the worker that frees up first)."""
-    workers = max(1, workers)
-    free = sorted(list(running_left)[:workers])
-    free += [0.0] * (workers - len(free))
-    for duration in ahead:
-        free.sort()
-        free[0] += duration
-    return min(free)
-
-
 # --------------------------------------------------------------------------- scheduler
 
 
@@ -354,8 +82,9 @@ class JobListener(Protocol):
     """What the scheduler reports; called on the event loop, must not block."""
 
     def job_waiting(self, job: Job, position: int, eta_s: float | None, note: str | None) -> None: ...
-    def job_started(self, job: Job) -> None: ...
+    def job_started(self, job: Job, worker: str | None) -> None: ...
     def job_progress(self, job: Job, event: Progress) -> None: ...
+    def cancel_requested(self, job: Job, by_user: int) -> None: ...
     def job_retrying(self, job: Job, event: Retrying) -> None: ...
     def job_finished(self, job: Job, event: Finished) -> None: ...
     def job_failed(self, job: Job, event: Failed) -> None: ...
@@ -405,7 +134,7 @@ class Scheduler:
         self.listener = listener
         self.per_user_waiting = per_user_waiting
         self.queue_max = queue_max
-        self.per_guild_waiting = per_guild_waiting if per_guild_waiting is not None else queue_max
+        self.per_guild_waiting = min(per_guild_waiting or queue_max, queue_max)  # a share of the line, at most all
         self.max_pixels = max_pixels
         self.job_timeout_s = job_timeout_s
         self.clock = clock
@@ -498,7 +227,6 @@ class Scheduler:
         self.check(job.user_id, job.guild_id)
         if job.job_id in self._jobs:
             raise ValueError(f"job {job.job_id} is already known")
-        job.status = JobStatus.WAITING
         self._jobs[job.job_id] = job
         self.line.push(job.user_id, job, job.guild_id)
         log.info("job queued", extra={"job_id": job.job_id, "user_id": job.user_id, "preset": job.preset,
@@ -511,7 +239,6 @@ class Scheduler:
         for job in jobs:
             if job.job_id in self._jobs:
                 raise ValueError(f"job {job.job_id} is already known")
-            job.status, job.started_at, job.worker, job.progress = JobStatus.WAITING, None, None, None
             self._jobs[job.job_id] = job
             self.line.push_front(job.user_id, job, job.guild_id)
             log.info("job restored", extra={"job_id": job.job_id, "user_id": job.user_id,
@@ -571,14 +298,10 @@ class Scheduler:
                 if isinstance(event, Queued):
                     continue
                 if isinstance(event, Started):
-                    job.status, job.started_at, job.worker, job.progress = (
-                        JobStatus.RUNNING, self.clock(), event.worker, None)
-                    job.attempts += 1
                     log.info("job started", extra={"job_id": job.job_id, "worker": event.worker,
                                                    "pid": event.pid, "attempt": event.attempt})
-                    self._notify("job_started", job)
+                    self._notify("job_started", job, event.worker)
                 elif isinstance(event, Progress):
-                    job.progress = (event.step, event.total)
                     self._notify("job_progress", job, event)
                 elif isinstance(event, Retrying):
                     log.warning("job retrying", extra={"job_id": job.job_id, "kind": event.kind})
@@ -591,7 +314,7 @@ class Scheduler:
             raise
         except Exception:  # a listener bug must not leave the job hanging in the line
             log.exception("error while following a job", extra={"job_id": job.job_id})
-            if not job.status.ended:
+            if job.job_id in self._jobs:
                 self._end(job, Failed(job.job_id, "The job failed because of an internal error.", "error"))
         finally:
             self._handles.pop(job.job_id, None)
@@ -600,26 +323,21 @@ class Scheduler:
                 self.pump()
 
     def _end(self, job: Job, event: Finished | Failed) -> None:
-        job.finished_at = self.clock()
         self._jobs.pop(job.job_id, None)
         self._announced.pop(job.job_id, None)
         if isinstance(event, Finished):
-            job.status = JobStatus.FINISHED
             if job.started_at is not None:
-                self.durations.add(job.preset, job.finished_at - job.started_at)
+                self.durations.add(job.preset, self.clock() - job.started_at)
             log.info("job finished", extra={"job_id": job.job_id, "seconds": round(event.seconds, 2),
                                             "worker": event.worker})
             self._notify("job_finished", job, event)
         else:
-            job.status = JobStatus.CANCELLED if event.kind == "cancelled" else JobStatus.FAILED
-            job.failure = event.reason
             log.info("job ended", extra={"job_id": job.job_id, "kind": event.kind, "reason": event.reason})
             self._notify("job_failed", job, event)
 
     def _pause(self, job: Job, was_running: bool) -> None:
         """The bot is stopping before ``job`` is done: it leaves the line unfinished (not failed),
         so restart recovery runs it when the bot is back."""
-        job.status = JobStatus.PAUSED
         self._jobs.pop(job.job_id, None)
         self._announced.pop(job.job_id, None)
         log.info("job paused for the restart", extra={"job_id": job.job_id, "was_running": was_running})
@@ -643,7 +361,7 @@ class Scheduler:
         job = self._jobs.get(job_id)
         if job is None:
             return False
-        job.cancelled_by = by_user
+        self._notify("cancel_requested", job, by_user)
         if self.line.remove(job):
             self._end(job, Failed(job_id, "The job was cancelled.", "cancelled"))
             self._announce()
@@ -656,7 +374,7 @@ class Scheduler:
         follower = self._followers.get(job_id)
         if follower is not None:
             await asyncio.wait([follower], timeout=5.0)
-        return job.status is JobStatus.CANCELLED
+        return job.state is JobState.CANCELLED
 
     # -- shutting down
 

@@ -13,6 +13,7 @@ sentences that say which rule applies and where or when the member may try again
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -114,6 +115,7 @@ class ServerSettings:
         self.limits = limits
         self.store = store
         self._settings: dict[int, GuildSettings] = {}
+        self._lock = asyncio.Lock()  # one change at a time, each from the settings the last one left
 
     async def load(self) -> None:
         if self.store is not None:
@@ -148,15 +150,27 @@ class ServerSettings:
         limit = self.daily_limit(guild_id)
         if not limit or self.store is None or guild_id is None:
             return
-        used, oldest = await self.store.usage(guild_id, user_id, time.time() - QUOTA_WINDOW_S)
-        if used >= limit and oldest is not None:
-            raise QuotaReached(limit, oldest + QUOTA_WINDOW_S)
+        _, leaves = await self.store.usage(guild_id, user_id, time.time() - QUOTA_WINDOW_S, limit)
+        if leaves is not None:
+            raise QuotaReached(limit, leaves + QUOTA_WINDOW_S)
 
     # -- changes by a server's admins
+
+    async def allow_channel(self, guild_id: int, by_user: int, channel_id: int, allowed: bool) -> GuildSettings:
+        """Add ``channel_id`` to the channels where /stylize may be used, or take it off."""
+        async with self._lock:
+            current = self.get(guild_id).channels
+            chosen = ((*current, channel_id) if channel_id not in current else current) if allowed else tuple(
+                c for c in current if c != channel_id)
+            return await self._update(guild_id, by_user, channels=chosen)
 
     async def update(self, guild_id: int, by_user: int, **changes: object) -> GuildSettings:
         """Apply ``changes`` (fields of :class:`GuildSettings`) after checking them against the
         operator's ceilings; raises :class:`SettingRefused`."""
+        async with self._lock:
+            return await self._update(guild_id, by_user, **changes)
+
+    async def _update(self, guild_id: int, by_user: int, **changes: object) -> GuildSettings:
         if "max_preset" in changes:
             preset = changes["max_preset"]
             if preset is not None and (preset not in PRESET_ORDER or _rank(preset) > _rank(self.limits.max_preset)):

@@ -1,21 +1,21 @@
 """The job store: every accepted job in SQLite, its pictures in a spool folder.
 
-A job's record moves through these states::
-
-    queued ─▶ running ─▶ done ─▶ delivering ─▶ delivered
-       │         │                    └──────▶ undeliverable  (every route refused for good)
-       └─────────┴──▶ failed (its notice: pending ▶ sending ▶ sent | unsent)
-       └─────────┴──▶ cancelled
+A job's record keeps its state in the one lifecycle of :mod:`bot.jobs` (the ledger there is
+the only caller that changes it). What the store itself guarantees:
 
 * :meth:`JobStore.accept` writes the input images to ``<spool>/<job_id>/`` and inserts the
   record, both durably, *before* the requester is told the job is queued.
 * :meth:`JobStore.save_result` writes the result and marks the job done before any
   delivery starts, so a crash between the worker's answer and the message loses nothing.
-* ``delivering`` (with the route being tried) is recorded before each send and
-  ``delivered`` (with the Discord message id) after it; a job found ``delivering`` after a
-  restart is looked for in the channel, not blindly sent again (:mod:`bot.recovery`).
+* ``delivering``/``notifying`` (with the route being tried) is recorded before each send and
+  ``delivered``/``notified`` (with the Discord message id) after it; a job found sending after
+  a restart is looked for in the channel, not blindly sent again (:mod:`bot.recovery`).
 * A job's files are removed once it is delivered, failed or cancelled; the records of ended
   jobs (and the files of undeliverable results) are removed after ``retention_hours``.
+
+Version 3 of the schema folds the old ``queued`` state and the failure notice's own column
+(``notice``: pending, sending, sent, unsent) into the lifecycle; :meth:`JobStore.open`
+upgrades an older database in place.
 
 SQLite runs on a thread of its own (stdlib :mod:`sqlite3`, ``synchronous=FULL`` in WAL
 mode), never on the event loop. Calls run in the order they were made, so a
@@ -28,87 +28,38 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import os
-import shutil
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 from nst_core.pool.base import Finished
 
-from .scheduler import Job, JobStatus
-from .settings import QUOTA_WINDOW_S, GuildSettings, QuotaReached
+from nst_core.params import StylizeParams
 
-__all__ = ["JobStore", "StoredJob", "StoreError", "SpoolFull", "STATES", "OPEN_STATES", "ENDED_STATES"]
+from .jobs import OPEN_STATES, Job, JobState
+from .schema import transaction, upgrade
+from .settings import QUOTA_WINDOW_S, GuildSettings, QuotaReached
+from .spool import chmod, remove, tree_size, write_file
+
+__all__ = ["JobStore", "StoreError", "SpoolFull"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-STATES = ("queued", "running", "done", "delivering", "delivered", "failed", "cancelled", "undeliverable")
-OPEN_STATES = ("queued", "running", "done", "delivering")  # work or a delivery still to do
-ENDED_STATES = ("delivered", "failed", "cancelled", "undeliverable")  # "failed" may still owe its notice
-NOTICE_STATES = ("pending", "sending", "sent", "unsent")
+_STATES = frozenset(s.value for s in JobState)
+_OPEN = ", ".join(f"'{s.value}'" for s in OPEN_STATES)  # work or a message still owed
+_ENDED = ", ".join(f"'{s.value}'" for s in JobState if s.ended)
+# Spool folders kept: inputs of jobs still to run, results still to send (or kept for the operator).
+_KEEP_FILES = ", ".join(f"'{s.value}'" for s in (JobState.WAITING, JobState.RUNNING, JobState.DONE,
+                                                JobState.DELIVERING, JobState.UNDELIVERABLE))
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- acceptance order
-    job_id TEXT NOT NULL UNIQUE,
-    state TEXT NOT NULL,
-    user_id INTEGER NOT NULL,
-    channel_id INTEGER NOT NULL,
-    guild_id INTEGER,
-    application_id INTEGER NOT NULL,
-    interaction_token TEXT NOT NULL,         -- cleared once the job has ended
-    token_created_at REAL NOT NULL,
-    upload_limit INTEGER NOT NULL,
-    params TEXT NOT NULL,                    -- StylizeParams.to_dict() as JSON
-    style_label TEXT NOT NULL,
-    preset TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    status_message_id INTEGER,
-    position INTEGER,                        -- last announced place in line (waiting jobs)
-    attempts INTEGER NOT NULL DEFAULT 0,     -- starts on a worker, retries and restarts included
-    restarts INTEGER NOT NULL DEFAULT 0,     -- times put back in line by a restart
-    started_at REAL,
-    finished_at REAL,
-    worker TEXT,
-    failure TEXT,                            -- the reason the requester reads
-    failure_kind TEXT,
-    cancelled_by INTEGER,
-    notice TEXT,                             -- failed jobs: pending, sending, sent, unsent
-    route TEXT,                              -- delivering: route being tried; delivered: route used
-    message_id INTEGER,                      -- the message that delivered the result (or the notice)
-    delivered_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- version 2: per-server settings and the daily quota's count
-CREATE TABLE IF NOT EXISTS guild_settings (
-    guild_id INTEGER PRIMARY KEY,
-    channels TEXT NOT NULL DEFAULT '[]',     -- JSON list of channel ids; empty: everywhere
-    max_preset TEXT,                         -- NULL: the operator's ceiling
-    daily_jobs INTEGER,                      -- NULL: the operator's default
-    updated_at REAL NOT NULL,
-    updated_by INTEGER
-);
-CREATE TABLE IF NOT EXISTS usage (           -- accepted jobs, for "jobs per member per day"
-    job_id TEXT PRIMARY KEY,
-    guild_id INTEGER NOT NULL,
-    user_id INTEGER NOT NULL,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_member ON usage (guild_id, user_id, at);
-"""
-_SCHEMA_VERSION = 2
 _USAGE_KEPT_S = 86400.0  # the quota counts the last 24 hours
 
 _UPDATABLE = frozenset({
     "state", "status_message_id", "position", "attempts", "restarts", "started_at", "finished_at", "worker",
-    "failure", "failure_kind", "cancelled_by", "notice", "route", "message_id", "delivered_at",
+    "failure", "failure_kind", "cancelled_by", "route", "message_id", "delivered_at",
     "interaction_token",
 })
 
@@ -121,22 +72,6 @@ class StoreError(Exception):
 
 class SpoolFull(StoreError):
     """The spool holds more than ``storage.spool_max_mb``."""
-
-
-@dataclass
-class StoredJob:
-    """A job read back from the store (its images are loaded separately, when needed)."""
-
-    job: Job
-    state: str
-    seq: int
-    position: int | None
-    attempts: int
-    restarts: int
-    notice: str | None
-    route: str | None
-    message_id: int | None
-    failure_kind: str | None
 
 
 class JobStore:
@@ -160,7 +95,11 @@ class JobStore:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise StoreError("the job store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:  # a broken or full database: one kind of failure for callers
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise StoreError(f"the job store failed: {exc}") from exc
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn`` on the store's thread without waiting; failures are logged."""
@@ -211,26 +150,31 @@ class JobStore:
     def _open(self) -> None:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        _chmod(self.spool_dir, 0o700)
+        chmod(self.spool_dir, 0o700)
         db = sqlite3.connect(self.db_path, isolation_level=None)  # autocommit; explicit BEGIN where needed
-        _chmod(self.db_path, 0o600)  # it holds interaction tokens while jobs are open
+        chmod(self.db_path, 0o600)  # it holds interaction tokens while jobs are open
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(_SCHEMA)
-        db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        upgrade(db)
         self._db = db
         self._remove_stray_files()
-        self._spool_bytes = _tree_size(self.spool_dir)
+        self._spool_bytes = tree_size(self.spool_dir)
 
     def _remove_stray_files(self) -> None:
         """Spool folders of jobs that were never recorded (a crash mid-accept) or have ended."""
-        keep = {row[0] for row in self.db.execute(
-            "SELECT job_id FROM jobs WHERE state IN ('queued','running','done','delivering','undeliverable')")}
+        keep = {row[0] for row in self.db.execute(f"SELECT job_id FROM jobs WHERE state IN ({_KEEP_FILES})")}
         for entry in self.spool_dir.iterdir():
             if entry.name not in keep:
-                _remove(entry)
+                remove(entry)
+
+    async def __aenter__(self) -> "JobStore":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
 
     async def close(self) -> None:
         if self._executor is None:
@@ -267,22 +211,22 @@ class JobStore:
     def _accept(self, job: Job, daily_limit: int) -> int:
         now = self.clock()
         if daily_limit and job.guild_id is not None:
-            used, oldest = self._usage(job.guild_id, job.user_id, now - QUOTA_WINDOW_S)
-            if used >= daily_limit and oldest is not None:
-                raise QuotaReached(daily_limit, oldest + QUOTA_WINDOW_S)
+            used, leaves = self._usage(job.guild_id, job.user_id, now - QUOTA_WINDOW_S, daily_limit)
+            if leaves is not None:
+                raise QuotaReached(daily_limit, leaves + QUOTA_WINDOW_S)
         folder = self.job_dir(job.job_id)
         try:
             folder.mkdir(parents=True, exist_ok=False)
-            _write(folder / _CONTENT, job.content)
-            _write(folder / _STYLE, job.style)
+            write_file(folder / _CONTENT, job.content)
+            write_file(folder / _STYLE, job.style)
             self.db.execute("BEGIN IMMEDIATE")
             cur = self.db.execute(
                 "INSERT INTO jobs (job_id, state, user_id, channel_id, guild_id, application_id, interaction_token, "
                 "token_created_at, upload_limit, params, style_label, preset, created_at, updated_at) "
-                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.job_id, job.user_id, job.channel_id, job.guild_id, job.application_id, job.interaction_token,
-                 job.token_created_at, job.upload_limit, json.dumps(job.params), job.style_label, job.preset,
-                 job.created_at, now))
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.job_id, job.state.value, job.user_id, job.channel_id, job.guild_id, job.application_id,
+                 job.interaction_token, job.token_created_at, job.upload_limit, json.dumps(job.params.to_dict()),
+                 job.style_label, job.preset, job.created_at, now))
             if job.guild_id is not None:
                 self.db.execute("INSERT INTO usage (job_id, guild_id, user_id, at) VALUES (?, ?, ?, ?)",
                                 (job.job_id, job.guild_id, job.user_id, now))
@@ -290,7 +234,7 @@ class JobStore:
         except BaseException:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
-            _remove(folder)
+            remove(folder)
             raise
         self._spool_bytes += len(job.content) + len(job.style)
         return int(cur.lastrowid)
@@ -300,21 +244,31 @@ class JobStore:
         await self._run(self._discard, job_id)
 
     def _discard(self, job_id: str) -> None:
-        with _transaction(self.db):
+        with transaction(self.db):
             self.db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
             self.db.execute("DELETE FROM usage WHERE job_id = ?", (job_id,))  # a refused job does not count
         self._remove_files(job_id)
 
+    def note_refund(self, job_id: str) -> None:
+        """The job no longer counts towards its requester's daily quota (it failed by no fault of theirs)."""
+        self._submit(lambda: self.db.execute("DELETE FROM usage WHERE job_id = ?", (job_id,)))
+
     # ------------------------------------------------------------------ quotas and server settings
 
-    async def usage(self, guild_id: int, user_id: int, since: float) -> tuple[int, float | None]:
-        """Jobs ``user_id`` started in ``guild_id`` since ``since``, and when the oldest of them was."""
-        return await self._run(self._usage, guild_id, user_id, since)
+    async def usage(self, guild_id: int, user_id: int, since: float, limit: int) -> tuple[int, float | None]:
+        """Jobs ``user_id`` started in ``guild_id`` since ``since``, and the start of the one that
+        must leave that window before the count is under ``limit`` again (None: it is already)."""
+        return await self._run(self._usage, guild_id, user_id, since, limit)
 
-    def _usage(self, guild_id: int, user_id: int, since: float) -> tuple[int, float | None]:
-        count, oldest = self.db.execute("SELECT COUNT(*), MIN(at) FROM usage WHERE guild_id = ? AND user_id = ? "
-                                        "AND at > ?", (guild_id, user_id, since)).fetchone()
-        return int(count), oldest
+    def _usage(self, guild_id: int, user_id: int, since: float, limit: int) -> tuple[int, float | None]:
+        where = "FROM usage WHERE guild_id = ? AND user_id = ? AND at > ?"
+        args = (guild_id, user_id, since)
+        used = int(self.db.execute(f"SELECT COUNT(*) {where}", args).fetchone()[0])
+        if used < limit:
+            return used, None
+        # With a limit lowered since, more than one job may have to leave the window.
+        row = self.db.execute(f"SELECT at {where} ORDER BY at LIMIT 1 OFFSET ?", (*args, used - limit)).fetchone()
+        return used, row[0]
 
     async def load_settings(self) -> list[GuildSettings]:
         return await self._run(self._load_settings)
@@ -350,10 +304,8 @@ class JobStore:
         unknown = set(fields) - _UPDATABLE
         if unknown:
             raise ValueError(f"not a job field: {sorted(unknown)}")
-        if "state" in fields and fields["state"] not in STATES:
+        if "state" in fields and fields["state"] not in _STATES:
             raise ValueError(f"not a job state: {fields['state']!r}")
-        if "notice" in fields and fields["notice"] not in NOTICE_STATES + (None,):
-            raise ValueError(f"not a notice state: {fields['notice']!r}")
         fields = {**fields, "updated_at": self.clock()}
         names = ", ".join(f"{k} = ?" for k in fields)
         self.db.execute(f"UPDATE jobs SET {names} WHERE job_id = ?", (*fields.values(), job_id))
@@ -367,9 +319,9 @@ class JobStore:
 
     def _restored(self, job_ids: list[str]) -> None:
         now = self.clock()
-        with _transaction(self.db):
+        with transaction(self.db):
             for job_id in job_ids:
-                self.db.execute("UPDATE jobs SET state = 'queued', restarts = restarts + 1, updated_at = ? "
+                self.db.execute("UPDATE jobs SET state = 'waiting', restarts = restarts + 1, updated_at = ? "
                                 "WHERE job_id = ?", (now, job_id))
 
     # ------------------------------------------------------------------ results
@@ -384,12 +336,12 @@ class JobStore:
         meta = {"summary": event.summary, "notes": list(event.notes), "worker": event.worker,
                 "seconds": event.seconds}
         meta_bytes = json.dumps(meta).encode()
-        _write(folder / _RESULT, event.image_png)
-        _write(folder / _RESULT_META, meta_bytes)
+        write_file(folder / _RESULT, event.image_png)
+        write_file(folder / _RESULT_META, meta_bytes)
         self._spool_bytes += len(event.image_png) + len(meta_bytes)
         # The inputs are no longer needed: the job never runs again.
         for name in (_CONTENT, _STYLE):
-            self._spool_bytes -= _remove(folder / name)
+            self._spool_bytes -= remove(folder / name)
         self._update(job_id, {"state": "done", "finished_at": finished_at or self.clock(), "worker": event.worker},
                      False)
 
@@ -410,24 +362,22 @@ class JobStore:
         return (folder / _CONTENT).read_bytes(), (folder / _STYLE).read_bytes()
 
     def _remove_files(self, job_id: str) -> None:
-        self._spool_bytes = max(0, self._spool_bytes - _remove(self.job_dir(job_id)))
+        self._spool_bytes = max(0, self._spool_bytes - remove(self.job_dir(job_id)))
 
     # ------------------------------------------------------------------ reading
 
-    async def get(self, job_id: str) -> StoredJob | None:
+    async def get(self, job_id: str) -> Job | None:
         rows = await self._run(self._select, "WHERE job_id = ?", (job_id,))
         return rows[0] if rows else None
 
-    async def open_jobs(self) -> list[StoredJob]:
+    async def open_jobs(self) -> list[Job]:
         """Jobs with work or a message still owed, in the order they were accepted."""
-        return await self._run(self._select, "WHERE state IN ('queued','running','done','delivering') "
-                                             "OR (state = 'failed' AND notice IN ('pending','sending')) ORDER BY seq",
-                               ())
+        return await self._run(self._select, f"WHERE state IN ({_OPEN}) ORDER BY seq", ())
 
-    async def all_jobs(self) -> list[StoredJob]:
+    async def all_jobs(self) -> list[Job]:
         return await self._run(self._select, "ORDER BY seq", ())
 
-    def _select(self, where: str, args: tuple) -> list[StoredJob]:
+    def _select(self, where: str, args: tuple) -> list[Job]:
         return [_stored(row) for row in self.db.execute(f"SELECT * FROM jobs {where}", args)]
 
     async def counts(self) -> dict[str, int]:
@@ -444,9 +394,8 @@ class JobStore:
     def _purge(self) -> int:
         cutoff = self.clock() - self.retention_s
         ids = [row[0] for row in self.db.execute(
-            "SELECT job_id FROM jobs WHERE updated_at < ? AND (state IN ('delivered','cancelled','undeliverable') "
-            "OR (state = 'failed' AND notice NOT IN ('pending','sending')))", (cutoff,))]
-        with _transaction(self.db):
+            f"SELECT job_id FROM jobs WHERE updated_at < ? AND state IN ({_ENDED})", (cutoff,))]
+        with transaction(self.db):
             for job_id in ids:
                 self.db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
             self.db.execute("DELETE FROM usage WHERE at < ?", (self.clock() - _USAGE_KEPT_S,))
@@ -473,75 +422,15 @@ class JobStore:
 # --------------------------------------------------------------------------- helpers
 
 
-class _transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-
-def _stored(row: sqlite3.Row) -> StoredJob:
-    state = row["state"]
-    status = {"queued": JobStatus.WAITING, "running": JobStatus.RUNNING, "cancelled": JobStatus.CANCELLED,
-              "failed": JobStatus.FAILED}.get(state, JobStatus.FINISHED)
-    job = Job(
+def _stored(row: sqlite3.Row) -> Job:
+    return Job(
         job_id=row["job_id"], user_id=row["user_id"], channel_id=row["channel_id"], guild_id=row["guild_id"],
         application_id=row["application_id"], interaction_token=row["interaction_token"],
-        token_created_at=row["token_created_at"], upload_limit=row["upload_limit"], params=json.loads(row["params"]),
-        content=b"", style=b"", style_label=row["style_label"], preset=row["preset"], created_at=row["created_at"],
-        status=status, status_message_id=row["status_message_id"], started_at=row["started_at"],
-        finished_at=row["finished_at"], worker=row["worker"], cancelled_by=row["cancelled_by"],
-        failure=row["failure"], seq=row["seq"],
+        token_created_at=row["token_created_at"], upload_limit=row["upload_limit"],
+        params=StylizeParams.from_dict(json.loads(row["params"])), content=b"", style=b"",
+        style_label=row["style_label"], created_at=row["created_at"], state=JobState(row["state"]),
+        status_message_id=row["status_message_id"], started_at=row["started_at"], finished_at=row["finished_at"],
+        worker=row["worker"], cancelled_by=row["cancelled_by"], failure=row["failure"],
+        failure_kind=row["failure_kind"], route=row["route"], message_id=row["message_id"], seq=row["seq"],
+        position=row["position"], attempts=row["attempts"], restarts=row["restarts"],
     )
-    return StoredJob(job=job, state=state, seq=row["seq"], position=row["position"], attempts=row["attempts"],
-                     restarts=row["restarts"], notice=row["notice"], route=row["route"],
-                     message_id=row["message_id"], failure_kind=row["failure_kind"])
-
-
-def _write(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either nothing or all of it, even after a crash."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _remove(path: Path) -> int:
-    """Delete a file or folder; returns the bytes it held (0 if it was not there)."""
-    try:
-        size = _tree_size(path) if path.is_dir() else path.stat().st_size
-    except OSError:
-        return 0
-    try:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    except OSError as exc:
-        log.warning("could not remove a spool file", extra={"path": str(path), "error": str(exc)})
-        return 0
-    return size
-
-
-def _tree_size(path: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
-
-
-def _chmod(path: Path, mode: int) -> None:
-    try:
-        os.chmod(path, mode)
-    except OSError:
-        pass

@@ -9,8 +9,9 @@ the bot down for everyone else. So:
   lying ``size`` costs at most the limit);
 * :meth:`UploadChecker.check` decodes on a small thread pool of its own (never the event
   loop's shared one, which library reads and deliveries use), bounded in number (requests
-  admitted at once, one at a time per member) and in time (a request's checks give up after
-  ``check_timeout_s``). Decoding itself is bounded by :mod:`nst_core.images` (pixel limit
+  admitted at once, one at a time per member; a server past a quarter of the places cannot take
+  the last quarter, which stays for the others) and
+  in time (a request's checks give up after ``check_timeout_s``). Decoding itself is bounded by :mod:`nst_core.images` (pixel limit
   read from the header, JPEG scan count, lean mode conversion). A check that outlives its
   timeout keeps its slot until it really ends, so stuck work turns new requests away
   instead of piling up.
@@ -23,7 +24,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import aiohttp
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 ACCEPTED_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp")
 _ACCEPTED_TEXT = "PNG, JPEG, WebP, GIF or BMP"
 _CHUNK = 64 * 1024
+_STOPPING = "The bot is shutting down. Please try again in a few minutes."
 
 
 class UploadProblem(Exception):
@@ -128,10 +130,17 @@ class UploadChecker:
         self._session: aiohttp.ClientSession | None = None
         self._admitted = 0  # requests between admit() and the end of their last check
         self._members: dict[int, int] = {}  # the same, per member
+        self._servers: dict[int | None, int] = {}  # the same, per server
 
     @property
     def admitted(self) -> int:
         return self._admitted
+
+    async def __aenter__(self) -> "UploadChecker":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
 
     async def close(self) -> None:
         if self._session is not None:
@@ -139,35 +148,38 @@ class UploadChecker:
             self._session = None
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    @property
+    def reserve(self) -> int:
+        """Places a server holding this many already cannot take: they stay for other servers."""
+        return max(1, self.waiting_max // 4)
+
     @contextlib.asynccontextmanager
-    async def admit(self, user_id: int) -> AsyncIterator["Admission"]:
+    async def admit(self, user_id: int, guild_id: int | None = None) -> AsyncIterator["Admission"]:
         """Hold one of the checker's places for a request's downloads and checks; raises
-        :class:`ChecksBusy` when the member already has a request being checked, or when
-        ``waiting_max`` requests are."""
+        :class:`ChecksBusy` when the member already has a request being checked, when their
+        server holds its share of the places, or when ``waiting_max`` requests are checked."""
         if self._members.get(user_id):
             raise ChecksBusy("Your previous pictures are still being checked. Please wait for that answer, "
                              "then try again.")
-        if self._admitted >= self.waiting_max:
+        free = self.waiting_max - self._admitted
+        if free <= 0 or (self._servers.get(guild_id, 0) >= self.reserve and free <= self.reserve):
             raise ChecksBusy("The bot is checking a lot of pictures right now. Please try again in a minute.")
-        admission = Admission(self, user_id, time.monotonic() + self.timeout_s)
-        self._hold(user_id)
+        admission = Admission(self, user_id, guild_id, time.monotonic() + self.timeout_s)
+        self._count(user_id, guild_id, +1)
         try:
             yield admission
         finally:
             admission.closed = True
             admission.release_when_idle()
 
-    def _hold(self, user_id: int) -> None:
-        self._admitted += 1
-        self._members[user_id] = self._members.get(user_id, 0) + 1
-
-    def _release(self, user_id: int) -> None:
-        self._admitted -= 1
-        left = self._members.get(user_id, 0) - 1
-        if left > 0:
-            self._members[user_id] = left
-        else:
-            self._members.pop(user_id, None)
+    def _count(self, user_id: int, guild_id: int | None, step: int) -> None:
+        self._admitted += step
+        for counts, key in ((self._members, user_id), (self._servers, guild_id)):
+            left = counts.get(key, 0) + step
+            if left > 0:
+                counts[key] = left
+            else:
+                counts.pop(key, None)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -178,9 +190,10 @@ class UploadChecker:
 class Admission:
     """One admitted request: its deadline and its checks still running on the pool."""
 
-    def __init__(self, checker: UploadChecker, user_id: int, deadline: float) -> None:
+    def __init__(self, checker: UploadChecker, user_id: int, guild_id: int | None, deadline: float) -> None:
         self.checker = checker
         self.user_id = user_id
+        self.guild_id = guild_id
         self.deadline = deadline
         self.closed = False
         self._running: set[asyncio.Future] = set()
@@ -193,7 +206,7 @@ class Admission:
         """Give the place back once the request is done and no check of it still runs."""
         if self.closed and not self._running and not self._released:
             self._released = True
-            self.checker._release(self.user_id)
+            self.checker._count(self.user_id, self.guild_id, -1)
 
     async def download(self, url: str, label: str, filename: str, max_bytes: int) -> bytes:
         """The attachment's bytes, read as a stream and refused past ``max_bytes``."""
@@ -214,7 +227,9 @@ class Admission:
         except UploadProblem:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            log.warning("download failed", extra={"label": label, "error": repr(exc)})
+            # The type and status only: the attachment's signed URL must not reach the logs.
+            log.warning("download failed", extra={"label": label, "error": type(exc).__name__,
+                                                  "status": getattr(exc, "status", None)})
             raise UploadProblem(f"The {label} {name} could not be downloaded from Discord. "
                                 "Please try again.") from None
         return bytes(data)
@@ -222,11 +237,17 @@ class Admission:
     async def check(self, label: str, filename: str, data: bytes, **limits: float) -> None:
         """:func:`check_image` on the checker's own pool, within the request's time."""
         loop = asyncio.get_running_loop()
+        started = False
+
+        def run() -> None:
+            nonlocal started
+            started = True
+            check_image(label, filename, data, **limits)  # type: ignore[arg-type]
+
         try:
-            future = loop.run_in_executor(self.checker._executor,
-                                          lambda: check_image(label, filename, data, **limits))  # type: ignore[arg-type]
+            future = loop.run_in_executor(self.checker._executor, run)
         except RuntimeError:  # the pool was shut down: the bot is stopping
-            raise ChecksBusy("The bot is shutting down. Please try again in a few minutes.") from None
+            raise ChecksBusy(_STOPPING) from None
         self._running.add(future)
 
         def done(f: asyncio.Future) -> None:
@@ -238,6 +259,15 @@ class Admission:
         try:
             await asyncio.wait_for(asyncio.shield(future), self._left())
         except asyncio.TimeoutError:
-            log.warning("an upload check ran out of time", extra={"label": label, "user_id": self.user_id})
+            log.warning("an upload check ran out of time", extra={"label": label, "user_id": self.user_id,
+                                                                  "started": started})
+            if not started:  # it waited behind other people's checks: not the picture's fault
+                raise ChecksBusy("The bot is checking a lot of pictures right now. Please try again in a "
+                                 "minute.") from None
             raise UploadProblem(f"Checking the {label} `{filename}` took too long. Please send a smaller or "
                                 "simpler picture (a normal JPEG or PNG).") from None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if future.cancelled() and not (current is not None and current.cancelling()):
+                raise ChecksBusy(_STOPPING) from None  # the checker closed under it: the bot is stopping
+            raise

@@ -23,8 +23,10 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot import render
-from bot.scheduler import Job
+from bot.jobs import Job
+from bot.outbox import is_delivery_of, marker
 from bot.store import JobStore
+from nst_core.params import StylizeParams
 from bot_fixtures import (
     CONTENT_PNG, PNG_MAGIC, STYLE_PNG, BotProcess, free_port, kill9, reap, start_bot, status_texts, wait_gone,
     write_config,
@@ -77,7 +79,7 @@ class Env:
 
     def states(self) -> dict[str, tuple]:
         with sqlite3.connect(self.db) as db:
-            return {row[0]: row[1:] for row in db.execute("SELECT job_id, state, notice, route FROM jobs")}
+            return {row[0]: row[1:] for row in db.execute("SELECT job_id, state, route FROM jobs")}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -129,7 +131,7 @@ async def queued(fake: FakeDiscord, user: str, preset: str = "fast") -> tuple[In
 def deliveries(fake: FakeDiscord, job_id: str, kind: str = "result") -> list[MessageRecord]:
     """Every message anywhere (channel, followups, DMs) that delivers ``job_id``'s result/notice."""
     return [m for m in fake.messages.values()
-            if not m.deleted and not m.ephemeral and render.is_delivery_of(m.content, job_id, kind)]
+            if not m.deleted and not m.ephemeral and is_delivery_of(m.embeds, job_id, kind)]
 
 
 async def delivered_once(fake: FakeDiscord, job_id: str, kind: str = "result", timeout: float = 60.0,
@@ -169,8 +171,8 @@ def seed_job(fake: FakeDiscord, job_id: str, user: str) -> Job:
     """A job as /stylize would record it, with an interaction token Discord no longer honours."""
     return Job(job_id=job_id, user_id=fake.user(user).id, channel_id=fake.channel.id, guild_id=fake.guild.id,
                application_id=fake.application_id, interaction_token="expired", token_created_at=time.time() - 3600,
-               upload_limit=8 << 20, params={"seed": 1, "strength": 1.0}, content=CONTENT_PNG, style=STYLE_PNG,
-               style_label="style.png", preset="fast")
+               upload_limit=8 << 20, params=StylizeParams(preset="fast", seed=1), content=CONTENT_PNG,
+               style=STYLE_PNG, style_label="style.png")
 
 
 # --------------------------------------------------------------------------- kill -9 and restart
@@ -188,7 +190,7 @@ async def test_kill9_with_jobs_waiting_running_and_mid_delivery_then_restart(env
     _, _, j3 = await queued(fake, "alice", "fast")
     _, _, j4 = await queued(fake, "carol", "fast")
     assert set(env.states()) == {j0, j1, j2, j3, j4}, "every accepted job is recorded before it is announced"
-    assert all(state == ("queued", None, None) for state in env.states().values())
+    assert all(state == ("waiting", None) for state in env.states().values())
     assert all((env.spool / j / "content.img").is_file() for j in (j0, j1, j2, j3, j4))
 
     await fake.wait_for(lambda: slow.hits >= 1, timeout=90, what="j0's result on its way")
@@ -211,12 +213,13 @@ async def test_kill9_with_jobs_waiting_running_and_mid_delivery_then_restart(env
     for job_id in (a6, a8):
         await store.save_result(job_id, seed_result())
     await store.update(a6, state="delivering", route="channel")
-    await store.update(a7, remove_files=True, state="failed", failure="The seeded job failed.",
-                       failure_kind="error", notice="sending", route="channel")
+    await store.update(a7, remove_files=True, state="notifying", failure="The seeded job failed.",
+                       failure_kind="error", route="channel")
     await store.close()
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{fake.api_base}/channels/{fake.channel.id}/messages",
-                                json={"content": render.result_content(fake.user("dave").id, a6, late=True)},
+                                json={"content": render.result_content(fake.user("dave").id, a6, late=True),
+                                      "embeds": [{"footer": {"text": marker("result", a6)}}]},
                                 headers={"Authorization": f"Bot {fake.bot_token}"}) as resp:
             assert resp.status == 200
 
@@ -245,7 +248,7 @@ async def test_kill9_with_jobs_waiting_running_and_mid_delivery_then_restart(env
     assert [r["job_id"] for r in log_records(bot, "job started")][:4] == [j1, j4, j2, j3]
     await fake.wait_for(lambda: all(env.states()[j][0] == "delivered" for j in (j0, j1, j2, j3, j4, a6, a8)),
                         timeout=10, what="every job recorded as delivered")
-    assert env.states()[a7][:2] == ("failed", "sent")
+    assert env.states()[a7][0] == "notified"
     assert not any(env.spool.iterdir()), "delivered jobs leave no files behind"
 
 
@@ -312,7 +315,7 @@ async def test_a_worker_killed_mid_job_is_retried_once_then_reported(env: Env):
     notice = await delivered_once(fake, job_id, "notice", timeout=30)
     assert "stopped unexpectedly" in notice.content and "killed by SIGKILL" in notice.content
     assert not deliveries(fake, job_id)
-    await fake.wait_for(lambda: env.states()[job_id][:2] == ("failed", "sent"), timeout=10, what="notice recorded")
+    await fake.wait_for(lambda: env.states()[job_id][0] == "notified", timeout=10, what="notice recorded")
 
     after = await metrics(env)
     assert after[("stylebot_worker_restarts_total", ())] >= restarts + 3

@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot import render
+from bot.outbox import is_delivery_of
 from bot_fixtures import CONTENT_PNG, PNG_MAGIC, STYLE_PNG, start_bot, write_config
 
 try:  # `python -m pytest` from the repo root
@@ -141,7 +141,7 @@ async def env(tmp_path_factory):
     await fake.start()
     # 16 MP allowed, so the two bombs get past the pixel limit and meet the checks meant for them.
     bot = start_bot(fake, write_config(tmp, limits={"queue_max": 20, "per_user_waiting": 2,
-                                                     "max_pixels": 16_000_000}), tmp)
+                                                     "per_guild_waiting": 20, "max_pixels": 16_000_000}), tmp)
     try:
         await fake.wait_ready(timeout=60)
         await fake.wait_for_commands(guild=fake.guild, names=["stylize"], timeout=30)
@@ -202,7 +202,7 @@ async def test_hostile_uploads_are_handled_or_refused_and_the_bot_keeps_serving(
         await inter.wait_until(lambda r: job_id_of(r), timeout=20)
         job_id = job_id_of(inter)
         result = await inter.wait_until(
-            lambda r: next((m for m in r.followups if render.is_delivery_of(m.content, job_id, "result")), None),
+            lambda r: next((m for m in r.followups if is_delivery_of(m.embeds, job_id, "result")), None),
             timeout=120)
         image = Image.open(io.BytesIO(result.attachments[0].data))
         assert image.size == size, (label, image.size)

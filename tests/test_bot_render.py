@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from bot import render
-from bot.delivery import StatusUpdater, prepare_result, token_usable
+from bot.outbox import prepare_result
+from bot.status import StatusUpdater, token_usable
 from bot.scheduler import LineStatus
 
 pytestmark = pytest.mark.timeout(30)
@@ -66,7 +67,7 @@ def test_result_embed_reports_the_loss_summary():
     assert fields["Preset"] == "balanced (strength 1.5, colours preserved)"
     assert "ran out of memory" in embed.description
     assert embed.image.url == f"attachment://{render.CHART_FILENAME}"
-    assert "abc" in embed.footer.text and len(embed) < 6000
+    assert "waves.png" in embed.footer.text and len(embed) < 6000  # the outbox puts the job id before it
 
 
 def test_loss_chart_is_a_small_png_with_curves():

@@ -7,9 +7,10 @@ import itertools
 
 import pytest
 
-from bot.scheduler import (
-    DurationStats, FairLine, Job, JobStatus, LineFull, NotAccepting, Scheduler, UserLimitReached, estimate_start,
-)
+from bot.jobs import Job, JobState, Ledger
+from bot.line import DurationStats, FairLine, estimate_start
+from bot.scheduler import LineFull, NotAccepting, Scheduler, UserLimitReached
+from nst_core.params import StylizeParams
 from nst_core.pool.base import Failed, Finished, JobHandle, JobSpec, PoolStats, Progress, Queued, Started, WorkerPool
 
 pytestmark = pytest.mark.timeout(20)
@@ -144,7 +145,7 @@ class Recorder:
     def job_waiting(self, job, position, eta_s, note=None):
         self.calls.append(("waiting", job.job_id, position))
 
-    def job_started(self, job):
+    def job_started(self, job, worker=None):
         self.calls.append(("started", job.job_id))
 
     def job_progress(self, job, event):
@@ -172,14 +173,14 @@ _ids = itertools.count()
 
 def job(user: int, preset: str = "fast") -> Job:
     return Job(job_id=f"job{next(_ids)}", user_id=user, channel_id=1, guild_id=1, application_id=1,
-               interaction_token="t", token_created_at=0.0, upload_limit=10_000_000, params={}, content=b"c",
-               style=b"s", style_label="s.png", preset=preset)
+               interaction_token="t", token_created_at=0.0, upload_limit=10_000_000,
+               params=StylizeParams(preset=preset), content=b"c", style=b"s", style_label="s.png")
 
 
 def make(capacity: int = 1, **limits) -> tuple[Scheduler, FakePool, Recorder]:
     pool, rec = FakePool(capacity), Recorder()
     options = {"per_user_waiting": 2, "queue_max": 4, "max_pixels": 10_000} | limits
-    scheduler = Scheduler(pool, rec, **options)
+    scheduler = Scheduler(pool, Ledger(watcher=rec), **options)
     scheduler.set_pool_ready()
     return scheduler, pool, rec
 
@@ -207,7 +208,7 @@ async def test_dispatch_order_is_fair_and_reported_positions_are_right():
         pool.finish(current)
         await settle()
     assert pool.submitted == [j.job_id for j in [a[0], *expected]]
-    assert all(j.status is JobStatus.FINISHED for j in a + b)
+    assert all(("finished", j.job_id) in rec.calls for j in a + b)
     # once everyone is in line, positions only move forward (a newcomer may overtake; see FairLine)
     for j in expected:
         positions = [c[2] for c in rec.calls[mark:] if c[0] == "waiting" and c[1] == j.job_id]
@@ -239,13 +240,13 @@ async def test_cancel_waiting_and_running_jobs():
     await settle()
     assert rec.last_position(behind.job_id) == 2
     assert await s.cancel(waiting.job_id, by_user=2)
-    assert waiting.status is JobStatus.CANCELLED and waiting.cancelled_by == 2
+    assert waiting.state is JobState.CANCELLED and waiting.cancelled_by == 2
     assert rec.last_position(behind.job_id) == 1  # moved up at once
     assert ("failed", waiting.job_id, "cancelled") in rec.calls
     assert waiting.job_id not in pool.submitted
     assert await s.cancel(running.job_id, by_user=99)
     await settle()
-    assert running.status is JobStatus.CANCELLED and running.cancelled_by == 99
+    assert running.state is JobState.CANCELLED and running.cancelled_by == 99
     assert pool.submitted[-1] == behind.job_id  # the freed slot went to the next job
     assert not await s.cancel("nope", by_user=1)
 
@@ -259,7 +260,7 @@ async def test_progress_start_and_estimates_flow_to_the_listener():
     pool.handles[first.job_id].deliver(Progress(first.job_id, 5, 10, 0, 1, (32, 32), {"total": 1.0}))
     await settle()
     assert ("started", first.job_id) in rec.calls and ("progress", first.job_id, 5) in rec.calls
-    assert first.progress == (5, 10) and first.status is JobStatus.RUNNING
+    assert first.progress == (5, 10) and first.state is JobState.RUNNING
     assert s.estimate_for(second) is not None  # from the running job's own step rate
     status = s.status()
     assert (status.waiting, status.running, status.capacity, status.pool_ready) == (1, 1, 1, True)
@@ -267,7 +268,7 @@ async def test_progress_start_and_estimates_flow_to_the_listener():
 
 async def test_jobs_wait_until_the_pool_is_ready_and_shutdown_pauses_waiting_and_running_jobs():
     pool, rec = FakePool(), Recorder()
-    s = Scheduler(pool, rec, per_user_waiting=2, queue_max=4, max_pixels=10_000)
+    s = Scheduler(pool, Ledger(watcher=rec), per_user_waiting=2, queue_max=4, max_pixels=10_000)
     a, b = job(1), job(2)
     s.submit(a)
     s.submit(b)
@@ -276,10 +277,10 @@ async def test_jobs_wait_until_the_pool_is_ready_and_shutdown_pauses_waiting_and
     assert pool.submitted == [a.job_id]
     paused = s.stop_accepting("closed")
     # paused, not failed: the job store keeps it for the next start
-    assert paused == [b] and b.status is JobStatus.PAUSED and ("paused", b.job_id, False) in rec.calls
+    assert paused == [b] and b.state.in_line and ("paused", b.job_id, False) in rec.calls
     with pytest.raises(NotAccepting, match="closed"):
         s.submit(job(3))
     await pool.shutdown()
     assert await s.wait_running(5)
-    assert a.status is JobStatus.PAUSED and ("paused", a.job_id, True) in rec.calls
+    assert a.state.in_line and ("paused", a.job_id, True) in rec.calls  # not failed: open, as the store keeps it
     assert not any(c[0] == "failed" for c in rec.calls) and s.jobs() == []

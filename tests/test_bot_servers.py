@@ -4,6 +4,7 @@ daily quotas, bounded upload checks, and the smaller defences (no Discord, no pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sqlite3
 import subprocess
@@ -19,14 +20,15 @@ from packaging.version import Version
 
 from bot import uploads
 from bot.config import LimitsConfig, load_config
-from bot.scheduler import (
-    WORKERS_DOWN_NOTE, FairLine, Job, JobStatus, LineFull, Scheduler, ServerLimitReached, WorkersUnavailable,
-)
+from bot.jobs import Job, JobState, Ledger
+from bot.line import FairLine
+from bot.scheduler import WORKERS_DOWN_NOTE, LineFull, Scheduler, ServerLimitReached, WorkersUnavailable
 from bot.settings import (
     QUOTA_WINDOW_S, GuildSettings, PresetNotAllowed, QuotaReached, ServerSettings, SettingRefused, effective_rules,
 )
 from bot.store import JobStore
 from bot.uploads import ChecksBusy, UploadChecker, UploadProblem
+from nst_core.params import StylizeParams
 from nst_core.pool.base import Failed, Finished, JobHandle, JobSpec, PoolStats, Queued, Started, WorkerPool
 
 pytestmark = pytest.mark.timeout(30)
@@ -37,8 +39,8 @@ _ids = itertools.count()
 
 def job(user: int, guild: int | None = 1, preset: str = "fast") -> Job:
     return Job(job_id=f"{next(_ids):010x}", user_id=user, channel_id=10, guild_id=guild, application_id=1,
-               interaction_token="t", token_created_at=0.0, upload_limit=10_000_000, params={}, content=b"c",
-               style=b"s", style_label="s.png", preset=preset)
+               interaction_token="t", token_created_at=0.0, upload_limit=10_000_000,
+               params=StylizeParams(preset=preset), content=b"c", style=b"s", style_label="s.png")
 
 
 # --------------------------------------------------------------------------- the line between servers
@@ -132,7 +134,7 @@ class Notes:
     def job_waiting(self, job, position, eta_s, note=None):
         self.waiting.append((job.job_id, position, note))
 
-    def job_started(self, job): ...
+    def job_started(self, job, worker=None): ...
     def job_progress(self, job, event): ...
     def job_retrying(self, job, event): ...
 
@@ -147,7 +149,7 @@ class Notes:
 
 def scheduler(**limits) -> tuple[Scheduler, ManualPool, Notes]:
     pool, notes = ManualPool(), Notes()
-    s = Scheduler(pool, notes, **({"per_user_waiting": 3, "queue_max": 10, "max_pixels": 10_000} | limits))
+    s = Scheduler(pool, Ledger(watcher=notes), **({"per_user_waiting": 3, "queue_max": 10, "max_pixels": 10_000} | limits))
     s.set_pool_ready()
     return s, pool, notes
 
@@ -203,7 +205,7 @@ async def test_cancelling_a_job_that_finishes_first_does_not_say_cancelled():
     finisher = asyncio.create_task(finish_soon())
     assert await s.cancel(running.job_id, by_user=1) is False
     await finisher
-    assert running.status is JobStatus.FINISHED and notes.ended == [(running.job_id, "finished")]
+    assert running.state is JobState.RUNNING and notes.ended == [(running.job_id, "finished")]  # done once saved
 
 
 # --------------------------------------------------------------------------- settings and quotas
@@ -250,6 +252,18 @@ async def test_settings_survive_a_restart_and_stay_with_their_server(tmp_path):
     await store.close()
 
 
+async def test_two_admins_changing_settings_at_once_both_keep_their_change(tmp_path):
+    store = JobStore(tmp_path / "db.sqlite3", tmp_path / "spool")
+    await store.open()
+    try:
+        settings = ServerSettings(LimitsConfig(), store)
+        await asyncio.gather(settings.allow_channel(1, 7, 100, True), settings.allow_channel(1, 8, 200, True),
+                             settings.update(1, 9, max_preset="fast"))
+        assert sorted(settings.get(1).channels) == [100, 200] and settings.get(1).max_preset == "fast"
+    finally:
+        await store.close()
+
+
 async def test_the_daily_quota_is_counted_in_the_store_atomically(tmp_path):
     clock = [1_000_000.0]
     store = JobStore(tmp_path / "db.sqlite3", tmp_path / "spool", clock=lambda: clock[0])
@@ -267,11 +281,27 @@ async def test_the_daily_quota_is_counted_in_the_store_atomically(tmp_path):
         await store.accept(job(8, guild=1), daily_limit=2)  # another member too
         clock[0] += QUOTA_WINDOW_S + 1  # a day later
         await store.accept(job(7, guild=1), daily_limit=2)
+        # A limit lowered since: the member may start again when enough old jobs have left the window.
+        clock[0] += 10
+        for _ in range(2):
+            await store.accept(job(6, guild=3), daily_limit=5)
+            clock[0] += 100
+        with pytest.raises(QuotaReached) as lowered:
+            await store.accept(job(6, guild=3), daily_limit=1)
+        assert lowered.value.retry_at == clock[0] - 100 + QUOTA_WINDOW_S  # the second job's time, not the first's
         # A job recorded but then not taken (the line filled up) gives its place back.
         taken = job(9, guild=1)
         await store.accept(taken, daily_limit=1)
         await store.discard(taken.job_id)
         await store.accept(job(9, guild=1), daily_limit=1)
+        # A job that failed by the bot's fault (its worker died) gives its place back too.
+        ledger = Ledger(store)
+        failed = job(10, guild=1)
+        await ledger.accept(failed, daily_limit=1)
+        ledger.job_failed(failed, Failed(failed.job_id, "The worker stopped.", "worker_died"))
+        await store.accept(job(10, guild=1), daily_limit=1)
+        with pytest.raises(QuotaReached):
+            await store.accept(job(10, guild=1), daily_limit=1)
     finally:
         await store.close()
 
@@ -293,18 +323,26 @@ PRAGMA user_version=1;
 async def test_a_database_of_the_previous_version_is_upgraded_with_its_waiting_jobs(tmp_path):
     db = sqlite3.connect(tmp_path / "db.sqlite3")
     db.executescript(_V1_SCHEMA)
-    db.execute("INSERT INTO jobs (job_id, state, user_id, channel_id, guild_id, application_id, interaction_token, "
-               "token_created_at, upload_limit, params, style_label, preset, created_at, updated_at) "
-               "VALUES ('abcdef0123', 'queued', 5, 10, 1, 1, 't', 0, 1000, '{}', 's.png', 'fast', 1, 1)")
+    insert = ("INSERT INTO jobs (job_id, state, user_id, channel_id, guild_id, application_id, interaction_token, "
+              "token_created_at, upload_limit, params, style_label, preset, created_at, updated_at, notice, route) "
+              "VALUES (?, ?, 5, 10, 1, 1, 't', 0, 1000, '{\"preset\": \"fast\", \"seed\": 4}', 's.png', 'fast', "
+              "1, 1, ?, ?)")
+    db.execute(insert, ("abcdef0123", "queued", None, None))
+    db.execute(insert, ("abcdef0456", "failed", "sending", "dm"))  # its notice may have got through
+    db.execute(insert, ("abcdef0789", "failed", "sent", "channel"))
     db.commit()
     db.close()
     (tmp_path / "spool" / "abcdef0123").mkdir(parents=True)
     store = JobStore(tmp_path / "db.sqlite3", tmp_path / "spool")
     await store.open()
     try:
-        assert [s.job.job_id for s in await store.open_jobs()] == ["abcdef0123"]
+        waiting, notifying = await store.open_jobs()
+        assert (waiting.job_id, waiting.state, waiting.params.seed) == ("abcdef0123", JobState.WAITING, 4)
+        assert (notifying.job_id, notifying.state, notifying.route) == ("abcdef0456", JobState.NOTIFYING, "dm")
+        assert (await store.get("abcdef0789")).state is JobState.NOTIFIED
         await store.accept(job(5, guild=1), daily_limit=1)  # the new tables work
-        assert (await store.usage(1, 5, 0.0))[0] == 1
+        used, leaves = await store.usage(1, 5, 0.0, limit=1)
+        assert used == 1 and leaves is not None
     finally:
         await store.close()
 
@@ -312,19 +350,24 @@ async def test_a_database_of_the_previous_version_is_upgraded_with_its_waiting_j
 # --------------------------------------------------------------------------- bounded upload checks
 
 
-async def test_upload_checks_are_bounded_per_member_and_in_total():
-    checker = UploadChecker(workers=1, waiting_max=2, timeout_s=5)
+async def test_upload_checks_are_bounded_per_member_and_in_total_and_a_busy_server_leaves_room():
+    checker = UploadChecker(workers=1, waiting_max=8, timeout_s=5)  # the last 2 places stay for other servers
     try:
-        async with checker.admit(1):
+        async with contextlib.AsyncExitStack() as held:
+            await held.enter_async_context(checker.admit(1, guild_id=10))
             with pytest.raises(ChecksBusy, match="previous pictures are still being checked"):
-                async with checker.admit(1):
-                    pass
-            async with checker.admit(2):
-                with pytest.raises(ChecksBusy, match="checking a lot of pictures"):
-                    async with checker.admit(3):
-                        pass
+                await held.enter_async_context(checker.admit(1, guild_id=10))
+            for user in range(2, 7):  # a busy server takes six places of eight...
+                await held.enter_async_context(checker.admit(user, guild_id=10))
+            with pytest.raises(ChecksBusy, match="checking a lot of pictures"):  # ...not the last two
+                await held.enter_async_context(checker.admit(7, guild_id=10))
+            for user, guild in ((8, 20), (9, 30)):  # which another server gets
+                await held.enter_async_context(checker.admit(user, guild_id=guild))
+            with pytest.raises(ChecksBusy, match="checking a lot of pictures"):  # all eight taken
+                await held.enter_async_context(checker.admit(10, guild_id=40))
+            assert checker.admitted == 8
         assert checker.admitted == 0
-        async with checker.admit(1):
+        async with checker.admit(7, guild_id=10):
             pass
     finally:
         await checker.close()
@@ -421,7 +464,7 @@ async def test_a_failing_background_loop_is_logged_and_started_again(caplog):
     from bot.app import StyleBot
     from bot.config import Config
 
-    bot = StyleBot(Config(), pool=ManualPool())
+    bot = StyleBot(Config(), pool=ManualPool(), store=None, checker=None)  # type: ignore[arg-type]
     runs = []
 
     async def flaky() -> None:
@@ -436,3 +479,43 @@ async def test_a_failing_background_loop_is_logged_and_started_again(caplog):
     assert any(r.getMessage() == "background task failed; restarting it" and r.task == "flaky"
                for r in caplog.records)
     await bot.close()
+
+
+async def test_a_pool_that_gave_up_at_start_is_replaced_and_jobs_wait_meanwhile():
+    from bot.app import StyleBot
+    from bot.config import Config
+    from nst_core.pool.base import WorkerStartError
+
+    class Unreachable(ManualPool):
+        """Like a Ray pool whose cluster cannot be reached: start fails, the pool is closed."""
+
+        closed = True
+        start_failing = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.alive = 0
+
+        async def start(self) -> None:
+            raise WorkerStartError("Cannot reach the Ray cluster at head:6379")
+
+    second = ManualPool()
+    bot = StyleBot(Config(), pool=Unreachable(), store=None, checker=None,  # type: ignore[arg-type]
+                   new_pool=lambda: second)
+    bot._supervise("workers", bot._run_workers)
+    try:
+        await asyncio.sleep(0.5)
+        assert bot.scheduler.workers_down  # /stylize refuses at once meanwhile
+        waiting = job(1)
+        bot.scheduler.restore([waiting])  # a job from before the restart waits
+        for _ in range(100):
+            if bot.pool is second and bot.scheduler.pool_ready:
+                break
+            await asyncio.sleep(0.1)
+        assert bot.pool is second and bot.scheduler.pool is second and not bot.scheduler.workers_down
+        assert waiting.job_id in second.handles  # and runs on the new pool
+    finally:
+        bot._shut_down = True
+        for task in bot._tasks:
+            task.cancel()
+        await bot.close()

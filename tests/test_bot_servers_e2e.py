@@ -161,11 +161,13 @@ async def test_a_job_can_only_be_cancelled_from_its_own_server_and_channel(env: 
 
 
 async def test_worker_processes_do_not_hold_the_token(env: Env):
-    children = psutil.Process(env.bot.proc.pid).children(recursive=True)
+    bot = psutil.Process(env.bot.proc.pid)
+    children = bot.children(recursive=True)
     assert children, "the worker should be running"
-    for child in children:
-        environ = child.environ()
-        assert "DISCORD_TOKEN" not in environ and env.bot.token not in "\n".join(environ.values())
+    # Not in their environment, nor in the bot's own (a worker could read /proc/<bot pid>/environ).
+    for process in [bot, *children]:
+        environ = process.environ()
+        assert "DISCORD_TOKEN" not in environ and env.bot.token not in "\n".join(environ.values()), process
 
 
 async def test_servers_take_turns_and_each_sees_its_own_part_of_the_line(env: Env):

@@ -11,14 +11,18 @@ import discord
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import render
-from bot.uploads import UploadProblem, check_attachment
+from bot import outbox, render
 from bot.config import DeliveryConfig, load_config
-from bot.delivery import Messenger, Sent, _Unchecked
 from bot.health import HealthServer, Metrics
+from bot.jobs import Job, JobState, Ledger
+from bot.outbox import Outbox, Sent, _Unchecked
 from bot.recovery import MAX_RESTARTS, old_order, recover
-from bot.scheduler import FairLine, Job, JobStatus, Scheduler
-from bot.store import JobStore, SpoolFull, StoredJob
+from bot.line import FairLine
+from bot.scheduler import Scheduler
+from bot.status import StatusBoard
+from bot.store import JobStore, SpoolFull
+from bot.uploads import UploadProblem, check_attachment
+from nst_core.params import StylizeParams
 from nst_core.pool.base import Finished
 
 pytestmark = pytest.mark.timeout(30)
@@ -29,8 +33,9 @@ _ids = itertools.count(1)
 def job(user: int = 1, size: int = 100, **fields) -> Job:
     fields = {"token_created_at": 1000.0, **fields}
     return Job(job_id=f"{next(_ids):010x}", user_id=user, channel_id=5, guild_id=6, application_id=7,
-               interaction_token="tok", upload_limit=8 << 20, params={"seed": 3, "strength": 1.5},
-               content=b"c" * size, style=b"s" * size, style_label="waves", preset="fast", **fields)
+               interaction_token="tok", upload_limit=8 << 20,
+               params=StylizeParams(preset="fast", seed=3, strength=1.5), content=b"c" * size, style=b"s" * size,
+               style_label="waves", **fields)
 
 
 class Clock:
@@ -68,12 +73,12 @@ async def test_accepted_jobs_survive_a_reopen_with_their_pictures(tmp_path, stor
     await again.open()
     try:
         rows = await again.open_jobs()
-        assert [r.job.job_id for r in rows] == [a.job_id, b.job_id]
+        assert [r.job_id for r in rows] == [a.job_id, b.job_id]
         first = rows[0]
-        assert first.state == "queued" and first.job.status is JobStatus.WAITING
+        assert first.state is JobState.WAITING
         for name in ("user_id", "channel_id", "guild_id", "application_id", "interaction_token", "token_created_at",
                      "upload_limit", "params", "style_label", "preset", "created_at"):
-            assert getattr(first.job, name) == getattr(a, name), name
+            assert getattr(first, name) == getattr(a, name), name
         assert await again.load_inputs(a.job_id) == (a.content, a.style)
         assert again.spool_bytes == 400
     finally:
@@ -87,17 +92,17 @@ async def test_updates_land_in_order_and_results_replace_the_inputs(store):
     store.note(j.job_id, state="running", started_at=5.0, attempts=1, position=None)
     await store.save_result(j.job_id, FINISHED, finished_at=9.0)
     row = await store.get(j.job_id)
-    assert (row.state, row.attempts, row.position, row.job.started_at, row.job.finished_at) == ("done", 1, None, 5.0, 9.0)
+    assert (row.state, row.attempts, row.position, row.started_at, row.finished_at) == (JobState.DONE, 1, None, 5.0, 9.0)
     assert sorted(p.name for p in (store.spool_dir / j.job_id).iterdir()) == ["result.json", "result.png"]
     result = await store.load_result(j.job_id)
     assert (result.image_png, result.summary, result.notes, result.worker, result.seconds) == (
         FINISHED.image_png, FINISHED.summary, FINISHED.notes, FINISHED.worker, FINISHED.seconds)
 
     await store.update(j.job_id, state="delivering", route="interaction")
-    assert [r.job.job_id for r in await store.open_jobs()] == [j.job_id]
+    assert [r.job_id for r in await store.open_jobs()] == [j.job_id]
     await store.update(j.job_id, remove_files=True, state="delivered", message_id=42, interaction_token="")
     row = await store.get(j.job_id)
-    assert (row.state, row.message_id, row.route, row.job.interaction_token) == ("delivered", 42, "interaction", "")
+    assert (row.state, row.message_id, row.route, row.interaction_token) == (JobState.DELIVERED, 42, "interaction", "")
     assert not (store.spool_dir / j.job_id).exists() and store.spool_bytes == 0
     assert await store.open_jobs() == []
 
@@ -105,12 +110,12 @@ async def test_updates_land_in_order_and_results_replace_the_inputs(store):
 async def test_failed_jobs_stay_open_until_their_notice_is_sent(store):
     j = job()
     await store.accept(j)
-    store.note(j.job_id, remove_files=True, state="failed", failure="Boom.", failure_kind="error", notice="pending")
+    store.note(j.job_id, remove_files=True, state="failed", failure="Boom.", failure_kind="error")
     [row] = await store.open_jobs()
-    assert row.notice == "pending" and row.job.failure == "Boom." and not (store.spool_dir / j.job_id).exists()
-    await store.update(j.job_id, notice="sent")
+    assert row.state is JobState.FAILED and row.failure == "Boom." and not (store.spool_dir / j.job_id).exists()
+    await store.update(j.job_id, state="notified")
     assert await store.open_jobs() == []
-    assert await store.counts() == {"failed": 1}
+    assert await store.counts() == {"notified": 1}
 
 
 async def test_the_spool_cap_refuses_and_discard_forgets(store):
@@ -162,11 +167,11 @@ async def test_purge_keeps_what_is_open_or_recent(tmp_path):
         for j in (old_done, old_owed, old_waiting, recent):
             await s.accept(j)
         await s.update(old_done.job_id, state="delivered")
-        await s.update(old_owed.job_id, state="failed", notice="pending")
+        await s.update(old_owed.job_id, state="failed")
         clock.now += 7200
         await s.update(recent.job_id, state="cancelled")
         assert await s.purge() == 1
-        assert {r.job.job_id for r in await s.all_jobs()} == {old_owed.job_id, old_waiting.job_id, recent.job_id}
+        assert {r.job_id for r in await s.all_jobs()} == {old_owed.job_id, old_waiting.job_id, recent.job_id}
         await s.ping()
     finally:
         await s.close()
@@ -187,15 +192,13 @@ def test_restored_jobs_go_first_in_their_old_order():
     assert [line.pop(), line.pop(), line.pop()] == ["old-a1", "old-c1", "new-b1"]
 
 
-def stored(state: str, seq: int, position: int | None = None, started_at: float | None = None) -> StoredJob:
-    j = job(started_at=started_at)
-    return StoredJob(job=j, state=state, seq=seq, position=position, attempts=0, restarts=0, notice=None,
-                     route=None, message_id=None, failure_kind=None)
+def stored(state: str, seq: int, position: int | None = None, started_at: float | None = None) -> Job:
+    return job(state=JobState(state), seq=seq, position=position, started_at=started_at)
 
 
 def test_old_order_puts_running_jobs_first_then_waiting_ones_by_place():
-    rows = [stored("queued", 1, position=3), stored("running", 2, started_at=50.0), stored("queued", 3, position=1),
-            stored("queued", 4), stored("running", 5, started_at=40.0), stored("queued", 6, position=2)]
+    rows = [stored("waiting", 1, position=3), stored("running", 2, started_at=50.0), stored("waiting", 3, position=1),
+            stored("waiting", 4), stored("running", 5, started_at=40.0), stored("waiting", 6, position=2)]
     assert [r.seq for r in sorted(rows, key=old_order)] == [5, 2, 3, 6, 1, 4]
 
 
@@ -214,6 +217,7 @@ class RecordingMessenger:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
         self.tasks: list[asyncio.Task] = []
+        self.outbox = self  # deliveries go through the messenger's outbox
 
     def prepare_restored(self, j: Job) -> None:
         self.calls.append(("prepare", j.job_id))
@@ -244,12 +248,12 @@ async def test_recover_restores_the_line_and_resumes_deliveries(store):
     await store.save_result(finished.job_id, FINISHED)
     await store.save_result(sending.job_id, FINISHED)
     await store.update(sending.job_id, state="delivering", route="channel")
-    await store.update(owed.job_id, remove_files=True, state="failed", failure="No luck.", notice="sending",
-                       route="dm")
+    await store.update(owed.job_id, remove_files=True, state="notifying", failure="No luck.", route="dm")
 
+    ledger = Ledger(store)
     scheduler = Scheduler(IdlePool(), Listener(), per_user_waiting=1, queue_max=1, max_pixels=10_000)
     messenger = RecordingMessenger()
-    report = await recover(store, scheduler, messenger)
+    report = await recover(store, ledger, scheduler, messenger)
     await asyncio.gather(*messenger.tasks)
 
     assert report.restored == [running.job_id, waiting.job_id]
@@ -265,21 +269,37 @@ async def test_recover_restores_the_line_and_resumes_deliveries(store):
     [crash_notice] = [c for c in calls if c[:2] == ("notice", crashy.job_id)]
     assert f"restarted {MAX_RESTARTS} times" in crash_notice[2]
     await store.flush()
-    rows = {r.job.job_id: r for r in await store.all_jobs()}
-    assert rows[running.job_id].state == "queued" and rows[running.job_id].restarts == 1
-    assert rows[crashy.job_id].state == "failed" and not (store.spool_dir / crashy.job_id).exists()
+    rows = {r.job_id: r for r in await store.all_jobs()}
+    assert rows[running.job_id].state is JobState.WAITING and rows[running.job_id].restarts == 1
+    assert rows[crashy.job_id].state is JobState.FAILED and not (store.spool_dir / crashy.job_id).exists()
 
 
 # --------------------------------------------------------------------------- small pieces
 
 
+def stamped(kwargs: dict, kind: str, job_id: str) -> list[dict]:
+    """The embeds of a message as Discord returns them, after the outbox marked it."""
+    return [e.to_dict() for e in [outbox._stamp(kwargs, kind, job_id)["embed"]]]
+
+
 def test_delivery_markers_tell_results_notices_and_status_messages_apart():
-    assert render.is_delivery_of(render.result_content(9, "ab12", late=True), "ab12", "result")
-    assert not render.is_delivery_of(render.result_content(9, "ab12"), "ab12", "notice")
-    assert render.is_delivery_of(render.failure_notice(9, "ab12", "Oops."), "ab12", "notice")
-    assert not render.is_delivery_of(render.failure_notice(9, "ab12", "Oops."), "cd34", "notice")
-    status = render.status_header("ab12", "fast", "x.png") + "\n" + render.done_line(3.0)
-    assert not render.is_delivery_of(status, "ab12", "result") and not render.is_delivery_of(status, "ab12", "notice")
+    result = stamped({"content": render.result_content(9, "ab12", late=True),
+                      "embed": render.result_embed({"final": {}}, job_id="ab12", preset="fast", seed=1, strength=1.0,
+                                                   preserve_colors=False, style_label="waves")}, "result", "ab12")
+    notice = stamped({"content": render.failure_notice(9, "ab12", "Oops.")}, "notice", "ab12")
+    assert outbox.is_delivery_of(result, "ab12", "result") and not outbox.is_delivery_of(result, "ab12", "notice")
+    assert result[0]["footer"]["text"] == "stylebot result ab12 · style waves"  # the footer still names the style
+    assert outbox.is_delivery_of(notice, "ab12", "notice") and not outbox.is_delivery_of(notice, "ab12f", "notice")
+    assert not outbox.is_delivery_of(notice, "cd34", "notice")
+    assert not outbox.is_delivery_of(None, "ab12", "result")  # a status message has no embed
+
+
+def test_the_marker_does_not_depend_on_what_users_read(monkeypatch):
+    # Rewording every sentence of a delivery must not break recognising it after a restart.
+    monkeypatch.setattr(render, "_READY", "voilà, c'est prêt")
+    monkeypatch.setattr(render, "_DID_NOT_FINISH", "n'a pas abouti :")
+    notice = stamped({"content": render.failure_notice(9, "ab12", "Hélas.")}, "notice", "ab12")
+    assert outbox.is_delivery_of(notice, "ab12", "notice")
 
 
 def test_long_thin_images_are_refused_for_their_shape():
@@ -346,14 +366,14 @@ async def test_health_server_answers_503_until_every_check_passes():
 # --------------------------------------------------------------------------- exactly once, without Discord
 
 
-def messenger(**delivery) -> Messenger:
+def messenger(**delivery) -> Outbox:
     config = DeliveryConfig(**{"timeout_s": 0.2, "retries": 1, "backoff_s": 0.01, **delivery})
-    return Messenger(object(), edit_interval_s=1.0, interaction_ttl_s=900.0, interaction_margin_s=60.0,
-                     delivery=config)
+    board = StatusBoard(object(), edit_interval_s=1.0, interaction_ttl_s=900.0, interaction_margin_s=60.0)
+    return Outbox(object(), Ledger(), board, delivery=config)
 
 
-def fresh_job() -> Job:
-    return job(token_created_at=time.time())  # the interaction route is open
+def fresh_job(state: JobState = JobState.DONE) -> Job:
+    return job(token_created_at=time.time(), state=state)  # the interaction route is open
 
 
 async def test_an_attempt_that_timed_out_but_landed_is_not_sent_again():
@@ -404,7 +424,7 @@ async def test_when_discord_cannot_even_be_asked_nothing_is_resent_now_but_later
         raise _Unchecked(passing=True)
 
     m._send, m.find_delivered = send, find
-    assert await m._deliver(fresh_job(), lambda late: {"content": "x"}, "notice") is None
+    assert await m._deliver(fresh_job(JobState.FAILED), lambda late: {"content": "x"}, "notice") is None
     assert sends == ["interaction"] and len(m._timers) == 1  # one try, then a later chain is planned
-    await m.drain(1.0)
+    m.cancel_timers()
     assert not m._timers

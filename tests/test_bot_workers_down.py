@@ -88,7 +88,7 @@ async def test_no_worker_can_start_then_one_does(tmp_path):
                        for m in fake.messages.values())
         await fake.wait_for(told, timeout=30, what="the waiting job told that the workers could not start")
         with sqlite3.connect(tmp_path / "data" / "jobs.sqlite3") as db:
-            assert db.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone() == ("queued",)
+            assert db.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone() == ("waiting",)
         # A new request is refused at once, privately.
         started = time.monotonic()
         refused = await stylize(fake, "bob")

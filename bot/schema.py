@@ -1,0 +1,99 @@
+"""The job store's SQLite schema, its version, and the upgrades from older versions.
+
+Version 1: jobs. Version 2: per-server settings and the daily quota's count. Version 3: one
+lifecycle (:mod:`bot.jobs`): the old ``queued`` state and a failed job's ``notice`` column
+(pending, sending, sent, unsent) folded into ``state``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "upgrade", "transaction"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- acceptance order
+    job_id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    user_id INTEGER NOT NULL,
+    channel_id INTEGER NOT NULL,
+    guild_id INTEGER,
+    application_id INTEGER NOT NULL,
+    interaction_token TEXT NOT NULL,         -- cleared once the job has ended
+    token_created_at REAL NOT NULL,
+    upload_limit INTEGER NOT NULL,
+    params TEXT NOT NULL,                    -- StylizeParams.to_dict() as JSON
+    style_label TEXT NOT NULL,
+    preset TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    status_message_id INTEGER,
+    position INTEGER,                        -- last announced place in line (waiting jobs)
+    attempts INTEGER NOT NULL DEFAULT 0,     -- starts on a worker, retries and restarts included
+    restarts INTEGER NOT NULL DEFAULT 0,     -- times put back in line by a restart
+    started_at REAL,
+    finished_at REAL,
+    worker TEXT,
+    failure TEXT,                            -- the reason the requester reads
+    failure_kind TEXT,
+    cancelled_by INTEGER,
+    notice TEXT,                             -- version 1-2 only (folded into state since version 3)
+    route TEXT,                              -- delivering: route being tried; delivered: route used
+    message_id INTEGER,                      -- the message that delivered the result (or the notice)
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- version 2: per-server settings and the daily quota's count
+CREATE TABLE IF NOT EXISTS guild_settings (
+    guild_id INTEGER PRIMARY KEY,
+    channels TEXT NOT NULL DEFAULT '[]',     -- JSON list of channel ids; empty: everywhere
+    max_preset TEXT,                         -- NULL: the operator's ceiling
+    daily_jobs INTEGER,                      -- NULL: the operator's default
+    updated_at REAL NOT NULL,
+    updated_by INTEGER
+);
+CREATE TABLE IF NOT EXISTS usage (           -- accepted jobs, for "jobs per member per day"
+    job_id TEXT PRIMARY KEY,
+    guild_id INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_member ON usage (guild_id, user_id, at);
+"""
+SCHEMA_VERSION = 3
+# Version 3: one lifecycle. Old states (and a failed job's notice column) to new states.
+MIGRATE_TO_3 = """
+UPDATE jobs SET state = 'waiting' WHERE state = 'queued';
+UPDATE jobs SET state = CASE notice WHEN 'sending' THEN 'notifying' WHEN 'sent' THEN 'notified'
+                                    WHEN 'unsent' THEN 'unnotified' ELSE 'failed' END
+    WHERE state = 'failed';
+"""
+
+
+
+def upgrade(db: sqlite3.Connection) -> None:
+    """Create what is missing and bring an older database's records to this version."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    db.executescript(SCHEMA)
+    if version < 3:
+        with transaction(db):
+            for statement in MIGRATE_TO_3.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+class transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
