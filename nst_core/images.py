@@ -4,7 +4,8 @@ Pillow only (no TensorFlow), so the bot can validate and prepare images cheaply.
 Everything that reads bytes from a user treats them as hostile: only a handful of
 decoders are allowed to look at them, the pixel count and the structures that make a
 small file slow or memory-hungry to read (a JPEG's scans and segments, a PNG's chunks, a
-GIF's header blocks, a large RLE BMP) are checked before any pixel is decoded, conversions
+GIF's header blocks, a large RLE BMP; :mod:`nst_core.decode_cost`) are checked before any
+pixel is decoded, conversions
 work in bands of rows, and every failure becomes an :class:`ImageError` whose message can
 be shown to the user as is. Nothing here touches process-wide state (warning filters,
 Pillow's settings), so checks may run on several threads at once.
@@ -14,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import struct
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from .decode_cost import MAX_JPEG_SCANS, check_decode_cost, check_structure
 from .errors import ImageError
 from .schedule import fit_size
 
@@ -51,73 +52,6 @@ DEFAULT_MAX_PIXELS = 40_000_000
 
 # The smallest longer side fit_to_bytes will shrink an image to before giving up.
 _MIN_FIT_SIDE = 16
-
-# A baseline JPEG has one scan (or one per colour), a progressive one about 10, odd
-# encoders a few dozen. The decoder goes over the whole image once per scan, so a small
-# file repeating its scans thousands of times costs minutes or hours to decode.
-MAX_JPEG_SCANS = 100
-
-# Pillow reads a JPEG's headers in Python, a step per marker and per stray or fill byte
-# before the first scan, and keeps every APP and COM segment: an 8 MB file of tiny segments
-# or bare markers costs seconds and over 100 MiB before any pixel. Real photos have a few
-# dozen markers (restart markers, which the walk skips in C, aside) and no stray bytes, so
-# the caps cost them nothing. They also bound our own walk, which takes a Python step per
-# marker and per run of fill bytes inside a scan: at most a few thousand, whatever the file.
-# Pillow's header loop takes about 0.5 µs per stray byte, so 16 KiB of them cost about
-# 10 ms (paid twice by a caller that also asks image_info); fill bytes in scans count too.
-_MAX_JPEG_STEPS = 2_000
-_MAX_JPEG_STRAY_BYTES = 16 * 1024
-
-# Any marker except RSTn, TEM and the reserved 0xFF02-0xFFBF, which libjpeg steps over (or
-# refuses); in entropy-coded data 0xFF00 is a stuffed byte, so skipping to the next match
-# skips a scan's data exactly as the decoder reads it.
-_JPEG_MARKER = re.compile(rb"\xff[\xc0-\xcf\xd8-\xfe]")
-# Markers libjpeg skips (or refuses) by their length field: SOFn, DHT and DAC; SOS, DQT,
-# DNL and DRI; APPn; COM. Any other is stepped over as its two bytes, so the walk never
-# jumps over something the decoder would read.
-_JPEG_SKIPPED_BY_LENGTH = frozenset(
-    [*range(0xC0, 0xD0), *range(0xDA, 0xDE), *range(0xE0, 0xF0), 0xFE]
-)
-# Inside a scan's data 0xFF is always followed by 0x00, a restart marker or a marker, so
-# 0xFFFF can only start a run of fill bytes. Runs are found and skipped with these, in C.
-_JPEG_FILL = re.compile(rb"\xff\xff")
-_NOT_FF = re.compile(rb"[^\xff]")
-_JPEG_HEADERS_MESSAGE = (
-    "The JPEG holds far more segments or stray bytes than a real photo; "
-    "please re-save it as a normal JPEG or PNG."
-)
-
-# Pillow reads a PNG's chunks one at a time in Python, all of them when decoding (those
-# before the image data also just to open it), and keeps every private chunk: 8 MB of
-# empty chunks cost about 7 s. Real PNGs have a handful of metadata chunks (a few dozen
-# from the most talkative editors) and their image data in one chunk or in chunks of 8 KiB
-# or more (libpng's size: about 1,000 for an 8 MB upload); an APNG adds two per frame. At
-# the caps Pillow spends about 50 ms on the chunks and our walk (1 µs each) 20 ms.
-_MAX_PNG_CHUNKS = 20_000
-_MAX_PNG_METADATA_CHUNKS = 1_000
-_PNG_IMAGE_DATA_CHUNKS = frozenset({b"IDAT", b"fdAT"})  # everything else is metadata...
-# ...but an APNG's frame headers, counted on their own. Pillow parses each one it meets
-# (about 6 µs apiece): all of them in a file not marked as animated. Only the first frame
-# is decoded; real animations have a few hundred frames.
-_MAX_PNG_FRAMES = 5_000
-# Pillow inflates each of these (up to 1 MiB, its MAX_TEXT_CHUNK) whether it keeps the
-# result or not, and keeps up to 64 MiB of text: a 1 KB chunk costs a millisecond and
-# 1 MiB. Real files have one colour profile and a few compressed texts (EXIF, XMP).
-_MAX_PNG_COMPRESSED_CHUNKS = 16
-_PNG_COMPRESSED_CHUNKS = frozenset({b"iCCP", b"zTXt", b"iTXt"})
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_CHUNK_HEADER = struct.Struct(">I4s")  # length, type; the data and a CRC follow
-
-# Pillow reads the blocks before a GIF's first image one sub-block (or stray byte) at a
-# time in Python and keeps every comment sub-block: 8 MB of one-byte comment blocks cost
-# seconds and over 300 MiB. Real GIFs have a handful; XMP read as blocks, a few thousand.
-_MAX_GIF_HEADER_STEPS = 100_000
-_GIF_BLOCK_START = re.compile(rb"[!,;]")
-
-# Pillow decodes RLE-compressed BMP in Python, up to a step per pixel (about 10 s for a
-# 5 KB, 40 MP file); real RLE BMPs are small pictures.
-_MAX_RLE_BMP_PIXELS = 2_000_000
-_BMP_RLE_COMPRESSIONS = (1, 2)  # BI_RLE8, BI_RLE4
 
 # Conversions that need temporaries work on bands of about this many pixels, so those
 # stay a few MiB whatever the image size.
@@ -203,7 +137,7 @@ def image_info(data: bytes) -> tuple[str, int, int]:
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ImageError(_EMPTY_PIXELS_MESSAGE)
-    _check_decode_cost(img)
+    check_decode_cost(img)
     if _header_orientation(img) in (5, 6, 7, 8):  # the four that turn by 90 degrees
         width, height = height, width
     return _format_name(img), width, height
@@ -219,7 +153,7 @@ def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, Any, str]:
     # a pixel is decoded, without relying on its warning and the process's filters.
     limit = _effective_limit(max_pixels)
     _check_dimensions(img.size, limit)
-    _check_decode_cost(img)
+    check_decode_cost(img)
     try:
         img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -265,13 +199,7 @@ def _open(data: bytes) -> Any:
     no thread can safely change for its own call alone. Callers check the size themselves
     before decoding (:func:`_check_dimensions`).
     """
-    head = bytes(data[:8])
-    if head.startswith(b"\xff\xd8\xff"):  # what Pillow's JPEG plugin accepts
-        _check_jpeg_structure(data)
-    elif head == _PNG_SIGNATURE:
-        _check_png_structure(data)
-    elif head[:6] in (b"GIF87a", b"GIF89a"):
-        _check_gif_structure(data)
+    check_structure(data)
     Image.init()  # registers every decoder once (WebP's is not among the preloaded ones)
     prefix = bytes(data[:16])
     for fmt in ACCEPTED_FORMATS:
@@ -293,163 +221,6 @@ def _open(data: bytes) -> Any:
         except Exception as exc:  # OSError, ValueError, EOFError...
             raise ImageError(_unreadable_message(data)) from exc
     raise ImageError(_unreadable_message(data))
-
-
-def _check_jpeg_structure(data: bytes) -> None:
-    """Refuse a JPEG whose scans or segments would make reading it slow; cheap, linear.
-
-    Walks the marker segments as libjpeg reads them: by their lengths, and after each
-    SOS over the entropy-coded data up to the next marker, so every scan the decoder
-    would run is counted. Every other byte between markers is stray (or fill) and
-    counts, up to the end of the file when no marker follows; so does every marker and
-    every run of fill bytes inside a scan, one Python step each. Runs of bytes are
-    searched in C and never further than the stray bytes left allow. Where the bytes
-    stop making sense the walk just stops, and Pillow gives its usual error.
-    """
-    size = len(data)
-    pos, scans, steps, stray = 2, 0, 0, 0
-    in_scan = False  # after an SOS segment come its entropy-coded data, not stray bytes
-    next_fill = -1  # where the next 0xFFFF inside a scan is (size: none), once searched
-    while True:
-        if steps > _MAX_JPEG_STEPS or stray > _MAX_JPEG_STRAY_BYTES:
-            raise ImageError(_JPEG_HEADERS_MESSAGE)
-        if pos >= size:
-            return
-        steps += 1
-        budget = _MAX_JPEG_STRAY_BYTES - stray
-        if not in_scan:
-            window = min(size, pos + budget + 2)  # a marker beyond it is over the budget
-            found = _JPEG_MARKER.search(data, pos, window)
-            if found is None:
-                stray, pos = stray + window - pos, window
-                continue
-            start = found.start()
-            stray += start - pos
-        else:
-            if next_fill < pos:
-                fill = _JPEG_FILL.search(data, pos)
-                next_fill = size if fill is None else fill.start()
-            found = _JPEG_MARKER.search(data, pos, next_fill)
-            if found is not None:
-                start = found.start()
-            elif next_fill == size:
-                return  # the scan's data run to the end: libjpeg reads them as they are
-            else:
-                # Fill bytes: all but the last 0xFF of the run, which pairs with the byte
-                # after it (a marker, a stuffed zero, a restart marker).
-                window = min(size, next_fill + budget + 2)
-                run_end = _NOT_FF.search(data, next_fill + 2, window)
-                if run_end is None:  # over the budget, or 0xFF up to the end of the file
-                    stray, pos = stray + window - next_fill, window
-                    continue
-                end = run_end.start()
-                stray += end - next_fill - 1
-                if _JPEG_MARKER.match(data, end - 1) is None:
-                    pos = end + 1  # still the scan's data
-                    continue
-                start = end - 1
-        marker = data[start + 1]
-        in_scan = False
-        if marker == 0xD9 and scans:
-            # EOI: the decoder stops here (an MPO's next picture follows). Before the first
-            # scan Pillow's header parser reads on, so the walk does too.
-            return
-        if marker not in _JPEG_SKIPPED_BY_LENGTH:
-            pos = start + 2
-            continue
-        if start + 4 > size:
-            return
-        length = (data[start + 2] << 8) | data[start + 3]
-        pos = start + 2 + max(length, 2)  # libjpeg reads a length under 2 as no data
-        if marker == 0xDA:
-            in_scan = True
-            scans += 1
-            if scans > MAX_JPEG_SCANS:
-                raise ImageError(
-                    f"The JPEG has more than {MAX_JPEG_SCANS} scans, far more than a real photo; "
-                    "please re-save it as a normal JPEG or PNG."
-                )
-
-
-def _check_png_structure(data: bytes) -> None:
-    """Refuse a PNG split into so many chunks that Pillow would be slow to read it.
-
-    Walks the chunk headers (length and type) from the signature to IEND, jumping over
-    each chunk's data: a struct unpack and a few comparisons per chunk, and the caps stop
-    it after at most :data:`_MAX_PNG_CHUNKS` of them. The walk stops where Pillow stops
-    reading: at IEND, at a type that is not four letters, or at the end of the bytes.
-    """
-    size = len(data)
-    unpack = _PNG_CHUNK_HEADER.unpack_from
-    pos, chunks, metadata, frames, compressed = len(_PNG_SIGNATURE), 0, 0, 0, 0
-    while pos + 8 <= size:
-        length, kind = unpack(data, pos)
-        if kind == b"IEND" or not kind.isalpha():
-            return
-        chunks += 1
-        if kind == b"fcTL":
-            frames += 1
-            if frames > _MAX_PNG_FRAMES:
-                raise ImageError(
-                    f"The animated PNG has more than {_MAX_PNG_FRAMES:,} frames; only its first "
-                    "is used, so please send that frame as a still PNG."
-                )
-        elif kind not in _PNG_IMAGE_DATA_CHUNKS:
-            metadata += 1
-            if kind in _PNG_COMPRESSED_CHUNKS:
-                compressed += 1
-                if compressed > _MAX_PNG_COMPRESSED_CHUNKS:
-                    raise ImageError(
-                        "The PNG holds far more compressed text or colour profile chunks than "
-                        "a real picture; please re-save it as a normal PNG."
-                    )
-        if chunks > _MAX_PNG_CHUNKS or metadata > _MAX_PNG_METADATA_CHUNKS:
-            raise ImageError(
-                "The PNG is split into far more chunks than a real picture; "
-                "please re-save it as a normal PNG."
-            )
-        pos += 12 + length  # length and type, the data, the CRC
-
-
-def _check_gif_structure(data: bytes) -> None:
-    """Refuse a GIF whose blocks before the first image would make Pillow slow to open it."""
-    size = len(data)
-    if size < 13:
-        return
-    flags = data[10]
-    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # after the global palette
-    steps = 0
-    while pos < size and steps <= _MAX_GIF_HEADER_STEPS:
-        byte = data[pos]
-        if byte in b",;":  # the first image, or the end: Pillow stops reading there
-            return
-        if byte != 0x21:  # not "!": Pillow steps over stray bytes one at a time
-            found = _GIF_BLOCK_START.search(data, pos)
-            nxt = size if found is None else found.start()
-            steps, pos = steps + nxt - pos, nxt
-            continue
-        pos += 2  # "!" and the extension's label, then its sub-blocks
-        while pos < size and steps <= _MAX_GIF_HEADER_STEPS:
-            length = data[pos]
-            pos, steps = pos + 1 + length, steps + 1
-            if length == 0:
-                break
-    if steps > _MAX_GIF_HEADER_STEPS:
-        raise ImageError(
-            "The GIF holds far more header blocks before its picture than a real GIF; "
-            "please re-save it as a normal GIF or PNG."
-        )
-
-
-def _check_decode_cost(img: Any) -> None:
-    """Refuse, from the header, what Pillow would decode far more slowly than its size says."""
-    if img.format == "BMP" and img.info.get("compression") in _BMP_RLE_COMPRESSIONS:
-        width, height = img.size
-        if width * height > _MAX_RLE_BMP_PIXELS:
-            raise ImageError(
-                f"RLE-compressed BMP files are accepted up to {_mp(_MAX_RLE_BMP_PIXELS)} and this "
-                f"one is {width}×{height} pixels; please re-save it as a PNG."
-            )
 
 
 _EMPTY_PIXELS_MESSAGE = "The image has no pixels: its width or height is 0."
