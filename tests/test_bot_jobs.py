@@ -127,3 +127,25 @@ def test_the_engine_never_imports_discord_or_the_bot():
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+async def test_a_database_made_by_the_previous_store_is_read_with_every_job_in_its_new_state(tmp_path):
+    # tests/fixtures/store_v1 was written by the job store of commit e59bfb6 (make_store_v1.py).
+    import shutil
+
+    shutil.copytree(REPO / "tests" / "fixtures" / "store_v1", tmp_path / "data")
+    store = JobStore(tmp_path / "data" / "jobs.sqlite3", tmp_path / "data" / "spool")
+    await store.open()
+    try:
+        states = {j.job_id: j.state for j in await store.all_jobs()}
+        assert states == {"0000000001": JobState.WAITING, "0000000002": JobState.RUNNING,
+                          "0000000003": JobState.DONE, "0000000004": JobState.DELIVERING,
+                          "0000000005": JobState.FAILED, "0000000006": JobState.NOTIFYING,
+                          "0000000007": JobState.CANCELLED, "0000000008": JobState.DELIVERED}
+        waiting = await store.get("0000000001")
+        assert waiting.params.seed == 1 and waiting.params.strength == 1.5 and waiting.preset == "fast"
+        assert await store.load_inputs("0000000001") == (b"content-1", b"style-1")
+        assert (await store.load_result("0000000004")).image_png == b"\x89PNG old result"
+        assert (await store.get("0000000006")).route == "dm"
+    finally:
+        await store.close()
