@@ -100,7 +100,7 @@ class Messenger:
             await self.ledger.save_result(job, event)
         except Exception:
             log.exception("the result could not be saved; delivering it from memory", extra={"job_id": job.job_id})
-        job.content = job.style = b""  # the inputs are no longer needed; keep the record small
+        job.content = job.style = job.style2 = b""  # the inputs are kept on disk now; keep the record small
         await self.board.finish(job, render.done_line(_seconds(job, event.seconds)))
         await self.outbox.deliver_result(job, event)
 

@@ -127,6 +127,11 @@ class Job:
     content: bytes
     style: bytes
     style_label: str  # the style's file name or library name, for messages
+    style2: bytes = b""  # a second style, blended in (``params.style_blend``); empty: one style
+    style2_label: str | None = None
+    parent_id: str | None = None  # the job whose result's button made this one (a remix)
+    remix: str | None = None  # which button: again, more, less, colours, sharper
+    compare: bool = False  # the result also shows a "before | after" picture
     created_at: float = field(default_factory=time.time)
     state: JobState = JobState.WAITING
     status_message_id: int | None = None
@@ -143,13 +148,31 @@ class Job:
     position: int | None = None  # last announced place in line
     attempts: int = 0  # starts on a worker (a retry after a crash, or a restart, adds one)
     restarts: int = 0  # times a restart of the bot put it back in line
+    kept_until: float | None = None  # delivered: its pictures stay for remixes until then
 
     @property
     def preset(self) -> str:
         return self.params.preset
 
+    @property
+    def styles_label(self) -> str:
+        """The style (or both styles and their shares) as messages name it."""
+        if not self.style2_label:
+            return self.style_label
+        second = round(self.blend * 100)
+        return f"{self.style_label} {100 - second}% + {self.style2_label} {second}%"
+
+    @property
+    def blend(self) -> float:
+        """The second style's share (0 with one style)."""
+        weights = self.params.style_blend
+        if not self.style2_label or not weights or len(weights) != 2:
+            return 0.0
+        return weights[1] / sum(weights)
+
     def spec(self, *, max_pixels: int, timeout_s: float | None = None) -> JobSpec:
-        return JobSpec(content=self.content, style=self.style, params=self.params.to_dict(), job_id=self.job_id,
+        styles = (self.style, self.style2) if self.style2 else (self.style,)
+        return JobSpec(content=self.content, style=styles, params=self.params.to_dict(), job_id=self.job_id,
                        max_pixels=max_pixels, timeout_s=timeout_s)
 
 
@@ -303,12 +326,18 @@ class Ledger:
             await self.store.update(job.job_id, state=job.state.value, route=route)
 
     async def sent(self, job: Job, route: str, message_id: int) -> None:
+        """Recorded as delivered (or notified). A delivered job's pictures stay in the spool for
+        the store's ``reuse_s``, for the buttons under the result; a notice's go at once."""
         delivered = job.state in (JobState.DONE, JobState.DELIVERING)
         self._move(job, JobState.DELIVERED if delivered else JobState.NOTIFIED)
         job.route, job.message_id = route, message_id
+        now = self.clock()
+        keep = delivered and self.store is not None and self.store.reuse_s > 0
+        job.kept_until = now + self.store.reuse_s if keep and self.store is not None else None
         if self.store is not None:
-            await self.store.update(job.job_id, remove_files=delivered, state=job.state.value, route=route,
-                                    message_id=message_id, delivered_at=self.clock(), interaction_token="")
+            await self.store.update(job.job_id, remove_files=not keep, state=job.state.value, route=route,
+                                    message_id=message_id, delivered_at=now, interaction_token="",
+                                    kept_until=job.kept_until)
 
     async def unsent(self, job: Job) -> None:
         """Every route refused for good."""

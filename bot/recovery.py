@@ -69,7 +69,7 @@ async def recover(store: JobStore, ledger: Ledger, scheduler: Scheduler, messeng
             report.notices.append(job.job_id)
             continue
         try:
-            job.content, job.style = await store.load_inputs(job.job_id)
+            job.content, job.style, job.style2 = await store.load_inputs(job.job_id)
         except OSError:
             log.error("a waiting job's pictures are missing", extra={"job_id": job.job_id})
             await _fail(ledger, messenger, job, _LOST_INPUTS)

@@ -2,7 +2,9 @@
 
 Version 1: jobs. Version 2: per-server settings and the daily quota's count. Version 3: one
 lifecycle (:mod:`bot.jobs`): the old ``queued`` state and a failed job's ``notice`` column
-(pending, sending, sent, unsent) folded into ``state``.
+(pending, sending, sent, unsent) folded into ``state``. Version 4: playing with results: a
+job's parent (the result whose button made it) and second style, how long a delivered job's
+pictures are kept for remixes, and members' saved styles.
 """
 
 from __future__ import annotations
@@ -42,7 +44,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     notice TEXT,                             -- version 1-2 only (folded into state since version 3)
     route TEXT,                              -- delivering: route being tried; delivered: route used
     message_id INTEGER,                      -- the message that delivered the result (or the notice)
-    delivered_at REAL
+    delivered_at REAL,
+    -- version 4 (added to older tables by upgrade())
+    parent_id TEXT,                          -- the job whose result's button made this one
+    remix TEXT,                              -- that button: again, more, less, colours, sharper
+    style2_label TEXT,                       -- a second, blended style (NULL: one style)
+    compare INTEGER NOT NULL DEFAULT 0,      -- the result also shows "before | after"
+    kept_until REAL                          -- delivered: pictures kept in the spool until then
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -62,8 +70,20 @@ CREATE TABLE IF NOT EXISTS usage (           -- accepted jobs, for "jobs per mem
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS usage_member ON usage (guild_id, user_id, at);
+-- version 4: "Use as my style": one picture per member and server, its file in the spool
+CREATE TABLE IF NOT EXISTS saved_styles (
+    guild_id INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    label TEXT NOT NULL,                     -- the picture's file name, for messages
+    saved_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (guild_id, user_id)
+);
 """
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# Version 4: columns added to the jobs table of an older database.
+JOBS_COLUMNS_4 = (("parent_id", "TEXT"), ("remix", "TEXT"), ("style2_label", "TEXT"),
+                  ("compare", "INTEGER NOT NULL DEFAULT 0"), ("kept_until", "REAL"))
 # Version 3: one lifecycle. Old states (and a failed job's notice column) to new states.
 MIGRATE_TO_3 = """
 UPDATE jobs SET state = 'waiting' WHERE state = 'queued';
@@ -77,6 +97,11 @@ UPDATE jobs SET state = CASE notice WHEN 'sending' THEN 'notifying' WHEN 'sent' 
 def upgrade(db: sqlite3.Connection) -> None:
     """Create what is missing and bring an older database's records to this version."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version and version < 4:  # CREATE TABLE IF NOT EXISTS leaves an old table as it is
+        have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in JOBS_COLUMNS_4:
+            if name not in have:
+                db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
     db.executescript(SCHEMA)
     if version < 3:
         with transaction(db):

@@ -10,8 +10,13 @@ the only caller that changes it). What the store itself guarantees:
 * ``delivering``/``notifying`` (with the route being tried) is recorded before each send and
   ``delivered``/``notified`` (with the Discord message id) after it; a job found sending after
   a restart is looked for in the channel, not blindly sent again (:mod:`bot.recovery`).
-* A job's files are removed once it is delivered, failed or cancelled; the records of ended
-  jobs (and the files of undeliverable results) are removed after ``retention_hours``.
+* A job's files are removed once it failed or was cancelled. A delivered job's pictures
+  (inputs and result) stay ``reuse_s`` longer, for the buttons under its result, and count in
+  the spool's size limit; when a new job would not fit, the oldest of them go first. The
+  records of ended jobs (and the files of undeliverable results) are removed after
+  ``retention_hours``.
+* A member's saved style ("Use as my style") is one picture per member and server, kept in
+  ``<spool>/saved/`` until it expires.
 
 Version 3 of the schema folds the old ``queued`` state and the failure notice's own column
 (``notice``: pending, sending, sent, unsent) into the lifecycle; :meth:`JobStore.open`
@@ -42,7 +47,7 @@ from .schema import transaction, upgrade
 from .settings import QUOTA_WINDOW_S, GuildSettings, QuotaReached
 from .spool import chmod, remove, tree_size, write_file
 
-__all__ = ["JobStore", "StoreError", "SpoolFull"]
+__all__ = ["JobStore", "StoreError", "SpoolFull", "PicturesGone"]
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +65,12 @@ _USAGE_KEPT_S = 86400.0  # the quota counts the last 24 hours
 _UPDATABLE = frozenset({
     "state", "status_message_id", "position", "attempts", "restarts", "started_at", "finished_at", "worker",
     "failure", "failure_kind", "cancelled_by", "route", "message_id", "delivered_at",
-    "interaction_token",
+    "interaction_token", "kept_until",
 })
 
-_CONTENT, _STYLE, _RESULT, _RESULT_META = "content.img", "style.img", "result.png", "result.json"
+_CONTENT, _STYLE, _STYLE2 = "content.img", "style.img", "style2.img"
+_RESULT, _RESULT_META = "result.png", "result.json"
+_SAVED = "saved"  # the spool's folder of members' saved styles (job folders are named by hex ids)
 
 
 class StoreError(Exception):
@@ -74,15 +81,21 @@ class SpoolFull(StoreError):
     """The spool holds more than ``storage.spool_max_mb``."""
 
 
+class PicturesGone(StoreError):
+    """A delivered job's pictures are no longer kept (``reuse_s`` passed, or room was needed)."""
+
+
 class JobStore:
     """Jobs in SQLite at ``db_path``, their files under ``spool_dir``; use from one event loop."""
 
     def __init__(self, db_path: str | Path, spool_dir: str | Path, *, spool_max_bytes: int = 2 << 30,
-                 retention_s: float = 7 * 86400.0, clock: Callable[[], float] = time.time) -> None:
+                 retention_s: float = 7 * 86400.0, reuse_s: float = 86400.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.db_path = Path(db_path).expanduser()
         self.spool_dir = Path(spool_dir).expanduser()
         self.spool_max_bytes = spool_max_bytes
         self.retention_s = retention_s
+        self.reuse_s = reuse_s  # a delivered job's pictures are kept this long for remixes
         self.clock = clock
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None  # used only on the executor's thread
@@ -164,7 +177,9 @@ class JobStore:
 
     def _remove_stray_files(self) -> None:
         """Spool folders of jobs that were never recorded (a crash mid-accept) or have ended."""
-        keep = {row[0] for row in self.db.execute(f"SELECT job_id FROM jobs WHERE state IN ({_KEEP_FILES})")}
+        keep = {row[0] for row in self.db.execute(
+            f"SELECT job_id FROM jobs WHERE state IN ({_KEEP_FILES}) OR kept_until IS NOT NULL")}
+        keep.add(_SAVED)
         for entry in self.spool_dir.iterdir():
             if entry.name not in keep:
                 remove(entry)
@@ -197,9 +212,6 @@ class JobStore:
         or :class:`~bot.settings.QuotaReached` when its requester already started ``daily_limit``
         jobs in its server within 24 hours (0: no limit; counted here, so parallel requests
         cannot slip past it)."""
-        size = len(job.content) + len(job.style)
-        if self._spool_bytes + size > self.spool_max_bytes:
-            raise SpoolFull(f"the spool holds {self._spool_bytes} bytes; the cap is {self.spool_max_bytes}")
         try:
             job.seq = await self._run(self._accept, job, daily_limit)
         except (StoreError, QuotaReached):
@@ -214,19 +226,24 @@ class JobStore:
             used, leaves = self._usage(job.guild_id, job.user_id, now - QUOTA_WINDOW_S, daily_limit)
             if leaves is not None:
                 raise QuotaReached(daily_limit, leaves + QUOTA_WINDOW_S)
+        size = len(job.content) + len(job.style) + len(job.style2)
+        self._make_room(size)
         folder = self.job_dir(job.job_id)
         try:
             folder.mkdir(parents=True, exist_ok=False)
             write_file(folder / _CONTENT, job.content)
             write_file(folder / _STYLE, job.style)
+            if job.style2:
+                write_file(folder / _STYLE2, job.style2)
             self.db.execute("BEGIN IMMEDIATE")
             cur = self.db.execute(
                 "INSERT INTO jobs (job_id, state, user_id, channel_id, guild_id, application_id, interaction_token, "
-                "token_created_at, upload_limit, params, style_label, preset, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "token_created_at, upload_limit, params, style_label, preset, created_at, updated_at, parent_id, "
+                "remix, style2_label, compare) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job.job_id, job.state.value, job.user_id, job.channel_id, job.guild_id, job.application_id,
                  job.interaction_token, job.token_created_at, job.upload_limit, json.dumps(job.params.to_dict()),
-                 job.style_label, job.preset, job.created_at, now))
+                 job.style_label, job.preset, job.created_at, now, job.parent_id, job.remix, job.style2_label,
+                 int(job.compare)))
             if job.guild_id is not None:
                 self.db.execute("INSERT INTO usage (job_id, guild_id, user_id, at) VALUES (?, ?, ?, ?)",
                                 (job.job_id, job.guild_id, job.user_id, now))
@@ -236,8 +253,24 @@ class JobStore:
                 self.db.execute("ROLLBACK")
             remove(folder)
             raise
-        self._spool_bytes += len(job.content) + len(job.style)
+        self._spool_bytes += size
         return int(cur.lastrowid)
+
+    def _make_room(self, size: int) -> None:
+        """Drop kept pictures of delivered jobs, oldest first, until ``size`` more bytes fit;
+        raises :class:`SpoolFull` when even that is not enough (new work before old remixes)."""
+        if self._spool_bytes + size <= self.spool_max_bytes:
+            return
+        kept = self.db.execute("SELECT job_id FROM jobs WHERE kept_until IS NOT NULL ORDER BY kept_until").fetchall()
+        for (job_id,) in kept:
+            self._forget_pictures(job_id)
+            if self._spool_bytes + size <= self.spool_max_bytes:
+                return
+        raise SpoolFull(f"the spool holds {self._spool_bytes} bytes; the cap is {self.spool_max_bytes}")
+
+    def _forget_pictures(self, job_id: str) -> None:
+        self.db.execute("UPDATE jobs SET kept_until = NULL WHERE job_id = ?", (job_id,))
+        self._remove_files(job_id)
 
     async def discard(self, job_id: str) -> None:
         """Forget a job that was recorded but then not taken after all (the line filled up)."""
@@ -339,9 +372,7 @@ class JobStore:
         write_file(folder / _RESULT, event.image_png)
         write_file(folder / _RESULT_META, meta_bytes)
         self._spool_bytes += len(event.image_png) + len(meta_bytes)
-        # The inputs are no longer needed: the job never runs again.
-        for name in (_CONTENT, _STYLE):
-            self._spool_bytes -= remove(folder / name)
+        # The inputs stay: the buttons under the result remix them (see reuse_s).
         self._update(job_id, {"state": "done", "finished_at": finished_at or self.clock(), "worker": event.worker},
                      False)
 
@@ -354,12 +385,32 @@ class JobStore:
         return Finished(job_id, (folder / _RESULT).read_bytes(), meta["summary"], tuple(meta.get("notes") or ()),
                         meta.get("worker", ""), float(meta.get("seconds") or 0.0))
 
-    async def load_inputs(self, job_id: str) -> tuple[bytes, bytes]:
+    async def load_inputs(self, job_id: str) -> tuple[bytes, bytes, bytes]:
+        """The job's content, style and second style (``b""``: none); raises OSError when gone."""
         return await self._run(self._load_inputs, job_id)
 
-    def _load_inputs(self, job_id: str) -> tuple[bytes, bytes]:
+    def _load_inputs(self, job_id: str) -> tuple[bytes, bytes, bytes]:
         folder = self.job_dir(job_id)
-        return (folder / _CONTENT).read_bytes(), (folder / _STYLE).read_bytes()
+        style2 = folder / _STYLE2
+        return ((folder / _CONTENT).read_bytes(), (folder / _STYLE).read_bytes(),
+                style2.read_bytes() if style2.exists() else b"")
+
+    async def kept_pictures(self, job_id: str, *, result: bool = False) -> tuple[Job, tuple[bytes, ...]]:
+        """A delivered job and its kept pictures (content, style, second style; the result too
+        with ``result``); raises :class:`PicturesGone` once they are no longer kept."""
+        return await self._run(self._kept_pictures, job_id, result)
+
+    def _kept_pictures(self, job_id: str, result: bool) -> tuple[Job, tuple[bytes, ...]]:
+        rows = self._select("WHERE job_id = ?", (job_id,))
+        if not rows or rows[0].kept_until is None or rows[0].kept_until <= self.clock():
+            raise PicturesGone(job_id)
+        try:
+            pictures = self._load_inputs(job_id)
+            if result:
+                pictures += ((self.job_dir(job_id) / _RESULT).read_bytes(),)
+        except OSError:
+            raise PicturesGone(job_id) from None
+        return rows[0], pictures
 
     def _remove_files(self, job_id: str) -> None:
         self._spool_bytes = max(0, self._spool_bytes - remove(self.job_dir(job_id)))
@@ -392,16 +443,64 @@ class JobStore:
         return await self._run(self._purge)
 
     def _purge(self) -> int:
-        cutoff = self.clock() - self.retention_s
+        now = self.clock()
+        for (job_id,) in self.db.execute("SELECT job_id FROM jobs WHERE kept_until <= ?", (now,)).fetchall():
+            self._forget_pictures(job_id)  # the buttons under these results answer "expired" from now on
+        for guild_id, user_id in self.db.execute("SELECT guild_id, user_id FROM saved_styles WHERE expires_at <= ?",
+                                                 (now,)).fetchall():
+            self._forget_style(guild_id, user_id)
+        cutoff = now - self.retention_s
         ids = [row[0] for row in self.db.execute(
             f"SELECT job_id FROM jobs WHERE updated_at < ? AND state IN ({_ENDED})", (cutoff,))]
         with transaction(self.db):
             for job_id in ids:
                 self.db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
-            self.db.execute("DELETE FROM usage WHERE at < ?", (self.clock() - _USAGE_KEPT_S,))
+            self.db.execute("DELETE FROM usage WHERE at < ?", (now - _USAGE_KEPT_S,))
         for job_id in ids:
             self._remove_files(job_id)
         return len(ids)
+
+    # ------------------------------------------------------------------ saved styles
+
+    def _saved_path(self, guild_id: int, user_id: int) -> Path:
+        return self.spool_dir / _SAVED / f"{int(guild_id)}-{int(user_id)}.img"
+
+    async def save_style(self, guild_id: int, user_id: int, label: str, data: bytes, ttl_s: float) -> float:
+        """Keep ``data`` as the member's style in that server for ``ttl_s``; returns when it
+        expires. Replaces an earlier one; raises :class:`SpoolFull` or :class:`StoreError`."""
+        return await self._run(self._save_style, guild_id, user_id, label, data, ttl_s)
+
+    def _save_style(self, guild_id: int, user_id: int, label: str, data: bytes, ttl_s: float) -> float:
+        path = self._saved_path(guild_id, user_id)
+        old = path.stat().st_size if path.exists() else 0
+        self._make_room(len(data) - old)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file(path, data)
+        self._spool_bytes += len(data) - old
+        now = self.clock()
+        self.db.execute(
+            "INSERT INTO saved_styles (guild_id, user_id, label, saved_at, expires_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (guild_id, user_id) DO UPDATE SET label = excluded.label, saved_at = excluded.saved_at, "
+            "expires_at = excluded.expires_at", (guild_id, user_id, label, now, now + ttl_s))
+        return now + ttl_s
+
+    async def saved_style(self, guild_id: int, user_id: int) -> tuple[str, bytes] | None:
+        """The member's saved style in that server (its label and picture), None if none or expired."""
+        return await self._run(self._saved_style, guild_id, user_id)
+
+    def _saved_style(self, guild_id: int, user_id: int) -> tuple[str, bytes] | None:
+        row = self.db.execute("SELECT label, expires_at FROM saved_styles WHERE guild_id = ? AND user_id = ?",
+                              (guild_id, user_id)).fetchone()
+        if row is None or row["expires_at"] <= self.clock():
+            return None
+        try:
+            return row["label"], self._saved_path(guild_id, user_id).read_bytes()
+        except OSError:
+            return None
+
+    def _forget_style(self, guild_id: int, user_id: int) -> None:
+        self.db.execute("DELETE FROM saved_styles WHERE guild_id = ? AND user_id = ?", (guild_id, user_id))
+        self._spool_bytes = max(0, self._spool_bytes - remove(self._saved_path(guild_id, user_id)))
 
     async def ping(self) -> None:
         """A small write to prove the database and the spool can still be written."""
@@ -433,4 +532,6 @@ def _stored(row: sqlite3.Row) -> Job:
         worker=row["worker"], cancelled_by=row["cancelled_by"], failure=row["failure"],
         failure_kind=row["failure_kind"], route=row["route"], message_id=row["message_id"], seq=row["seq"],
         position=row["position"], attempts=row["attempts"], restarts=row["restarts"],
+        parent_id=row["parent_id"], remix=row["remix"], style2_label=row["style2_label"],
+        compare=bool(row["compare"]), kept_until=row["kept_until"],
     )

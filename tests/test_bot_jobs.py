@@ -144,7 +144,7 @@ async def test_a_database_made_by_the_previous_store_is_read_with_every_job_in_i
                           "0000000007": JobState.CANCELLED, "0000000008": JobState.DELIVERED}
         waiting = await store.get("0000000001")
         assert waiting.params.seed == 1 and waiting.params.strength == 1.5 and waiting.preset == "fast"
-        assert await store.load_inputs("0000000001") == (b"content-1", b"style-1")
+        assert await store.load_inputs("0000000001") == (b"content-1", b"style-1", b"")
         assert (await store.load_result("0000000004")).image_png == b"\x89PNG old result"
         assert (await store.get("0000000006")).route == "dm"
     finally:

@@ -79,13 +79,13 @@ async def test_accepted_jobs_survive_a_reopen_with_their_pictures(tmp_path, stor
         for name in ("user_id", "channel_id", "guild_id", "application_id", "interaction_token", "token_created_at",
                      "upload_limit", "params", "style_label", "preset", "created_at"):
             assert getattr(first, name) == getattr(a, name), name
-        assert await again.load_inputs(a.job_id) == (a.content, a.style)
+        assert await again.load_inputs(a.job_id) == (a.content, a.style, b"")
         assert again.spool_bytes == 400
     finally:
         await again.close()
 
 
-async def test_updates_land_in_order_and_results_replace_the_inputs(store):
+async def test_updates_land_in_order_and_results_are_kept_beside_the_inputs(store):
     j = job()
     await store.accept(j)
     store.note(j.job_id, position=3)
@@ -93,7 +93,8 @@ async def test_updates_land_in_order_and_results_replace_the_inputs(store):
     await store.save_result(j.job_id, FINISHED, finished_at=9.0)
     row = await store.get(j.job_id)
     assert (row.state, row.attempts, row.position, row.started_at, row.finished_at) == (JobState.DONE, 1, None, 5.0, 9.0)
-    assert sorted(p.name for p in (store.spool_dir / j.job_id).iterdir()) == ["result.json", "result.png"]
+    assert sorted(p.name for p in (store.spool_dir / j.job_id).iterdir()) == [
+        "content.img", "result.json", "result.png", "style.img"]  # the inputs stay for remixes
     result = await store.load_result(j.job_id)
     assert (result.image_png, result.summary, result.notes, result.worker, result.seconds) == (
         FINISHED.image_png, FINISHED.summary, FINISHED.notes, FINISHED.worker, FINISHED.seconds)
