@@ -46,6 +46,22 @@ def _token_from_pipe() -> str | None:
         return pipe.read().decode()
 
 
+def _token_is_set() -> bool:
+    """Whether a token reached this process, in the environment or (after the re-exec) on the pipe."""
+    from .config import ConfigError, read_token
+
+    try:  # the order main() reads them in
+        if (_token_from_pipe() or "").strip():
+            return True
+    except (OSError, ValueError):  # a stale or bad descriptor number: no token there
+        pass
+    try:
+        read_token()
+    except ConfigError:
+        return False
+    return True
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stylebot", description="The neural style transfer Discord bot.")
     parser.add_argument("--config", type=Path, default=None,
@@ -54,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sync", action="store_true",
                         help="sync the slash commands globally even if their definitions did not change")
     parser.add_argument("--check-config", action="store_true",
-                        help="validate the settings, print them (without the token) and exit")
+                        help="validate the settings, print them (without the token), say whether DISCORD_TOKEN is set "
+                             "and exit")
     return parser
 
 
@@ -74,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             for note in notes:
                 print(f"stylebot: warning: {note}", file=sys.stderr)
             print(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+            # On stderr, like the warnings, so stdout stays the settings' JSON. Never the value.
+            print(f"{TOKEN_ENV}: " + ("set" if _token_is_set() else "not set (the bot needs it to start)"),
+                  file=sys.stderr)
             return 0
         token = _token_from_pipe() or read_token()
     except ConfigError as exc:

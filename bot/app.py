@@ -47,7 +47,8 @@ from .scheduler import Scheduler
 from .settings import ServerSettings
 from .store import JobStore, StoreError
 from .uploads import UploadChecker
-from .views import CancelButton
+from .play import Play
+from .views import CancelButton, ResultButton
 
 __all__ = ["StyleBot", "run", "make_pool", "point_discord_at", "setup_logging", "commands_digest", "sync_commands",
            "SYNC_STATE_FILE"]
@@ -206,17 +207,20 @@ class StyleBot(discord.Client):
                                    interaction_ttl_s=config.discord.interaction_ttl_s,
                                    interaction_margin_s=config.discord.interaction_margin_s,
                                    metrics=self.metrics, delivery=config.delivery,
-                                   retention_s=storage.retention_hours * 3600.0)
+                                   retention_s=storage.retention_hours * 3600.0,
+                                   result_view=lambda job: self.play.result_view(job))
         limits = config.limits
         self.scheduler = Scheduler(self.pool, self.ledger, per_user_waiting=limits.per_user_waiting,
                                    queue_max=limits.queue_max, per_guild_waiting=limits.per_guild_waiting,
                                    max_pixels=limits.max_pixels, job_timeout_s=config.pool.job_timeout_s)
         self.settings = ServerSettings(limits, self.store)
-        self.style_commands = StyleCommands(config, self.scheduler, self.messenger, StyleLibrary(config.styles.path),
+        self.style_commands = StyleCommands(config, self.scheduler, self.messenger, StyleLibrary(config.styles.path, builtin=config.styles.builtin),
                                             ledger=self.ledger, store=self.store, metrics=self.metrics,
                                             settings=self.settings,
                                             checker=self.checker)
         self.style_commands.register(self.tree)
+        self.play = Play(self.style_commands)  # the buttons under results and the message commands
+        self.play.register(self.tree)
         self.health = (HealthServer(config.health.host, config.health.port, self.metrics, self.health_checks)
                        if config.health.port else None)
         self.shutdown_requested = asyncio.Event()
@@ -225,7 +229,7 @@ class StyleBot(discord.Client):
         self._pool_started = False  # start() is called once a pool, even if its supervisor restarts the loop
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(CancelButton)
+        self.add_dynamic_items(CancelButton, ResultButton)
         # Before the gateway connects: jobs from before a restart go back in line ahead of new ones.
         await self.settings.load()
         await recover(self.store, self.ledger, self.scheduler, self.messenger)
@@ -371,7 +375,7 @@ async def run(config: Config, token: str, *, force_sync: bool = False, config_wa
     point_discord_at(config.discord.api_base, config.discord.gateway_url)
     storage, limits = config.storage, config.limits
     store = JobStore(storage.path, storage.spool_dir, spool_max_bytes=int(storage.spool_max_mb * 2**20),
-                     retention_s=storage.retention_hours * 3600.0)
+                     retention_s=storage.retention_hours * 3600.0, reuse_s=storage.reuse_hours * 3600.0)
     checker = UploadChecker(workers=limits.checks_at_once, waiting_max=limits.checks_waiting,
                             timeout_s=limits.check_timeout_s)
     try:

@@ -15,10 +15,11 @@ Messages in the job's own channel of the job's own server: nothing reaches acros
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import random
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import discord
 from discord import app_commands
@@ -47,11 +48,10 @@ if TYPE_CHECKING:
     from .health import Metrics
     from .store import JobStore
 
-__all__ = ["StyleCommands", "StyleLibrary", "StorageUnavailable", "refusal_reason", "may_cancel"]
+__all__ = ["StyleCommands", "StyleLibrary", "StorageUnavailable", "JobRequest", "Pictures", "refusal_reason",
+           "may_cancel"]
 
 log = logging.getLogger(__name__)
-
-_LIBRARY_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 
 
 class StorageUnavailable(Refused):
@@ -92,11 +92,37 @@ def may_cancel(interaction: discord.Interaction, job: Job) -> bool:
 
 
 @dataclass
-class _Request:
+class JobRequest:
+    """What a member asked for, from ``/stylize``, a button or a message command."""
+
     preset: str | None  # None: the bot's default (within the server's ceiling)
-    strength: float
-    preserve_colors: bool
-    seed: int | None
+    strength: float = 1.0
+    preserve_colors: bool = False
+    seed: int | None = None  # None: random
+    blend: float | None = None  # the second style's share; None: one style
+    compare: bool = False  # add a "before | after" picture to the result
+    parent: Job | None = None  # a remix: the job whose result's button was pressed
+    remix: str | None = None
+    notes: list[str] = field(default_factory=list)  # lines for the "accepted" reply
+
+
+@dataclass
+class Pictures:
+    """A job's pictures, downloaded and checked."""
+
+    content: bytes
+    style: bytes
+    style_label: str
+    style2: bytes = b""
+    style2_label: str | None = None
+
+
+Gather = Callable[[Admission], Awaitable[Pictures]]
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    text = text.replace("`", "'")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _channel_ids(interaction: discord.Interaction) -> tuple[int, ...]:
@@ -121,6 +147,21 @@ class StylebotGroup(app_commands.Group, name="stylebot", description="Style bot 
         scheduler = self.style_commands.scheduler
         text = render.line_status_text(scheduler.status(), scheduler.guild_status(interaction.guild_id))
         await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(name="styles", description="Show the style library: numbered, labelled thumbnails")
+    async def styles(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)  # drawing the sheet takes a moment
+        library = self.style_commands.library
+        entries = library.entries()
+        if not entries:
+            await interaction.followup.send("The style library is empty: attach a style picture to /stylize.")
+            return
+        sheet = await library.contact_sheet()
+        lines = [f"{i}. `{e.name}` {e.label}" for i, e in enumerate(entries, 1)]
+        text = "**Style library** (use a name with /stylize `library_style`):\n" + "\n".join(lines)
+        if len(text) > 1900:
+            text = text[:1890].rsplit("\n", 1)[0] + "\n…"
+        await interaction.followup.send(text, file=discord.File(io.BytesIO(sheet), "styles.png"))
 
     @app_commands.command(name="cancel", description="Cancel a job by id: your own, or any job in a channel you moderate")
     @app_commands.describe(job_id="The job id shown in the job's status message")
@@ -178,9 +219,16 @@ class StyleCommands:
             strength: float = 1.0,
             preserve_colors: bool = False,
             seed: app_commands.Range[int, 0, 2**31 - 1] | None = None,
+            style2: discord.Attachment | None = None,
+            library_style2: str | None = None,
+            blend: app_commands.Range[float, 0.0, 1.0] | None = None,
+            compare: bool = False,
         ) -> None:
-            request = _Request(preset.value if preset else None, float(strength), bool(preserve_colors), seed)
-            await self.stylize(interaction, content, style, library_style, request)
+            request = JobRequest(preset.value if preset else None, float(strength), bool(preserve_colors), seed,
+                                 blend=blend, compare=bool(compare))
+            await interaction.response.defer(ephemeral=True, thinking=True)  # within Discord's 3 seconds
+            await self.start_job(interaction, request, lambda admission: self._gather_upload(
+                interaction, admission, request, content, (style, library_style), (style2, library_style2)))
 
         # The operator's limit, so Discord itself keeps the option within it (set before the
         # command reads its parameters; a string annotation could only name a module global).
@@ -188,18 +236,23 @@ class StyleCommands:
         stylize = app_commands.command(name="stylize", description="Repaint a picture in the style of another picture")(
             app_commands.guild_only()(app_commands.choices(preset=preset_choices)(app_commands.describe(
                 content="The picture to repaint (PNG, JPEG, WebP, GIF or BMP)",
-                style="The style picture; leave empty to use library_style instead",
-                library_style="A style from the bot's library, used when no style picture is attached",
+                style="The style picture; leave empty to use library_style (or your saved style) instead",
+                library_style="A painting from the bot's library, used when no style picture is attached",
                 preset=f"Speed and quality (default: {self.config.engine.default_preset})",
                 strength=f"How strongly to apply the style, 0 to {max_strength:g} (default 1)",
                 preserve_colors="Keep the content picture's colours and take only texture from the style",
                 seed="A number that makes the result repeatable (default: random)",
+                style2="A second style picture, blended with the first",
+                library_style2="A second style from the library, blended with the first",
+                blend="The second style's share, 0 to 1 (default 0.5)",
+                compare="Also show the picture before and after, side by side",
             )(stylize_callback))))
 
-        @stylize.autocomplete("library_style")
-        async def library_style_autocomplete(interaction: discord.Interaction,
-                                             current: str) -> list[app_commands.Choice[str]]:
-            return [app_commands.Choice(name=n, value=n) for n in self.library.search(current)]
+        async def library_choices(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+            return [app_commands.Choice(name=entry.label, value=entry.name) for entry in self.library.search(current)]
+
+        stylize.autocomplete("library_style")(library_choices)
+        stylize.autocomplete("library_style2")(library_choices)
 
         @stylize.error
         async def stylize_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
@@ -209,37 +262,59 @@ class StyleCommands:
         tree.add_command(StylebotGroup(self))
         tree.add_command(SettingsGroup(self.settings, self.config.limits, lambda: self.scheduler.per_guild_waiting))
 
-    # -- /stylize
+    # -- starting a job (/stylize, the buttons under a result, the message commands)
 
-    async def stylize(self, interaction: discord.Interaction, content: discord.Attachment,
-                      style: discord.Attachment | None, library_style: str | None, request: _Request) -> None:
-        # Acknowledge first: Discord drops interactions not answered within 3 seconds.
-        await interaction.response.defer(ephemeral=True, thinking=True)
+    async def start_job(self, interaction: discord.Interaction, request: JobRequest, gather: Gather, *,
+                        reply_to: int | None = None) -> Job | None:
+        """Check the rules, gather the pictures, record the job and put it in line, then post
+        its status message (as a reply to ``reply_to`` when given). The interaction has been
+        deferred (ephemeral); every refusal is answered privately. Returns the job, or None."""
         try:
             request.preset = self._check_rules(interaction, request.preset)
             await self.settings.check_quota(interaction.guild_id, interaction.user.id)
             async with self.checker.admit(interaction.user.id, interaction.guild_id) as admission:
-                job = await self._make_job(interaction, admission, content, style, library_style, request)
+                pictures = await gather(admission)
+            job = self._new_job(interaction, request, pictures)
             await self._accept(job)
         except (UploadProblem, Refused) as exc:
-            log.info("stylize refused", extra={"user_id": interaction.user.id, "guild_id": interaction.guild_id,
-                                               "reason": str(exc), "why": refusal_reason(exc)})
+            log.info("job refused", extra={"user_id": interaction.user.id, "guild_id": interaction.guild_id,
+                                           "reason": str(exc), "why": refusal_reason(exc), "remix": request.remix})
             if self.metrics is not None:
                 self.metrics.refused.labels(refusal_reason(exc)).inc()
             await interaction.followup.send(str(exc), ephemeral=True)
-            return
+            return None
         # From here on the job is in line: a failed message must not lose it, only its status display.
         text = self.messenger.current_text(job)
+        accepted = [f"✅ Job `{job.job_id}` accepted. Its progress is shown below, and you will be mentioned "
+                    "when the result is ready.", *request.notes]
         try:
-            await interaction.edit_original_response(
-                content=f"✅ Job `{job.job_id}` accepted. Its progress is shown below, and you will be mentioned "
-                        "when the result is ready.")
+            await interaction.edit_original_response(content="\n".join(accepted))
+        except discord.HTTPException:
+            pass  # only the private acknowledgement is lost
+        message_id = await self._post_status(interaction, job, text, reply_to)
+        self.messenger.attach(job, message_id, text if message_id is not None else None)
+        return job
+
+    async def _post_status(self, interaction: discord.Interaction, job: Job, text: str,
+                           reply_to: int | None) -> int | None:
+        """The job's public status message: a reply to the result it came from, else a followup."""
+        if reply_to is not None:
+            channel = interaction.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+            try:
+                reference = discord.MessageReference(message_id=reply_to, channel_id=job.channel_id,
+                                                     guild_id=job.guild_id, fail_if_not_exists=False)
+                message = await channel.send(text, view=cancel_view(job.job_id), reference=reference,
+                                             mention_author=False)
+                return message.id
+            except discord.HTTPException as exc:  # e.g. no Send Messages there: the followup still works
+                log.info("status reply not possible; using a followup", extra={"job_id": job.job_id,
+                                                                              "status": exc.status})
+        try:
             message = await interaction.followup.send(text, view=cancel_view(job.job_id), wait=True)
+            return message.id
         except discord.HTTPException as exc:
             log.warning("status message could not be created", extra={"job_id": job.job_id, "status": exc.status})
-            self.messenger.attach(job, None, None)
-            return
-        self.messenger.attach(job, message.id, text)
+            return None
 
     def _check_rules(self, interaction: discord.Interaction, preset: str | None) -> str:
         """Refuse what the server's rules or the line forbid (cheap, before any download); returns
@@ -274,55 +349,95 @@ class StyleCommands:
         if self.metrics is not None:
             self.metrics.accepted.inc()
 
-    async def _make_job(self, interaction: discord.Interaction, admission: Admission, content: discord.Attachment,
-                        style: discord.Attachment | None, library_style: str | None, request: _Request) -> Job:
-        limits = self.config.limits
-        checks = dict(max_bytes=limits.max_upload_bytes, max_pixels=limits.max_pixels,
-                      max_aspect=limits.max_aspect_ratio)
-        if style is None and not library_style:
-            hint = (" or pick one from the library with the `library_style` option" if self.library.names() else "")
-            raise UploadProblem(f"Please attach a style image with the `style` option{hint}.")
-        check_attachment("content image", content.filename, content.content_type, content.size, content.width,
-                         content.height, **checks)
-        if style is not None:
-            check_attachment("style image", style.filename, style.content_type, style.size, style.width,
-                             style.height, **checks)
-
-        def download(attachment: discord.Attachment, label: str) -> Awaitable[bytes]:
-            return admission.download(attachment.url, label, attachment.filename, limits.max_upload_bytes)
-
-        if style is not None:
-            try:  # a task group: when one download fails, the other stops too
-                async with asyncio.TaskGroup() as group:
-                    content_task = group.create_task(download(content, "content image"))
-                    style_task = group.create_task(download(style, "style image"))
-            except BaseExceptionGroup as failed:
-                raise failed.exceptions[0] from None
-            content_bytes, style_bytes = content_task.result(), style_task.result()
-            style_label = style.filename
-        else:
-            assert library_style is not None
-            content_bytes = await download(content, "content image")
-            style_bytes = await self.library.read(library_style)
-            style_label = library_style
-        await admission.check("content image", content.filename, content_bytes, **checks)
-        if style is None:  # the operator's own files: no upload size limit, still a readable image
-            checks["max_bytes"] = max(limits.max_upload_bytes, len(style_bytes))
-        await admission.check("style image", style_label, style_bytes, **checks)
+    def _new_job(self, interaction: discord.Interaction, request: JobRequest, pictures: Pictures) -> Job:
+        blend = None
+        if pictures.style2:
+            blend = 0.5 if request.blend is None else request.blend
+        parent = request.parent
         return Job(
             job_id=self._fresh_id(), user_id=interaction.user.id, channel_id=interaction.channel_id or 0,
             guild_id=interaction.guild_id, application_id=interaction.application_id,
             interaction_token=interaction.token, token_created_at=interaction.created_at.timestamp(),
-            upload_limit=interaction.filesize_limit, params=self._params(request), content=content_bytes,
-            style=style_bytes, style_label=style_label,
+            upload_limit=interaction.filesize_limit, params=self._params(request, blend), content=pictures.content,
+            style=pictures.style, style_label=pictures.style_label, style2=pictures.style2,
+            style2_label=pictures.style2_label if pictures.style2 else None,
+            parent_id=parent.job_id if parent is not None else None, remix=request.remix, compare=request.compare,
         )
 
-    def _params(self, request: _Request) -> StylizeParams:
+    # -- the pictures of a /stylize
+
+    def _checks(self) -> dict[str, float]:
+        limits = self.config.limits
+        return dict(max_bytes=limits.max_upload_bytes, max_pixels=limits.max_pixels,
+                    max_aspect=limits.max_aspect_ratio)
+
+    async def _gather_upload(self, interaction: discord.Interaction, admission: Admission, request: JobRequest,
+                             content: discord.Attachment, style: tuple[discord.Attachment | None, str | None],
+                             style2: tuple[discord.Attachment | None, str | None]) -> Pictures:
+        """Download and check ``/stylize``'s pictures: the content, the style (attached, from the
+        library, or the member's saved style) and an optional second style."""
+        checks = self._checks()
+        if request.blend is not None and not any(style2):
+            raise UploadProblem("`blend` mixes in a second style: give one with `style2` or `library_style2`.")
+        for label, attachment in (("content image", content), ("style image", style[0]),
+                                  ("second style image", style2[0])):
+            if attachment is not None:
+                check_attachment(label, attachment.filename, attachment.content_type, attachment.size,
+                                 attachment.width, attachment.height, **checks)
+        saved = None
+        if not any(style):
+            saved = await self._saved_style(interaction)
+            if saved is None:
+                hint = " or pick one from the library with the `library_style` option" if self.library.names() else ""
+                raise UploadProblem(f"Please attach a style image with the `style` option{hint}. (Or save one: "
+                                    "on any message with a picture, Apps → \"Use as my style\".)")
+            request.notes.append(f"🎨 Using your saved style `{_clip(saved[0])}`.")
+        try:  # a task group: when one download fails, the others stop too
+            async with asyncio.TaskGroup() as group:
+                content_task = group.create_task(self._download(admission, content, "content image"))
+                style_task = group.create_task(self._style_bytes(admission, *style, "style image", saved))
+                style2_task = group.create_task(self._style_bytes(admission, *style2, "second style image", None))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        (style_bytes, style_label), (style2_bytes, style2_label) = style_task.result(), style2_task.result()
+        await admission.check("content image", content.filename, content_task.result(), **checks)
+        for label, name, data in (("style image", style_label, style_bytes),
+                                  ("second style image", style2_label, style2_bytes)):
+            if data:  # the library's files and saved styles are checked too, within their own size
+                await admission.check(label, name, data, **{**checks, "max_bytes": max(checks["max_bytes"],
+                                                                                        len(data))})
+        return Pictures(content_task.result(), style_bytes, style_label, style2_bytes, style2_label or None)
+
+    def _download(self, admission: Admission, attachment: discord.Attachment, label: str) -> Awaitable[bytes]:
+        return admission.download(attachment.url, label, attachment.filename, self.config.limits.max_upload_bytes)
+
+    async def _style_bytes(self, admission: Admission, attachment: discord.Attachment | None, library_name: str | None,
+                           label: str, saved: tuple[str, bytes] | None) -> tuple[bytes, str]:
+        """One style's picture and label: the attachment first, then the library, then ``saved``."""
+        if attachment is not None:
+            return await self._download(admission, attachment, label), attachment.filename
+        if library_name:
+            entry = self.library.get(library_name)
+            return await self.library.read(library_name), entry.title if entry is not None else library_name
+        if saved is not None:
+            return saved[1], saved[0]
+        return b"", ""
+
+    async def _saved_style(self, interaction: discord.Interaction) -> tuple[str, bytes] | None:
+        if self.store is None or interaction.guild_id is None:
+            return None
+        try:
+            return await self.store.saved_style(interaction.guild_id, interaction.user.id)
+        except StoreError:
+            log.exception("saved style unreadable")
+            return None
+
+    def _params(self, request: JobRequest, blend: float | None) -> StylizeParams:
         assert request.preset is not None
         seed = request.seed if request.seed is not None else random.randrange(2**31)
         try:
             return job_params(self.config.engine, request.preset, strength=request.strength,
-                              preserve_colors=request.preserve_colors, seed=seed)
+                              preserve_colors=request.preserve_colors, seed=seed, blend=blend)
         except ParamsError as exc:
             raise UploadProblem(str(exc)) from None
 

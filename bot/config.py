@@ -158,6 +158,7 @@ class EngineConfig:
 @dataclass(frozen=True)
 class StylesConfig:
     path: str = ""  # folder of style images offered by /stylize library_style; empty: none
+    builtin: bool = True  # offer the built-in paintings (bot/styles); false: only the folder at path
 
 
 @with_config(_TABLE)
@@ -205,6 +206,9 @@ class StorageConfig:
     spool_path: str = ""  # input images and undelivered results; empty: "spool" beside the database
     spool_max_mb: Annotated[Number, Field(ge=1.0)] = 2048.0  # new jobs are refused while the spool holds more
     retention_hours: Annotated[Number, Field(ge=0.0)] = 168.0  # ended jobs' records (and leftover files) kept this long
+    # a delivered job's pictures stay this long for the buttons under its result (counted in
+    # spool_max_mb; the oldest go first when a new job needs the room); 0: no remix buttons
+    reuse_hours: Annotated[Number, Field(ge=0.0)] = 24.0
 
     @property
     def state_dir(self) -> Path:
@@ -434,6 +438,8 @@ def _expected(loc: tuple[Any, ...], hint: Any, meta: list[Any]) -> str:
         if lo is not None and hi is not None:
             return f"{what} from {lo:g} to {hi:g}"
         return f"{what} of at least {lo:g}" if lo is not None else what
+    if hint is bool:
+        return "true or false"
     if hint is str:
         return "a string"
     if typing.get_origin(hint) is tuple:

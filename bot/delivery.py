@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Awaitable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import discord
 
@@ -38,13 +38,14 @@ class Messenger:
 
     def __init__(self, client: discord.Client, ledger: Ledger, *, edit_interval_s: float, interaction_ttl_s: float,
                  interaction_margin_s: float, metrics: "Metrics | None" = None,
-                 delivery: DeliveryConfig | None = None, retention_s: float = 7 * 86400.0) -> None:
+                 delivery: DeliveryConfig | None = None, retention_s: float = 7 * 86400.0,
+                 result_view: Callable[[Job], discord.ui.View | None] | None = None) -> None:
         self.ledger = ledger
         self.metrics = metrics
         self.board = StatusBoard(client, edit_interval_s=edit_interval_s, interaction_ttl_s=interaction_ttl_s,
                                  interaction_margin_s=interaction_margin_s)
         self.outbox = Outbox(client, ledger, self.board, delivery=delivery, metrics=metrics,
-                             retention_s=retention_s, spawn=self.spawn)
+                             retention_s=retention_s, spawn=self.spawn, result_view=result_view)
         self._tasks: set[asyncio.Task] = set()
         ledger.watcher = self
 
@@ -100,9 +101,10 @@ class Messenger:
             await self.ledger.save_result(job, event)
         except Exception:
             log.exception("the result could not be saved; delivering it from memory", extra={"job_id": job.job_id})
+        before = job.content if job.compare else None  # for the "before | after" picture
         job.content = job.style = job.style2 = b""  # the inputs are kept on disk now; keep the record small
         await self.board.finish(job, render.done_line(_seconds(job, event.seconds)))
-        await self.outbox.deliver_result(job, event)
+        await self.outbox.deliver_result(job, event, before=before)
 
     async def _failure(self, job: Job, event: Failed) -> None:
         if event.kind == "cancelled":

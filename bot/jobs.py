@@ -98,13 +98,15 @@ def new_job_id() -> str:
 
 
 def job_params(engine: "EngineConfig", preset: str, *, strength: float = 1.0, preserve_colors: bool = False,
-               seed: int = 0) -> StylizeParams:
+               seed: int = 0, blend: float | None = None) -> StylizeParams:
     """The one mapping from a request (preset and options) and the engine's settings to a
-    job's parameters; raises :class:`~nst_core.errors.ParamsError`."""
+    job's parameters; ``blend``: the second style's share (None: one style). Raises
+    :class:`~nst_core.errors.ParamsError`."""
     p = engine.presets[preset]
     return StylizeParams(preset=preset, size=min(p.size, engine.max_size), iterations=p.steps, scales=p.scales,
                          strength=strength, preserve_colors=preserve_colors, seed=seed, backbone=engine.backbone,
-                         weights=engine.weights, precision=engine.precision)
+                         weights=engine.weights, precision=engine.precision,
+                         style_blend=None if blend is None else (1.0 - blend, blend))
 
 
 @dataclass(eq=False)
@@ -338,6 +340,12 @@ class Ledger:
             await self.store.update(job.job_id, remove_files=not keep, state=job.state.value, route=route,
                                     message_id=message_id, delivered_at=now, interaction_token="",
                                     kept_until=job.kept_until)
+
+    async def forget_pictures(self, job: Job) -> None:
+        """A delivered job's kept pictures go now (its result was deleted): no more remixes."""
+        job.kept_until = None
+        if self.store is not None:
+            await self.store.update(job.job_id, remove_files=True, kept_until=None)
 
     async def unsent(self, job: Job) -> None:
         """Every route refused for good."""

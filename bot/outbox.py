@@ -57,6 +57,7 @@ __all__ = ["Outbox", "Sent", "Outcome", "marker", "is_delivery_of", "prepare_res
 log = logging.getLogger(__name__)
 
 RESULT_BASENAME = "stylized"
+COMPARE_BASENAME = "before-after"
 _ENVELOPE = 64 * 1024  # room for the JSON payload and multipart framing in an upload
 _HISTORY_LIMIT = 50  # messages searched for an earlier delivery (Discord allows 100 per request)
 _MAX_REDELIVER_S = 3600.0
@@ -90,13 +91,15 @@ def _stamp(kwargs: dict[str, Any], kind: Kind, job_id: str) -> dict[str, Any]:
     return kwargs
 
 
-def prepare_result(image_png: bytes, history: list[dict[str, float]], limit: int) -> tuple[bytes, str, bytes | None]:
+def prepare_result(image_png: bytes, history: list[dict[str, float]], limit: int,
+                   scale_starts: Sequence[int] | None = None) -> tuple[bytes, str, bytes | None]:
     """The result image fitted under ``limit`` bytes together with the loss chart.
 
     Returns ``(image bytes, extension, chart PNG or None)``; the chart is left out when the
-    budget is too tight for both. Runs Pillow: call it in a thread.
+    budget is too tight for both. ``scale_starts`` (from the loss summary) marks where each
+    scale began on the chart. Runs Pillow: call it in a thread.
     """
-    chart: bytes | None = render.loss_chart_png(history)
+    chart: bytes | None = render.loss_chart_png(history, scale_starts or ())
     budget = limit - _ENVELOPE - len(chart)
     if budget < limit // 2:  # the chart would take too much of a small budget
         chart, budget = None, limit - _ENVELOPE
@@ -161,7 +164,8 @@ class Outbox:
     def __init__(self, client: discord.Client, ledger: Ledger, board: StatusBoard, *,
                  delivery: DeliveryConfig | None = None, metrics: "Metrics | None" = None,
                  retention_s: float = 7 * 86400.0,
-                 spawn: Callable[[Awaitable[Any], Job], None] | None = None) -> None:
+                 spawn: Callable[[Awaitable[Any], Job], None] | None = None,
+                 result_view: Callable[[Job], discord.ui.View | None] | None = None) -> None:
         self.client = client
         self.ledger = ledger
         self.board = board
@@ -169,6 +173,7 @@ class Outbox:
         self.metrics = metrics
         self.retention_s = retention_s
         self._spawn = spawn
+        self.result_view = result_view  # the buttons under a result (bot.play)
         self._timers: set[asyncio.TimerHandle] = set()
         self._redeliveries: dict[str, int] = {}  # job id -> chains that failed for a passing reason
 
@@ -179,26 +184,44 @@ class Outbox:
 
     # -- what is sent
 
-    async def deliver_result(self, job: Job, event: Finished, *, unsure_route: str | None = None) -> Sent | None:
-        """Send ``job``'s result once; ``unsure_route``: an earlier attempt there may have got through."""
+    async def deliver_result(self, job: Job, event: Finished, *, unsure_route: str | None = None,
+                             before: bytes | None = None) -> Sent | None:
+        """Send ``job``'s result once; ``unsure_route``: an earlier attempt there may have got
+        through; ``before``: the content picture, for a "before | after" picture beside it."""
         summary = event.summary
+        limit = job.upload_limit
+        compare: tuple[bytes, str] | None = None
+        if before:
+            try:  # at most a third of the upload budget; the result comes first
+                compare = await asyncio.to_thread(render.before_after_png, before, event.image_png, limit // 3)
+                limit -= len(compare[0])
+            except (ImageError, ValueError, OSError):
+                log.warning("no room for before | after", extra={"job_id": job.job_id})
         try:
             image, ext, chart = await asyncio.to_thread(prepare_result, event.image_png,
-                                                        list(summary.get("history") or []), job.upload_limit)
+                                                        list(summary.get("history") or []), limit,
+                                                        summary.get("scale_starts"))
         except ImageError as exc:
             await self.ledger.give_up(job, str(exc))
             return await self.deliver_notice(job, str(exc))
         params = job.params
         embed_args = dict(job_id=job.job_id, preset=job.preset, seed=params.seed, strength=params.strength,
                           preserve_colors=params.preserve_colors, style_label=job.style_label,
+                          style2_label=job.style2_label, blend=job.blend if job.style2_label else None,
                           seconds=event.seconds, notes=event.notes)
+        view = self.result_view(job) if self.result_view is not None else None
 
         def make(late: bool) -> dict[str, Any]:
             files = [discord.File(io.BytesIO(image), f"{RESULT_BASENAME}.{ext}")]
             if chart is not None:
                 files.append(discord.File(io.BytesIO(chart), render.CHART_FILENAME))
-            return {"content": render.result_content(job.user_id, job.job_id, late=late),
+            if compare is not None:
+                files.append(discord.File(io.BytesIO(compare[0]), f"{COMPARE_BASENAME}.{compare[1]}"))
+            made = {"content": render.result_content(job.user_id, job.job_id, late=late),
                     "embed": render.result_embed(summary, chart=chart is not None, **embed_args), "files": files}
+            if view is not None:
+                made["view"] = view
+            return made
 
         return await self._deliver(job, make, "result", unsure_route)
 

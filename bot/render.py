@@ -13,7 +13,9 @@ import math
 from typing import Any, Mapping, Sequence
 
 import discord
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from nst_core.images import fit_to_bytes, to_rgb  # Pillow only: no TensorFlow in the bot
 
 from .scheduler import GuildLine, LineStatus
 
@@ -21,14 +23,24 @@ __all__ = [
     "format_duration", "format_bytes", "progress_bar", "time_left", "status_header", "waiting_line",
     "starting_line", "progress_line", "retrying_line", "done_line", "failed_line", "cancelled_line",
     "result_content", "failure_notice", "result_embed", "loss_chart_png", "line_status_text", "loss_change",
-    "restart_note", "moved_line", "CHART_FILENAME", "LOSS_LABELS",
+    "restart_note", "moved_line", "remix_line", "CHART_FILENAME", "LOSS_LABELS", "seconds_per_step", "styles_text",
+    "before_after_png", "contact_sheet_png",
 ]
 
 CHART_FILENAME = "losses.png"
 LOSS_LABELS = {"content": "Content loss", "style": "Style loss", "tv": "TV loss", "total": "Total loss"}
 _CHART_COLOURS = {"content": (31, 119, 180), "style": (255, 127, 14), "tv": (44, 160, 44), "total": (30, 30, 30)}
+_SCALE_MARK = (148, 103, 189)  # the dashed lines where a scale began
+_WHITE, _AXIS, _GRID, _TEXT, _MUTED = (255, 255, 255), (110, 110, 110), (232, 232, 232), (60, 60, 60), (120, 120, 120)
+_PANEL, _UNREADABLE = (242, 242, 242), (190, 190, 190)
 _BAR_FULL, _BAR_EMPTY = "█", "░"
 _EMBED_COLOUR = 0x7B5CD6
+_MAX_DECODE_PIXELS = 50_000_000  # pictures drawn here were validated already; this is a backstop
+_BEFORE_AFTER_SIDE = 2048
+_SEPARATOR = 4  # px of white between "before" and "after"
+_SHEET_PAD, _SHEET_LABEL_H = 12, 46  # contact sheet: gap between cells, room for three label lines
+_SHEET_MAX_ENTRIES = 60
+_SHEET_BUDGET = 1_900_000  # bytes; above it the sheet is saved with 256 colours
 
 
 # --------------------------------------------------------------------------- small formats
@@ -80,6 +92,15 @@ def loss_change(initial: float, final: float) -> str:
 
 def status_header(job_id: str, preset: str, style_label: str) -> str:
     return f"**Job `{job_id}`** · preset {preset} · style `{_clip(style_label, 60)}`"
+
+
+_REMIX_WORDS = {"again": "🎲 Again", "more": "➕ More style", "less": "➖ Less style", "colours": "🎨 Colours",
+                "sharper": "⬆️ Sharper"}
+
+
+def remix_line(remix: str | None, parent_id: str) -> str:
+    """Under a remix's header: which button of which result made it."""
+    return f"↪️ {_REMIX_WORDS.get(remix or '', 'Remix')} of job `{parent_id}`"
 
 
 def waiting_line(position: int, eta_s: float | None, note: str | None = None) -> str:
@@ -153,6 +174,28 @@ def failure_notice(user_id: int, job_id: str, reason: str) -> str:
     return f"<@{user_id}> job `{job_id}` {_DID_NOT_FINISH} {reason}"
 
 
+def seconds_per_step(seconds: float | None, iterations: Any) -> str | None:
+    """``"0.16 s/step"``; None when either number is missing or there were no steps."""
+    try:
+        per = float(seconds) / int(iterations)  # type: ignore[arg-type]
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None
+    if not math.isfinite(per) or per < 0:
+        return None
+    return f"{per:.2g} s/step" if per < 100 else f"{per:.0f} s/step"
+
+
+def styles_text(style_label: str, style2_label: str | None = None, blend: float | None = None,
+                limit: int = 200) -> str:
+    """``"starry.jpg 70% + wave.png 30%"`` (``blend``: the second style's share, 0..1; None
+    or NaN means an even mix); just the clipped label when there is one style."""
+    if style2_label is None:
+        return _clip(style_label, limit)
+    share = 0.5 if blend is None or not math.isfinite(blend) else min(1.0, max(0.0, float(blend)))
+    second = round(share * 100)
+    return f"{_clip(style_label, limit)} {100 - second}% + {_clip(style2_label, limit)} {second}%"
+
+
 def result_embed(
     summary: Mapping[str, Any],
     *,
@@ -165,71 +208,205 @@ def result_embed(
     seconds: float | None = None,
     chart: bool = True,
     notes: Sequence[str] = (),
+    style2_label: str | None = None,
+    blend: float | None = None,
 ) -> discord.Embed:
-    """The loss summary: final losses and how far each fell, steps, scales, size, time, seed."""
+    """The loss summary: final losses and how far each fell, steps, scales, size, time and
+    seconds per step, seed; with ``style2_label``, both styles and their blend."""
     initial, final = summary.get("initial", {}), summary.get("final", {})
     description = "\n".join(str(n) for n in (notes or summary.get("notes") or ()))
     embed = discord.Embed(title="Style transfer result", colour=_EMBED_COLOUR, description=description or None)
+    if style2_label is not None:
+        embed.add_field(name="Styles", value=styles_text(style_label, style2_label, blend), inline=False)
     for name in ("content", "style", "tv"):
         if name in final:
             embed.add_field(name=LOSS_LABELS[name], value=loss_change(initial.get(name, 0.0), final[name]))
-    embed.add_field(name="Iterations", value=str(summary.get("iterations", "?")))
+    iterations = summary.get("iterations")
+    embed.add_field(name="Iterations", value=str(iterations if iterations is not None else "?"))
     scales = summary.get("scales") or []
     embed.add_field(name="Scales", value=" → ".join(f"{w}×{h}" for w, h in scales) or "?")
     resolution = summary.get("resolution")
     embed.add_field(name="Resolution", value=f"{resolution[0]}×{resolution[1]}" if resolution else "?")
     took = seconds if seconds is not None else summary.get("seconds")
-    embed.add_field(name="Time", value=f"{took:.1f} s" if took is not None else "?")
+    speed = seconds_per_step(took, iterations)
+    embed.add_field(name="Time", value=(f"{took:.1f} s" + (f" ({speed})" if speed else "")) if took is not None else "?")
     embed.add_field(name="Seed", value=str(seed))
     extras = [f"strength {strength:g}"] + (["colours preserved"] if preserve_colors else [])
     embed.add_field(name="Preset", value=f"{preset} ({', '.join(extras)})")
-    embed.set_footer(text=f"style {_clip(style_label, 80)}")  # the outbox puts the job's marker before it
+    # the outbox puts the job's marker before the footer: keep it short
+    footer = (f"style {_clip(style_label, 80)}" if style2_label is None
+              else f"styles {styles_text(style_label, style2_label, blend, limit=40)}")
+    embed.set_footer(text=footer)
     if chart:
         embed.set_image(url=f"attachment://{CHART_FILENAME}")
     return embed
 
 
-def loss_chart_png(history: Sequence[Mapping[str, float]], width: int = 480, height: int = 200) -> bytes:
-    """A small PNG of the losses over the steps, log scale, drawn with Pillow."""
-    img = Image.new("RGB", (width, height), (255, 255, 255))
+def loss_chart_png(history: Sequence[Mapping[str, float]], scale_starts: Sequence[int] | None = (),
+                   width: int = 640, height: int = 280) -> bytes:
+    """A PNG of the losses over the steps on a log scale, drawn with Pillow.
+
+    Labelled axes with tick labels, one line per loss with a legend above the plot, and a
+    dashed vertical line labelled "scale N" at each step where a later scale began
+    (``scale_starts``: the 1-based first step of every scale, as in the loss summary).
+    Points without a step, and values that are missing, zero, negative, NaN or infinite
+    are left out; with nothing left to draw the chart says so instead of failing.
+    """
+    width = min(2000, max(200, int(width)))
+    height = min(1200, max(120, int(height)))
+    img = Image.new("RGB", (width, height), _WHITE)
     draw = ImageDraw.Draw(img)
     font = _font()
-    left, right, top, bottom = 46, 10, 22, 22
-    plot = (left, top, width - right, height - bottom)
-    draw.rectangle(plot, outline=(160, 160, 160))
-    draw.text((left, 4), "loss (log scale) by step", fill=(60, 60, 60), font=font)
-    names = [n for n in ("content", "style", "tv", "total") if any(n in h for h in history)]
-    points = [(h.get("step", i), h) for i, h in enumerate(history)]
-    values = [h[n] for _, h in points for n in names if n in h and h[n] > 0 and math.isfinite(h[n])]
-    if len(points) < 2 or not values:
-        draw.text((left + 8, top + 8), "not enough steps to draw", fill=(120, 120, 120), font=font)
+    plot = (62, 28, width - 14, height - 40)  # left, top, right, bottom of the plotting area
+    points = _chart_points(history)
+    names = [n for n in _CHART_COLOURS if any(_positive(h.get(n)) is not None for _, h in points)]
+    values = [v for _, h in points for n in names if (v := _positive(h.get(n))) is not None]
+
+    draw.rectangle(plot, outline=_AXIS)
+    _centred_text(draw, ((plot[0] + plot[2]) / 2, height - 11), "step", font, _TEXT)
+    _vertical_text(img, (4, (plot[1] + plot[3]) / 2), "loss (log scale)", font, _TEXT)
+    if not values:
+        draw.text((plot[0] + 8, plot[1] + 8), "no loss values to draw yet", fill=_MUTED, font=font)
         return _png(img)
+
     lo, hi = math.log10(min(values)), math.log10(max(values))
-    if hi - lo < 1e-6:
-        lo, hi = lo - 0.5, hi + 0.5
-    steps = [s for s, _ in points]
-    x0, x1 = min(steps), max(steps)
-    span_x = (x1 - x0) or 1
+    if hi - lo < 0.5:  # at least half a decade, so there are two ticks to read
+        mid = (lo + hi) / 2
+        lo, hi = mid - 0.25, mid + 0.25
+    pad = 0.05 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    x0, x1 = points[0][0], points[-1][0]
+    if x1 - x0 < 1:
+        x0, x1 = x0 - 1, x1 + 1
 
-    def xy(step: float, value: float) -> tuple[float, float]:
-        x = plot[0] + (step - x0) / span_x * (plot[2] - plot[0])
-        y = plot[3] - (math.log10(value) - lo) / (hi - lo) * (plot[3] - plot[1])
-        return x, y
+    def px(step: float) -> float:
+        return plot[0] + (step - x0) / (x1 - x0) * (plot[2] - plot[0])
 
-    for decade in range(math.ceil(lo), math.floor(hi) + 1):  # grid line and label per power of ten
-        _, y = xy(x0, 10.0 ** decade)
-        draw.line((plot[0], y, plot[2], y), fill=(225, 225, 225))
-        draw.text((4, y - 6), f"1e{decade}", fill=(90, 90, 90), font=font)
-    draw.text((plot[0], plot[3] + 4), str(x0), fill=(90, 90, 90), font=font)
-    draw.text((plot[2] - 6 * len(str(x1)), plot[3] + 4), str(x1), fill=(90, 90, 90), font=font)
-    for i, name in enumerate(names):
-        line = [xy(s, h[name]) for s, h in points if name in h and h[name] > 0 and math.isfinite(h[name])]
+    def py(value: float) -> float:
+        return plot[3] - (math.log10(value) - lo) / (hi - lo) * (plot[3] - plot[1])
+
+    for tick in _log_ticks(lo, hi):
+        y = round(py(tick))
+        draw.line((plot[0] + 1, y, plot[2] - 1, y), fill=_GRID)
+        draw.line((plot[0] - 4, y, plot[0], y), fill=_AXIS)
+        label = _tick_label(tick)
+        draw.text((plot[0] - 6 - draw.textlength(label, font=font), y - 7), label, fill=_TEXT, font=font)
+    for tick in _linear_ticks(x0, x1, max(2, (plot[2] - plot[0]) // 70)):
+        x = round(px(tick))
+        draw.line((x, plot[3], x, plot[3] + 4), fill=_AXIS)
+        _centred_text(draw, (x, plot[3] + 12), _tick_label(tick), font, _TEXT)
+
+    marks = []  # (x, label) of each scale change after the first
+    for number, start in enumerate(list(scale_starts or ())[1:], start=2):
+        step = _finite(start)
+        if step is not None and x0 <= step <= x1:
+            x = round(px(step))
+            marks.append((x, f"scale {number}"))
+            for y in range(plot[1] + 2, plot[3] - 1, 8):  # dashes: 4 px on, 4 px off, 2 px wide
+                draw.rectangle((x, y, x + 1, min(y + 3, plot[3] - 2)), fill=_SCALE_MARK)
+
+    for name in names:
+        line = [(px(s), py(v)) for s, h in points if (v := _positive(h.get(name))) is not None]
         if len(line) >= 2:
-            draw.line(line, fill=_CHART_COLOURS[name], width=2 if name == "total" else 1)
-        lx = plot[2] - 62 * (len(names) - i)
-        draw.line((lx, 10, lx + 10, 10), fill=_CHART_COLOURS[name], width=2)
-        draw.text((lx + 13, 4), name, fill=_CHART_COLOURS[name], font=font)
+            draw.line(line, fill=_CHART_COLOURS[name], width=2, joint="curve")
+        elif line:  # a single value: a dot
+            (x, y), = line
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=_CHART_COLOURS[name])
+
+    placed: list[tuple[float, float, float, float]] = []
+    for x, label in marks:  # labels on top of the lines, moved down where they would overlap
+        w = draw.textlength(label, font=font)
+        lx = x + 5 if x + 5 + w < plot[2] - 2 else x - 5 - w
+        box = (lx - 2, plot[1] + 3, lx + w + 2, plot[1] + 17)
+        while any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+            box = (box[0], box[1] + 14, box[2], box[3] + 14)
+        placed.append(box)
+        draw.rectangle(box, fill=_WHITE)
+        draw.text((lx, box[1]), label, fill=_SCALE_MARK, font=font)
+
+    lx = plot[0]
+    for name in names:  # the legend, above the plot
+        draw.line((lx, 14, lx + 16, 14), fill=_CHART_COLOURS[name], width=2)
+        draw.text((lx + 20, 7), name, fill=_TEXT, font=font)
+        lx += 20 + draw.textlength(name, font=font) + 16
     return _png(img)
+
+
+def before_after_png(content: bytes, result: bytes, limit: int) -> tuple[bytes, str]:
+    """``content`` and ``result`` side by side, labelled "before" and "after".
+
+    The content picture (EXIF orientation applied) is scaled to the result's height and
+    put on the left; the longest side of the whole is at most 2048 px. Returns ``(bytes,
+    extension)``: PNG when it fits in ``limit`` bytes, else a smaller lossy encoding
+    (:func:`nst_core.images.fit_to_bytes`). Raises ValueError for bytes that are not an
+    image or one over 50 megapixels, and ImageError if nothing fits. Runs Pillow: call
+    it in a thread.
+    """
+    before = _open_rgb(content, transpose=True)
+    after = _open_rgb(result)
+    rw, rh = after.size
+    cw = max(1, round(before.width * rh / before.height))
+    scale = min(1.0, (_BEFORE_AFTER_SIDE - _SEPARATOR) / (cw + rw), _BEFORE_AFTER_SIDE / rh)
+    height = max(1, math.floor(rh * scale))
+    cw, rw = max(1, math.floor(cw * scale)), max(1, math.floor(rw * scale))
+    canvas = Image.new("RGB", (cw + _SEPARATOR + rw, height), _WHITE)
+    canvas.paste(before.resize((cw, height), Image.Resampling.LANCZOS), (0, 0))
+    canvas.paste(after if after.size == (rw, height) else after.resize((rw, height), Image.Resampling.LANCZOS),
+                 (cw + _SEPARATOR, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(max(11, min(28, height // 24)))
+    for x, label in ((0, "before"), (cw + _SEPARATOR, "after")):
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        pad = max(3, (bottom - top) // 3)
+        box = (x + pad, pad, x + pad + (right - left) + 2 * pad, pad + (bottom - top) + 2 * pad)
+        draw.rectangle(box, fill=(20, 20, 20))
+        draw.text((box[0] + pad - left, box[1] + pad - top), label, fill=_WHITE, font=font)
+    return fit_to_bytes(canvas, limit)
+
+
+def contact_sheet_png(entries: Sequence[tuple[str, bytes]], columns: int = 4, thumb: int = 192) -> bytes:
+    """One PNG of a style library: numbered, labelled thumbnails in a grid.
+
+    ``entries`` are ``(label, image bytes)``; the labels are numbered from 1 and wrapped
+    under their thumbnail (at most three lines, clipped with "…"). An entry whose bytes
+    do not decode becomes a grey "unreadable" tile. No entries: a small image saying the
+    library is empty. At most 60 entries are drawn; a note under the grid says how many
+    were left out. The grid has ``min(columns, n)`` columns of cells ``thumb`` px wide.
+    Runs Pillow: call it in a thread.
+    """
+    columns = min(10, max(1, int(columns)))
+    thumb = min(512, max(48, int(thumb)))
+    font = _font()
+    entries = list(entries)
+    if not entries:
+        img = Image.new("RGB", (320, 80), _PANEL)
+        _centred_text(ImageDraw.Draw(img), (160, 40), "the library is empty", _font(14), _TEXT)
+        return _png(img)
+    shown, left_out = entries[:_SHEET_MAX_ENTRIES], max(0, len(entries) - _SHEET_MAX_ENTRIES)
+    cols = min(columns, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    cell_w, cell_h = thumb + _SHEET_PAD, thumb + _SHEET_LABEL_H + _SHEET_PAD
+    sheet = Image.new("RGB", (cols * cell_w + _SHEET_PAD, rows * cell_h + _SHEET_PAD + (20 if left_out else 0)),
+                      _WHITE)
+    draw = ImageDraw.Draw(sheet)
+    for i, (label, data) in enumerate(shown):
+        x = _SHEET_PAD + (i % cols) * cell_w
+        y = _SHEET_PAD + (i // cols) * cell_h
+        tile = _thumbnail(data, thumb)
+        if tile is None:
+            draw.rectangle((x, y, x + thumb - 1, y + thumb - 1), fill=_UNREADABLE)
+            _centred_text(draw, (x + thumb / 2, y + thumb / 2), "unreadable", font, (70, 70, 70))
+        else:
+            draw.rectangle((x, y, x + thumb - 1, y + thumb - 1), fill=_PANEL)
+            sheet.paste(tile, (x + (thumb - tile.width) // 2, y + (thumb - tile.height) // 2))
+        for n, line in enumerate(_wrap(f"{i + 1}. {label}", font, thumb, 3)):
+            draw.text((x, y + thumb + 3 + 14 * n), line, fill=_TEXT, font=font)
+    if left_out:
+        draw.text((_SHEET_PAD, sheet.height - 20), f"… and {left_out} more not shown", fill=_MUTED, font=font)
+    data = _png(sheet)
+    if len(data) > _SHEET_BUDGET:  # photographs in 24 bits: 256 colours are plenty for thumbnails
+        data = _png(sheet.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG))
+    return data
 
 
 # --------------------------------------------------------------------------- /stylebot status
@@ -267,9 +444,9 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def _font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
-        return ImageFont.load_default(size=11)
+        return ImageFont.load_default(size=size)
     except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
         return ImageFont.load_default()
 
@@ -278,3 +455,138 @@ def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG", optimize=True)
     return buf.getvalue()
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _positive(value: Any) -> float | None:
+    """A value a log scale can show, or None."""
+    number = _finite(value)
+    return number if number is not None and number > 0 else None
+
+
+def _chart_points(history: Sequence[Mapping[str, Any]] | None) -> list[tuple[float, Mapping[str, Any]]]:
+    """``(step, point)`` sorted by step; a point without a step counts as step ``index + 1``."""
+    points = []
+    for index, point in enumerate(history or ()):
+        if isinstance(point, Mapping) and (step := _finite(point.get("step", index + 1))) is not None:
+            points.append((step, point))
+    points.sort(key=lambda p: p[0])
+    return points
+
+
+def _log_ticks(lo: float, hi: float, most: int = 6) -> list[float]:
+    """Round values between ``10**lo`` and ``10**hi``: powers of ten, else 1-2-5, else 1..9."""
+    ticks: list[float] = []
+    for mantissas in ((1,), (1, 2, 5), tuple(range(1, 10))):
+        ticks = [m * 10.0 ** d for d in range(math.floor(lo), math.ceil(hi) + 1) for m in mantissas
+                 if lo <= math.log10(m) + d <= hi]
+        if len(ticks) >= 2:
+            break
+    stride = math.ceil(len(ticks) / most) if ticks else 1
+    return ticks[::stride]
+
+
+def _linear_ticks(x0: float, x1: float, most: int) -> list[float]:
+    """Multiples of a round whole step (1, 2, 5 × 10^k) between ``x0`` and ``x1``."""
+    raw = max(1.0, (x1 - x0) / max(1, most))
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(x0 / step) * step
+    ticks = [first + i * step for i in range(int((x1 - first) // step) + 1)]
+    return ticks if len(ticks) >= 2 else [x0, x1]
+
+
+def _tick_label(value: float) -> str:
+    if value == int(value) and abs(value) < 1e5:
+        return str(int(value))
+    if 1e-3 <= abs(value) < 1e5:
+        return f"{value:.3g}"
+    mantissa, exponent = f"{value:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _centred_text(draw: ImageDraw.ImageDraw, centre: tuple[float, float], text: str,
+                  font: ImageFont.ImageFont | ImageFont.FreeTypeFont, fill: tuple[int, int, int]) -> None:
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text((centre[0] - (left + right) / 2, centre[1] - (top + bottom) / 2), text, fill=fill, font=font)
+
+
+def _vertical_text(img: Image.Image, at: tuple[float, float], text: str,
+                   font: ImageFont.ImageFont | ImageFont.FreeTypeFont, fill: tuple[int, int, int]) -> None:
+    """``text`` read bottom to top, its left edge at ``at[0]``, centred on ``at[1]``."""
+    left, top, right, bottom = ImageDraw.Draw(img).textbbox((0, 0), text, font=font)
+    mask = Image.new("L", (right - left + 2, bottom - top + 2), 0)
+    ImageDraw.Draw(mask).text((1 - left, 1 - top), text, fill=255, font=font)
+    mask = mask.rotate(90, expand=True)
+    img.paste(fill, (int(at[0]), max(0, int(at[1] - mask.height / 2))), mask)
+
+
+def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int, lines: int) -> list[str]:
+    """``text`` in at most ``lines`` lines no wider than ``width`` px, broken at spaces where
+    possible; when it does not fit, the last line ends with "…"."""
+    draw = ImageDraw.Draw(Image.new("L", (1, 1)))
+
+    def fits(line: str) -> bool:
+        return draw.textlength(line, font=font) <= width
+
+    out: list[str] = []
+    rest = " ".join(text.split())
+    while rest and len(out) < lines:
+        if fits(rest):
+            out.append(rest)
+            rest = ""
+            break
+        lo, hi = 1, len(rest)  # the longest prefix that fits (at least one character)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(rest[:mid]) else (lo, mid - 1)
+        space = rest.rfind(" ", 0, lo + 1)
+        cut = space if space > lo // 2 else lo  # a very long word is cut rather than left alone
+        out.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest:
+        last = out[-1]
+        while last and not fits(last + "…"):
+            last = last[:-1]
+        out[-1] = last.rstrip() + "…"
+    return out
+
+
+def _open_rgb(data: bytes, *, transpose: bool = False) -> Image.Image:
+    """Decode ``data`` to RGB, refusing more than 50 megapixels; ValueError for anything unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > _MAX_DECODE_PIXELS:
+                raise ValueError(f"The picture is too large to draw ({img.width}×{img.height}).")
+            img.load()
+            if transpose:
+                img = ImageOps.exif_transpose(img)
+            return to_rgb(img).copy()
+    except ValueError:
+        raise
+    except Exception as exc:  # Pillow raises many kinds for a broken file
+        raise ValueError("The picture could not be read.") from exc
+
+
+def _thumbnail(data: bytes, side: int) -> Image.Image | None:
+    """An RGB thumbnail no larger than ``side`` × ``side``, or None if ``data`` is not a readable picture."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > _MAX_DECODE_PIXELS:
+                return None
+            img.draft("RGB", (side, side))  # JPEG: decode at a reduced size
+            img.load()
+            img = to_rgb(ImageOps.exif_transpose(img))
+            img.thumbnail((side, side), Image.Resampling.LANCZOS)
+            return img.copy()
+    except Exception:  # Pillow raises many kinds for a broken file: the tile says "unreadable"
+        return None

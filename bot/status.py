@@ -23,7 +23,6 @@ __all__ = ["StatusBoard", "StatusUpdater", "token_usable", "log_failure"]
 
 log = logging.getLogger(__name__)
 
-_EXPIRED_CODES = {50027, 10015}  # invalid webhook token, unknown webhook
 
 
 def token_usable(created_at: float, ttl_s: float, margin_s: float, now: float | None = None) -> bool:
@@ -133,6 +132,7 @@ class StatusBoard:
         self.margin_s = interaction_margin_s
         self._updaters: dict[str, StatusUpdater] = {}
         self._headers: dict[str, str] = {}
+        self._channel_only: set[int] = set()  # status messages the interaction's webhook cannot edit
 
     def token_usable(self, job: Job) -> bool:
         return bool(job.interaction_token) and token_usable(job.token_created_at, self.ttl_s, self.margin_s)
@@ -146,7 +146,9 @@ class StatusBoard:
             async def edit(text: str, final: bool) -> bool:
                 return await self._edit_status(job, job.status_message_id, text, final)
             updater = self._updaters[job.job_id] = StatusUpdater(edit, self.edit_interval_s)
-            header = render.status_header(job.job_id, job.preset, job.style_label)
+            header = render.status_header(job.job_id, job.preset, job.styles_label)
+            if job.parent_id:
+                header += "\n" + render.remix_line(job.remix, job.parent_id)
             if job.restarts:
                 header += "\n" + render.restart_note(job.user_id)
             self._headers[job.job_id] = header
@@ -175,6 +177,7 @@ class StatusBoard:
         await updater.wait_attached(timeout=30.0)  # the command may still be creating the message
         updater.set(f"{self._headers.get(job.job_id, '')}\n{line}", final=True)
         await updater.wait_closed(timeout=30.0)
+        self._channel_only.discard(job.status_message_id or 0)
         self._updaters.pop(job.job_id, None)
         self._headers.pop(job.job_id, None)
 
@@ -182,7 +185,7 @@ class StatusBoard:
         """After a restart: the old status message says the job has a new one."""
         try:
             await self._edit_status(job, old_message_id,
-                                    f"{render.status_header(job.job_id, job.preset, job.style_label)}"
+                                    f"{render.status_header(job.job_id, job.preset, job.styles_label)}"
                                     f"\n{render.moved_line()}", True)
         except Exception:
             log.info("old status message not updated", extra={"job_id": job.job_id})
@@ -191,22 +194,24 @@ class StatusBoard:
         if message_id is None:
             return False
         extra: dict[str, Any] = {"view": None} if final else {}  # the last edit removes the Cancel button
-        if self.token_usable(job):
+        if self.token_usable(job) and message_id not in self._channel_only:
             try:
                 await self.webhook(job).edit_message(message_id, content=text, **extra)
                 return True
             except discord.HTTPException as exc:
-                if exc.status == 404 and exc.code not in _EXPIRED_CODES:
-                    return False  # the message was deleted: stop editing it
                 if exc.status not in (401, 404):
                     raise
-                log.info("interaction token refused; editing through the channel",
+                # 404: the token expired, the message was deleted, or it is not the interaction's
+                # (a status message posted in the channel: a remix's reply, or after a restart).
+                # The channel tells which.
+                log.info("interaction token cannot edit it; editing through the channel",
                          extra={"job_id": job.job_id, "status": exc.status, "code": exc.code})
         # After the token expires the bot can still edit its own message in the channel.
         message = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id).get_partial_message(
             message_id)
         try:
             await message.edit(content=text, **extra)
+            self._channel_only.add(message_id)  # later edits go straight here
             return True
         except discord.HTTPException as exc:
             log.info("status message can no longer be edited",

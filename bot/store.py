@@ -261,8 +261,11 @@ class JobStore:
         raises :class:`SpoolFull` when even that is not enough (new work before old remixes)."""
         if self._spool_bytes + size <= self.spool_max_bytes:
             return
-        kept = self.db.execute("SELECT job_id FROM jobs WHERE kept_until IS NOT NULL ORDER BY kept_until").fetchall()
-        for (job_id,) in kept:
+        kept = [row[0] for row in self.db.execute(
+            "SELECT job_id FROM jobs WHERE kept_until IS NOT NULL ORDER BY kept_until")]
+        if self._spool_bytes - sum(tree_size(self.job_dir(j)) for j in kept) + size > self.spool_max_bytes:
+            kept = []  # even all of them would not make room: keep them
+        for job_id in kept:
             self._forget_pictures(job_id)
             if self._spool_bytes + size <= self.spool_max_bytes:
                 return

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import time
 from typing import Any, AsyncIterator
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -34,7 +35,8 @@ from nst_core.images import decode_image, image_info
 from . import render
 from .scheduler import Refused
 
-__all__ = ["UploadProblem", "ChecksBusy", "UploadChecker", "Admission", "check_attachment", "check_image", "ACCEPTED_TYPES"]
+__all__ = ["UploadProblem", "ChecksBusy", "UploadChecker", "Admission", "check_attachment", "check_image",
+           "ACCEPTED_TYPES", "discord_media_url"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,28 @@ class ChecksBusy(Refused):
 
 
 # --------------------------------------------------------------------------- plain checks
+
+# Where Discord keeps attachments and proxies embedded pictures. Pictures taken from a message
+# (the message commands) are fetched only from these: an embed's own URL may point anywhere,
+# the bot's network included, so only its Discord proxy copy is used.
+_DISCORD_MEDIA_HOSTS = ("cdn.discordapp.com", "media.discordapp.net")
+_DISCORD_PROXY_SUFFIX = ".discordapp.net"  # images-ext-1.discordapp.net and the like
+
+
+def discord_media_url(url: str, api_base: str = "") -> bool:
+    """Whether ``url`` is on Discord's own media hosts (https), or on the host of a configured
+    ``api_base`` (a stand-in Discord, as in the tests)."""
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if api_base:
+            base = urlsplit(api_base)
+            if (parts.scheme, host, parts.port) == (base.scheme, (base.hostname or "").lower(), base.port):
+                return True
+    except ValueError:
+        return False
+    return parts.scheme == "https" and (host in _DISCORD_MEDIA_HOSTS or host.endswith(_DISCORD_PROXY_SUFFIX))
+
 
 
 def _mb(n: int) -> str:

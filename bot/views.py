@@ -4,10 +4,13 @@ working after a restart (discord.py's dynamic items)."""
 from __future__ import annotations
 
 import re
+from typing import Awaitable, Callable, Sequence
 
 import discord
 
-__all__ = ["CancelButton", "cancel_view"]
+__all__ = ["CancelButton", "cancel_view", "ResultButton", "result_view", "StylePicker", "SAVED_STYLE_VALUE"]
+
+_STARTING = "The bot is starting up; please try again in a moment."
 
 
 class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"nstbot:cancel:(?P<job_id>[0-9a-f]{4,32})"):
@@ -26,8 +29,7 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"nstbot:
     async def callback(self, interaction: discord.Interaction) -> None:
         commands = getattr(interaction.client, "style_commands", None)  # bot.commands.StyleCommands
         if commands is None:
-            await interaction.response.send_message("The bot is starting up; please try again in a moment.",
-                                                    ephemeral=True)
+            await interaction.response.send_message(_STARTING, ephemeral=True)
             return
         await commands.cancel_job(interaction, self.job_id)
 
@@ -36,3 +38,74 @@ def cancel_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(CancelButton(job_id))
     return view
+
+
+# --------------------------------------------------------------------------- the buttons under a result
+
+# (action, label, emoji, row); the action names are bot.remix.ACTIONS
+_RESULT_BUTTONS = (
+    ("again", "Again", "🎲", 0), ("more", "More style", "➕", 0), ("less", "Less style", "➖", 0),
+    ("colours", "Colours", "🎨", 0), ("sharper", "Sharper", "⬆️", 0),
+    ("compare", "Before | after", "🔍", 1), ("delete", "Delete", "🗑️", 1),
+)
+
+
+class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
+                   template=r"nstbot:(?P<action>again|more|less|colours|sharper|compare|delete):(?P<job_id>[0-9a-f]{4,32})"):
+    """One button under a result; the action and the result's job id live in the custom id."""
+
+    def __init__(self, action: str, job_id: str) -> None:
+        label, emoji, row = next((l, e, r) for a, l, e, r in _RESULT_BUTTONS if a == action)
+        style = discord.ButtonStyle.secondary if action == "delete" else discord.ButtonStyle.primary
+        super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style, row=row,
+                                           custom_id=f"nstbot:{action}:{job_id}"))
+        self.action, self.job_id = action, job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
+                             match: re.Match[str], /) -> "ResultButton":
+        return cls(match["action"], match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        play = getattr(interaction.client, "play", None)  # bot.play.Play
+        if play is None:
+            await interaction.response.send_message(_STARTING, ephemeral=True)
+            return
+        await play.press(interaction, self.action, self.job_id)
+
+
+def result_view(job_id: str, *, hide: Sequence[str] = ()) -> discord.ui.View:
+    """The buttons under ``job_id``'s result, less those in ``hide``."""
+    view = discord.ui.View(timeout=None)
+    for action, *_ in _RESULT_BUTTONS:
+        if action not in hide:
+            view.add_item(ResultButton(action, job_id))
+    return view
+
+
+# --------------------------------------------------------------------------- "Stylize this image"
+
+SAVED_STYLE_VALUE = "nstbot:saved"  # the picker's option for the member's saved style
+
+
+class StylePicker(discord.ui.View):
+    """An ephemeral menu of styles for a picture chosen with "Stylize this image"; the pick
+    goes to ``on_pick(interaction, value)``. Only whoever opened it sees it (ephemeral)."""
+
+    def __init__(self, options: Sequence[tuple[str, str, str]], on_pick: Callable[[discord.Interaction, str],
+                 Awaitable[None]], *, timeout: float = 300.0) -> None:
+        """``options``: (value, label, description) each, at most 25 (Discord's limit)."""
+        super().__init__(timeout=timeout)
+        self._on_pick = on_pick
+        select = discord.ui.Select(custom_id="nstbot:pick-style", placeholder="Pick a style for this picture",
+                                   min_values=1, max_values=1,
+                                   options=[discord.SelectOption(value=v, label=label[:100],
+                                                                 description=(d[:100] or None))
+                                            for v, label, d in options[:25]])
+        select.callback = self._picked  # type: ignore[method-assign]
+        self.select = select
+        self.add_item(select)
+
+    async def _picked(self, interaction: discord.Interaction) -> None:
+        self.stop()  # one pick per menu
+        await self._on_pick(interaction, self.select.values[0])

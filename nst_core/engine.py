@@ -168,7 +168,9 @@ class Engine:
         step = 0
         initial: dict[str, float] | None = None
         history: list[dict[str, float]] = []
+        scale_starts: list[int] = []  # the 1-based step at which each scale began
         for index, ((width, height), n_steps) in enumerate(zip(shapes, steps_per_scale)):
+            scale_starts.append(step + 1)
             content_px = _tensor(images.resize_to(content_img, width, height))
             if x is None:
                 noise = rng.normal(0.0, params.init_noise, content_px.shape).astype(np.float32)
@@ -197,6 +199,7 @@ class Engine:
         summary = LossSummary(
             initial=initial or final, final=final, history=_downsample(history, HISTORY_POINTS),
             iterations=step, scales=shapes, resolution=shapes[-1], seconds=time.perf_counter() - started,
+            scale_starts=scale_starts,
         )
         return StylizeResult(output, summary)
 

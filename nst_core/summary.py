@@ -23,6 +23,7 @@ class LossSummary:
     resolution: tuple[int, int]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    scale_starts: list[int] = field(default_factory=list)  # 1-based step at which each scale began (first 1)
 
     def reduction(self, name: str) -> float:
         """How far a loss fell: final / initial (0 when it started at 0)."""
@@ -37,4 +38,5 @@ class LossSummary:
         values = dict(data)
         values["scales"] = [tuple(s) for s in values["scales"]]
         values["resolution"] = tuple(values["resolution"])
+        values["scale_starts"] = [int(s) for s in values.get("scale_starts") or ()]  # absent before it existed
         return cls(**values)

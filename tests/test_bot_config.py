@@ -252,3 +252,42 @@ def test_command_digest_follows_the_definitions():
     tuned = dataclasses.replace(Config(), engine=dataclasses.replace(
         Config().engine, presets={**Config().engine.presets, "fast": PresetConfig(256, 50, 1)}))
     assert digest(tuned) != base  # preset choices show their size and steps
+
+
+# --------------------------------------------------------------------------- --check-config and the token
+
+
+def _check_config(env_extra: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", **env_extra}
+    return subprocess.run([sys.executable, "-m", "bot", "--config", str(EXAMPLE), "--check-config"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=60, **kwargs)
+
+
+@pytest.mark.parametrize("how", ["environment", "pipe"])
+def test_check_config_says_the_token_is_set_without_showing_it(how):
+    secret = "MTIzNDU2Nzg5.recognisable-SECRET.token-value"
+    if how == "environment":
+        run = _check_config({"DISCORD_TOKEN": secret})
+    else:  # the way the token arrives after main() re-executes itself
+        import os
+
+        read_end, write_end = os.pipe()
+        os.write(write_end, secret.encode())
+        os.close(write_end)
+        try:
+            run = _check_config({"STYLEBOT_TOKEN_FD": str(read_end)}, pass_fds=(read_end,))
+        finally:
+            os.close(read_end)
+    assert run.returncode == 0, run.stderr
+    assert secret not in run.stdout and secret not in run.stderr
+    assert "recognisable-SECRET" not in run.stdout + run.stderr
+    assert "DISCORD_TOKEN: set" in run.stderr.splitlines()
+    json.loads(run.stdout)  # stdout stays the settings alone
+
+
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_check_config_says_when_the_token_is_not_set(value):
+    run = _check_config({} if value is None else {"DISCORD_TOKEN": value})
+    assert run.returncode == 0, run.stderr
+    assert "DISCORD_TOKEN: not set (the bot needs it to start)" in run.stderr.splitlines()
+    assert "DISCORD_TOKEN: set" not in run.stderr

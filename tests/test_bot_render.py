@@ -26,6 +26,7 @@ SUMMARY = {
     "resolution": [48, 32],
     "seconds": 3.25,
     "notes": ["The GPU ran out of memory at 48 px, so the image was made at 36 px."],
+    "scale_starts": [1, 21],
 }
 
 
@@ -63,24 +64,206 @@ def test_result_embed_reports_the_loss_summary():
     assert fields["Content loss"] == "0 → 0.2"
     assert fields["Iterations"] == "40"
     assert fields["Scales"] == "24×16 → 48×32" and fields["Resolution"] == "48×32"
-    assert fields["Time"] == "3.2 s" and fields["Seed"] == "42"
+    assert fields["Time"] == "3.2 s (0.081 s/step)" and fields["Seed"] == "42"
+    assert "Styles" not in fields
     assert fields["Preset"] == "balanced (strength 1.5, colours preserved)"
     assert "ran out of memory" in embed.description
     assert embed.image.url == f"attachment://{render.CHART_FILENAME}"
     assert "waves.png" in embed.footer.text and len(embed) < 6000  # the outbox puts the job id before it
 
 
-def test_loss_chart_is_a_small_png_with_curves():
-    data = render.loss_chart_png(SUMMARY["history"], width=320, height=140)
+def test_result_embed_names_both_styles_and_their_blend():
+    embed = render.result_embed(SUMMARY, job_id="abc", preset="fast", seed=1, strength=1.0, preserve_colors=False,
+                                style_label="starry.jpg", style2_label="wave.png", blend=0.3, seconds=48.2)
+    fields = {f.name: f.value for f in embed.fields}
+    assert fields["Styles"] == "starry.jpg 70% + wave.png 30%"
+    assert fields["Time"] == "48.2 s (1.2 s/step)"  # 48.2 s over 40 steps
+    assert fields["Style loss"] == "2 → 0.5 (−75%)"  # the loss summary is still there
+    assert "starry.jpg" in embed.footer.text and "wave.png" in embed.footer.text
+    long = render.result_embed(SUMMARY, job_id="abc", preset="fast", seed=1, strength=1.0, preserve_colors=False,
+                               style_label="a" * 3000, style2_label="b" * 3000, blend=None)
+    fields = {f.name: f.value for f in long.fields}
+    assert len(long.footer.text) <= 100 and "…" in long.footer.text
+    assert "50%" in fields["Styles"] and len(fields["Styles"]) <= 1024 and len(long) < 6000
+    assert render.seconds_per_step(3.0, 0) is None and render.seconds_per_step(None, 5) is None
+    assert render.status_header("ab", "fast", "starry.jpg 70% + wave.png 30%").endswith("`starry.jpg 70% + wave.png 30%`")
+
+
+def _rgb(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def _colour_mask(pixels: np.ndarray, colour) -> np.ndarray:
+    return (pixels == np.array(colour, np.uint8)).all(axis=-1)
+
+
+def _plot_edges(pixels: np.ndarray) -> tuple[int, int]:
+    """The left and right edges of the plot frame: the long columns in the axis colour."""
+    columns = np.flatnonzero(_colour_mask(pixels, render._AXIS).sum(axis=0) > pixels.shape[0] // 2)
+    return int(columns.min()), int(columns.max())
+
+
+def test_loss_chart_shows_every_loss_axes_and_dashed_scale_changes():
+    data = render.loss_chart_png(SUMMARY["history"], [1, 11, 31])
     img = Image.open(io.BytesIO(data))
-    assert img.format == "PNG" and img.size == (320, 140)
-    pixels = np.asarray(img.convert("RGB"))
-    for colour in ((31, 119, 180), (255, 127, 14)):  # content and style curves were drawn
-        assert (pixels == colour).all(axis=-1).sum() > 20
+    assert img.format == "PNG" and img.size == (640, 280)
     assert len(data) < 40_000
-    # too little data still gives a readable image, not an exception
-    assert Image.open(io.BytesIO(render.loss_chart_png([]))).size == (480, 200)
-    assert Image.open(io.BytesIO(render.loss_chart_png([{"step": 1, "total": 0.0}])))
+    pixels = _rgb(data)
+    for name, colour in render._CHART_COLOURS.items():  # a line per loss (and its legend swatch)
+        assert _colour_mask(pixels, colour).sum() > 100, name
+    # the legend sits above the plot, not over the lines
+    left, right = _plot_edges(pixels)
+    top = int(np.flatnonzero(_colour_mask(pixels, render._AXIS)[:, (left + right) // 2])[0])
+    legend = np.zeros(pixels.shape[:2], bool)
+    for colour in render._CHART_COLOURS.values():
+        legend |= _colour_mask(pixels, colour)
+    assert legend[:top].sum() > 4 * 16 and legend[:top].any(axis=1).sum() <= 4
+    # a dashed marker where scale 2 and scale 3 began (not at the first scale), at their steps
+    marks = _colour_mask(pixels, render._SCALE_MARK)
+    columns = np.flatnonzero(marks[top:].sum(axis=0) > 40)
+    groups = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
+    assert len(groups) == 2
+    for group, step in zip(groups, (11, 31)):
+        expected = left + (step - 1) / (40 - 1) * (right - left)
+        assert abs(group.mean() - expected) <= 2, (group, expected)
+        column = marks[top:, group[0]]
+        assert np.count_nonzero(np.diff(column.astype(int)) == 1) >= 10  # dashed: many separate runs
+    # scale_starts is optional: callers passing only the history still get a chart, unmarked
+    plain = _rgb(render.loss_chart_png(SUMMARY["history"]))
+    assert plain.shape == (280, 640, 3)
+    assert (_colour_mask(plain, render._SCALE_MARK).sum(axis=0) > 40).sum() == 0
+    small = render.loss_chart_png(SUMMARY["history"], width=320, height=140)
+    assert Image.open(io.BytesIO(small)).size == (320, 140)
+
+
+@pytest.mark.parametrize("history, starts", [
+    ([], ()),
+    ([{"step": 1, "total": 0.0}], [1]),
+    ([{"step": 3, "total": 2.5}], None),  # a single value
+    ([{"step": 1, "content": float("nan"), "style": -1.0, "tv": float("inf"), "total": 0.0},
+      {"step": 2}, {"total": 3.0}, {"step": "x", "total": 1.0}, None, {"step": float("nan"), "total": 1.0},
+      {"step": 5, "style": 1e-12, "total": 1e12}], [1, 3, None, float("nan"), "?", 99]),
+    ([{"step": s, "style": 1.0 / s} if s % 2 else {"step": s, "total": 2.0} for s in range(1, 20)], [1, 10]),
+    ([{"step": s, "total": 0.5} for s in range(1, 10)], [1, 5]),  # a flat line
+])
+def test_loss_chart_survives_odd_values(history, starts):
+    data = render.loss_chart_png(history, starts)
+    assert Image.open(io.BytesIO(data)).size == (640, 280)
+
+
+def test_loss_chart_draws_a_loss_missing_from_some_points():
+    history = [{"step": s, "style": 1.0 / s, **({"tv": 0.1} if s % 3 == 0 else {})} for s in range(1, 31)]
+    pixels = _rgb(render.loss_chart_png(history, [1, 16]))
+    assert _colour_mask(pixels, render._CHART_COLOURS["tv"]).sum() > 200  # joined across the gaps
+    assert _colour_mask(pixels, render._CHART_COLOURS["content"]).sum() == 0  # never reported: no line
+
+
+def _encoded(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _noise(width: int, height: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_before_after_puts_the_upright_content_beside_the_result():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown rotated a quarter turn, 100 wide and 200 high
+    content = _encoded(Image.new("RGB", (200, 100), (40, 160, 90)), "JPEG", exif=exif, quality=95)
+    result = _encoded(Image.new("RGB", (120, 240), (200, 60, 60)))
+    data, ext = render.before_after_png(content, result, 8_000_000)
+    img = Image.open(io.BytesIO(data))
+    assert ext == "png" and img.format == "PNG"
+    assert img.height == 240 and abs(img.width - (120 + 120)) <= 6  # content scaled to 120×240, then the result
+    pixels = np.asarray(img.convert("RGB")).astype(int)
+    assert np.abs(pixels[200, 60] - (40, 160, 90)).max() < 12  # before, on the left
+    assert np.abs(pixels[200, img.width - 60] - (200, 60, 60)).max() < 4  # after, on the right
+    for x in (0, img.width - 120):  # a dark label box with light text in each top-left corner
+        corner = pixels[:30, x: x + 60]
+        assert (corner.max(axis=-1) < 40).sum() > 100 and (corner.min(axis=-1) > 200).sum() > 10
+
+
+def test_before_after_fits_the_limit_and_caps_the_size():
+    content, result = _encoded(_noise(500, 400, 1)), _encoded(_noise(600, 400, 2))
+    data, ext = render.before_after_png(content, result, 60_000)
+    assert ext in ("jpg", "webp") and len(data) <= 60_000
+    assert Image.open(io.BytesIO(data)).height > 16
+    wide = _encoded(Image.new("RGB", (3000, 1000), (10, 20, 30)))
+    data, ext = render.before_after_png(wide, _encoded(Image.new("RGB", (1500, 1200), (90, 90, 90))), 8_000_000)
+    size = Image.open(io.BytesIO(data)).size
+    assert max(size) <= 2048 and size[0] > 2000
+    with pytest.raises(ValueError):
+        render.before_after_png(b"not an image", result, 8_000_000)
+
+
+def test_before_after_refuses_to_decode_a_huge_picture():
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    huge = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 10_000, 6_000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    small = _encoded(Image.new("RGB", (50, 50)))
+    with pytest.raises(ValueError, match="too large"):
+        render.before_after_png(huge, small, 8_000_000)
+    with pytest.raises(ValueError, match="too large"):
+        render.before_after_png(small, huge, 8_000_000)
+
+
+_SWATCHES = [(230, 30, 30), (30, 200, 30), (30, 30, 230), (230, 200, 30), (200, 30, 200), (30, 200, 200)]
+
+
+def _centre(pixels: np.ndarray, colour) -> tuple[float, float, int]:
+    ys, xs = np.nonzero(_colour_mask(pixels, colour))
+    return float(xs.mean()), float(ys.mean()), len(xs)
+
+
+def test_contact_sheet_lays_out_numbered_thumbnails_in_a_grid():
+    def sheet(n: int, **kwargs) -> np.ndarray:
+        entries = [(f"Style {i}, Painter (19{i:02d})", _encoded(Image.new("RGB", (100, 100), _SWATCHES[i])))
+                   for i in range(n)]
+        return _rgb(render.contact_sheet_png(entries, **kwargs))
+
+    five = sheet(5, columns=4, thumb=64)
+    assert five.shape == sheet(6, columns=4, thumb=64).shape  # two rows of four either way
+    four = sheet(4, columns=4, thumb=64)
+    assert four.shape[1] == five.shape[1] and five.shape[0] > 1.7 * four.shape[0] - 20
+    assert sheet(2, columns=4, thumb=64).shape[1] < 0.6 * four.shape[1]  # only as many columns as entries
+    centres = [_centre(five, _SWATCHES[i]) for i in range(5)]
+    assert all(abs(n - 64 * 64) < 200 for _, _, n in centres)  # each thumbnail fills its 64 px square
+    xs, ys = [c[0] for c in centres], [c[1] for c in centres]
+    assert xs[0] < xs[1] < xs[2] < xs[3] and len({round(y) for y in ys[:4]}) == 1  # first row, left to right
+    assert abs(xs[4] - xs[0]) < 1 and ys[4] > ys[0] + 64  # the fifth starts the second row
+    below = five[int(ys[0]) + 34: int(ys[0]) + 34 + 40, int(xs[0]) - 32: int(xs[0]) + 32]
+    assert (below.max(axis=-1) < 150).sum() > 30  # a label under the thumbnail
+
+
+def test_contact_sheet_survives_an_unreadable_entry_and_an_empty_library():
+    entries = [("ok", _encoded(Image.new("RGB", (80, 120), _SWATCHES[0]))), ("broken", b"\x89PNG not really"),
+               ("a name " * 40, _encoded(Image.new("RGBA", (120, 80), (0, 0, 0, 0))))]
+    pixels = _rgb(render.contact_sheet_png(entries, columns=3, thumb=96))
+    assert _colour_mask(pixels, render._UNREADABLE).sum() > 0.8 * 96 * 96  # the grey tile
+    assert _centre(pixels, _SWATCHES[0])[2] == 64 * 96  # aspect kept: 80×120 shown as 64×96
+    empty = render.contact_sheet_png([])
+    img = Image.open(io.BytesIO(empty))
+    assert img.format == "PNG" and img.width < 400 and img.height < 200
+    assert len(np.unique(np.asarray(img.convert("L")))) > 2  # it says so in words
+
+
+def test_contact_sheet_of_twelve_photos_stays_small(monkeypatch):
+    entries = [(f"{i}. noisy", _encoded(_noise(300, 260, i))) for i in range(12)]
+    data = render.contact_sheet_png(entries)
+    assert len(data) < 2_000_000
+    img = Image.open(io.BytesIO(data))
+    assert img.format == "PNG" and img.width > 4 * 192 and img.height > 3 * 192
+    monkeypatch.setattr(render, "_SHEET_BUDGET", 10_000)  # over budget: saved with 256 colours
+    fewer = render.contact_sheet_png(entries[:4], thumb=96)
+    img = Image.open(io.BytesIO(fewer))
+    assert img.format == "PNG" and img.mode == "P" and img.width > 4 * 96
 
 
 def test_line_status_text():
@@ -109,7 +292,7 @@ def test_prepare_result_fits_image_and_chart_under_the_limit():
     big = buf.getvalue()
     assert len(big) > 200_000
     limit = 200_000
-    image, ext, chart = prepare_result(big, SUMMARY["history"], limit)
+    image, ext, chart = prepare_result(big, SUMMARY["history"], limit, SUMMARY["scale_starts"])
     assert ext in ("webp", "jpg") and chart is not None
     assert len(image) + len(chart) < limit
     assert Image.open(io.BytesIO(image)).size[0] > 16

@@ -119,3 +119,20 @@ def test_missing_weights_file_is_a_clear_error(engine, content_rgb, style_rgb, t
 def test_vgg16_backbone_runs(engine, content_rgb, style_rgb, tiny_params):
     result = engine.stylize(content_rgb, style_rgb, tiny_params.replace(backbone="vgg16", iterations=4))
     assert result.summary.iterations == 4
+
+
+def test_summary_records_where_each_scale_began(engine, content_rgb, style_rgb, tiny_params):
+    from nst_core import LossSummary
+
+    params = tiny_params.replace(iterations=8, scales=2)
+    events = []
+    summary = engine.stylize(content_rgb, style_rgb, params, on_progress=events.append).summary
+    starts = summary.scale_starts
+    assert len(starts) == len(summary.scales) == 2
+    assert starts[0] == 1 and all(a < b for a, b in zip(starts, starts[1:]))
+    # each start is the first step reported for that scale
+    assert starts == [next(e.step for e in events if e.scale == i) for i in range(2)]
+    assert LossSummary.from_dict(summary.to_dict()).scale_starts == starts
+    old = summary.to_dict()
+    del old["scale_starts"]  # stored by a version before the field existed
+    assert LossSummary.from_dict(old).scale_starts == []

@@ -74,7 +74,24 @@ you may pass the record, its id, or for users the username):
 * ``add_attachment(name, data, content_type=None, description=None) -> dict``: an attachment
   object (id, filename, size, url, proxy_url, content_type, width/height via Pillow or None)
   whose bytes are served at ``GET /attachments/<name>``.
-* ``Permissions``, ``Intents``, ``MessageFlags``: bit constants.
+* ``Permissions``, ``Intents``, ``MessageFlags``, ``ApplicationFlags``: bit constants.
+
+Members' messages: ``await post_user_message(channel=None, *, user=None, content="", attachments=(),
+embeds=(), reply_to=None, dispatch=True) -> MessageRecord`` stores a message written by a member
+(``author`` = that user; ``channel`` may be ``fake.dm_channel(user)``) like the bot's: served by GET
+message / GET channel messages (``limit``/``before``/``after``/``around``), pressable by nobody,
+deletable by the bot with MANAGE_MESSAGES (else 403 ``50013``; in DMs 403 ``50003``), never editable
+by it (403 ``50005``). ``attachments`` take ``add_attachment`` dicts (or names): the message gets
+its own attachment ids, same bytes and URL. ``embeds`` are kept as given, with ``type`` "rich" by
+default and, for image/thumbnail/video URLs served by the fake, ``proxy_url``/``width``/``height``/
+``content_type`` filled in (e.g. ``{"type": "image", "url": u, "thumbnail": {"url": u}}`` or
+``{"image": {"url": u}}``). ``reply_to`` makes it a reply (type 19). ``<@id>`` fills ``mentions``.
+As Discord does, an app without the message-content intent gets such messages with content,
+embeds, attachments and components emptied (the bot's own messages, DMs and messages mentioning
+the bot excepted): over REST unless ``fake.app_flags`` has ``ApplicationFlags.MESSAGE_CONTENT``
+bits; on the gateway (MESSAGE_CREATE, dispatched only when the session's intents include
+GUILD_MESSAGES, or DIRECT_MESSAGES in DMs) unless IDENTIFY asked for ``MESSAGE_CONTENT``.
+Message-command interactions always carry the complete message.
 
 Interactions (each returns an :class:`InteractionRecord` once INTERACTION_CREATE was sent;
 they first wait for a READY session):
@@ -87,10 +104,20 @@ they first wait for a READY session):
   options are resolved too. ``subcommand="group sub"``. Misuse raises ``FakeDiscordError``.
 * ``await send_autocomplete(name, focused, value="", options=..., ...)`` (type 4); the bot's
   choices land in ``rec.autocomplete_choices``.
+* ``await send_message_command(name, message, user=None, guild=None, channel=None, locale=None,
+  token_ttl=None)``: a message context-menu command (synced with ``"type": 3``) used on *message*
+  (record or id; not deleted, not ephemeral): type-2 interaction with ``data`` = ``{"id", "name",
+  "type": 3, "target_id", "resolved": {"messages": {id: <complete message>}}}`` (+ ``guild_id``).
+  Responses to it are type 23 with ``interaction_metadata.target_message_id``.
+* ``await send_user_command(name, target, user=None, ...)``: a user context-menu command (type 2):
+  ``target_id`` + ``resolved.users``/``members``.
 * ``await click_button(target, custom_id, user=None, values=None)`` (type 3; alias ``select``
   for select menus with ``values``): *target* is a ``MessageRecord``, message id, or an
-  ``InteractionRecord`` (its messages are searched newest first). The default user is the one
-  who ran the original command.
+  ``InteractionRecord`` (its messages, ephemeral ones included, are searched newest first). The
+  default user is the one the message answered (the one who ran the command), or
+  ``default_user()`` for plain channel posts (which any member may press). An ephemeral message
+  only takes its own user; string-select ``values`` must be options, within ``min_values``..
+  ``max_values`` (else ``FakeDiscordError``). ``payload["message"]`` is the clicked message, flags included.
 * ``await submit_modal(rec, {custom_id: value}, user=None)`` (type 5) after the bot answered
   *rec* with a modal (callback 9).
 
@@ -112,19 +139,36 @@ interaction → 400 ``50035``; with ``?with_response=1`` (discord.py ≥ 2.5 alw
 body is an ``InteractionCallbackResponse`` (``interaction`` + ``resource.message``), else 204.
 A type-5 defer creates a *loading* @original (flag 128, + 64 if ephemeral); the **first
 followup after it replaces that loading message** (same id, keeps the defer's ephemerality),
-later followups are new messages. Followups before any callback → 404 ``10015``.
+later followups are new messages. Followups before any callback → 404 ``10015``. The webhook's
+message routes (GET/PATCH/DELETE ``/webhooks/{app}/{token}/messages/{id}``) only reach @original and
+the interaction's followups: any other message id → 404 ``10008 Unknown Message`` (recorded in
+``rejected``); DELETE marks the message ``deleted``.
 
-``MessageRecord``: ``id``, ``channel_id``, ``guild_id``, ``author``, ``content``, ``embeds``,
-``components``, ``attachments`` (``AttachmentRecord`` with ``filename``, ``data`` bytes,
-``content_type``, ``width``, ``height``, ``url``), ``flags``, ``ephemeral``, ``loading``,
-``kind`` ("channel" / "original" / "followup"), ``deleted``, ``history`` (pre-edit snapshots),
-``reactions``, ``interaction_id``, ``created_t``/``edited_t`` (monotonic), ``text()``,
-``custom_ids()``, ``find_component(custom_id)``, ``buttons()``, ``to_json()``.
+Commands sync: chat-input commands (type 1) are validated as Discord does (lower-case names,
+description 1-100, required options first); user (2) and message (3) context-menu commands take
+any 1-32 character name, and a description or options answer 400 ``50035``
+(``APPLICATION_COMMAND_CONTEXT_MENU_DESCRIPTION_INVALID`` / ``..._OPTIONS_INVALID``); they are
+stored with ``description: ""`` and no ``options``.
+
+``MessageRecord``: ``id``, ``channel_id``, ``guild_id``, ``author``, ``from_bot``, ``type``,
+``content``, ``embeds``, ``components``, ``attachments`` (``AttachmentRecord`` with ``filename``,
+``data`` bytes, ``content_type``, ``width``, ``height``, ``url``), ``flags``, ``ephemeral``,
+``loading``, ``kind`` ("channel" for channel posts, the bot's or members', / "original" /
+"followup"), ``deleted``, ``history`` (pre-edit snapshots), ``reactions``, ``interaction_id``,
+``interaction_metadata``, ``message_reference`` / ``reference_id`` / ``referenced`` (replies),
+``mentions``, ``created_t``/``edited_t`` (monotonic), ``text()``, ``custom_ids()``,
+``find_component(custom_id)``, ``buttons()``, ``to_json()``.
 
 Channel messages: ``POST/GET/PATCH/DELETE /channels/{id}/messages[/{mid}]`` (json or
 multipart), ``POST /users/@me/channels`` (DMs), typing, reactions, plus GET routes for
 users/guilds/channels/members/roles. Validation: content > 2000 chars / > 10 embeds →
 400 ``50035``; empty message → 400 ``50006``; uploads over ``attachment_size_limit`` → 413 ``40005``.
+Replies: a POST with ``message_reference`` (``{"message_id", "channel_id", "guild_id",
+"fail_if_not_exists"}``, as ``Message.reply`` sends) to a live, non-ephemeral message of the same
+channel makes a type-19 message whose JSON has ``message_reference`` (``type`` 0 + ids) and
+``referenced_message`` (that message now; null once deleted); an unknown/deleted/other-channel
+target answers 400 ``50035`` (``message_reference``: ``MESSAGE_REFERENCE_UNKNOWN_MESSAGE``
+"Unknown message") unless ``fail_if_not_exists`` is false, which sends a plain type-0 message.
 
 Failure injection:
 
@@ -158,11 +202,13 @@ request, fault, interaction_create, callback, followup, message_create, message_
 message_delete, webhook_edit, token_rejected, commands_put, command_upsert, dm_channel,
 attachment_download, typing, reaction_add, gateway_connect, gateway_disconnect, gateway_op,
 gateway_dispatch, identify, ready, resumed), ``events_of(kind)``, ``messages`` (id → record),
-``messages_in(channel, include_ephemeral=False, include_deleted=False)``, ``dms_to(user)``,
-``interactions``, ``await wait_for(predicate, timeout=10)`` (``predicate()`` takes no
-arguments; re-checked after each event and every 0.1 s; returns its truthy value; raises
-``asyncio.TimeoutError`` describing the last events), ``await wait_for_event(kind, predicate,
-timeout, since=None)``, ``await wait_for_message(channel=None, predicate=None, dm_to=None)``.
+``messages_in(channel, include_ephemeral=False, include_deleted=False, author=None)`` (every
+author's, oldest first; ``author=fake.bot_user`` or a username keeps one author's),
+``dms_to(user)`` (the bot's DMs to *user*), ``interactions``, ``await wait_for(predicate,
+timeout=10)`` (``predicate()`` takes no arguments; re-checked after each event and every 0.1 s;
+returns its truthy value; raises ``asyncio.TimeoutError`` describing the last events),
+``await wait_for_event(kind, predicate, timeout, since=None)``, ``await wait_for_message(channel=None,
+predicate=None, dm_to=None, from_bot=True)`` (the bot's messages unless ``from_bot=False``).
 
 Rate-limit headers are never sent (discord.py copes: it only reads them when
 ``X-Ratelimit-Remaining`` is present). JSON bodies are sent with ``Content-Type:
@@ -170,6 +216,7 @@ application/json`` exactly — discord.py ignores JSON labelled ``...; charset=u
 """
 
 from .models import (
+    ApplicationFlags,
     AttachmentRecord,
     CallbackRecord,
     Channel,
@@ -190,6 +237,7 @@ from .models import (
 from .server import FakeDiscord, FakeDiscordError, GatewaySession
 
 __all__ = [
+    "ApplicationFlags",
     "AttachmentRecord",
     "CallbackRecord",
     "Channel",

@@ -97,6 +97,21 @@ class MessageFlags:
     IS_COMPONENTS_V2 = 1 << 15
 
 
+class ApplicationFlags:
+    """Application flag bits (``FakeDiscord(app_flags=...)``). Either message-content bit lets the
+    bot read members' message content over REST (GET message / history); the gateway additionally
+    needs the ``MESSAGE_CONTENT`` intent in IDENTIFY."""
+
+    GATEWAY_PRESENCE = 1 << 12
+    GATEWAY_PRESENCE_LIMITED = 1 << 13
+    GATEWAY_GUILD_MEMBERS = 1 << 14
+    GATEWAY_GUILD_MEMBERS_LIMITED = 1 << 15
+    GATEWAY_MESSAGE_CONTENT = 1 << 18
+    GATEWAY_MESSAGE_CONTENT_LIMITED = 1 << 19
+
+    MESSAGE_CONTENT = GATEWAY_MESSAGE_CONTENT | GATEWAY_MESSAGE_CONTENT_LIMITED
+
+
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
@@ -515,8 +530,28 @@ class MessageRecord:
     history: List[Dict[str, Any]] = field(default_factory=list)
     reactions: List[str] = field(default_factory=list)
     tts: bool = False
+    #: ``message_reference`` as Discord returns it (``type``, ``message_id``, ``channel_id``,
+    #: ``guild_id``) for replies, else None
+    message_reference: Optional[Dict[str, Any]] = None
+    #: the replied-to message (its current state goes into ``referenced_message``)
+    referenced: Optional["MessageRecord"] = None
+    #: users mentioned in ``content`` (``<@id>``), filled for members' messages
+    mentions: List[User] = field(default_factory=list)
 
     # -- convenience ---------------------------------------------------
+    @property
+    def from_bot(self) -> bool:
+        """True when a bot (the fake's bot user or another bot user) wrote it."""
+        return bool(self.author.bot)
+
+    @property
+    def reference_id(self) -> Optional[int]:
+        """Id of the message this one replies to (None when it is not a reply)."""
+        ref = self.message_reference
+        if not ref or ref.get("message_id") is None:
+            return None
+        return int(ref["message_id"])
+
     @property
     def ephemeral(self) -> bool:
         return bool(self.flags & MessageFlags.EPHEMERAL)
@@ -565,7 +600,15 @@ class MessageRecord:
             "t": self.edited_t or self.created_t,
         }
 
-    def to_json(self) -> Dict[str, Any]:
+    def to_json(self, *, redact: Optional[Callable[["MessageRecord"], bool]] = None,
+                with_referenced: bool = True) -> Dict[str, Any]:
+        """The message object as Discord serves it.
+
+        ``redact(msg)`` true empties content, embeds, attachments and components (of this message
+        and of the replied-to one, each asked separately) the way Discord does for an app without
+        the message-content intent. ``with_referenced`` adds ``referenced_message`` for replies
+        (one level deep; null once that message is deleted).
+        """
         data: Dict[str, Any] = {
             "id": str(self.id),
             "type": self.type,
@@ -576,7 +619,7 @@ class MessageRecord:
             "edited_timestamp": self.edited_timestamp,
             "tts": self.tts,
             "mention_everyone": False,
-            "mentions": [],
+            "mentions": [u.to_json() for u in self.mentions],
             "mention_roles": [],
             "mention_channels": [],
             "attachments": [a.to_json() for a in self.attachments],
@@ -594,11 +637,21 @@ class MessageRecord:
             data["application_id"] = str(self.application_id)
         if self.interaction_metadata is not None:
             data["interaction_metadata"] = self.interaction_metadata
+        if self.message_reference is not None:
+            data["message_reference"] = dict(self.message_reference)
+            if with_referenced:
+                ref = self.referenced
+                data["referenced_message"] = None if ref is None or ref.deleted else ref.to_json(
+                    redact=redact, with_referenced=False)
+        if redact is not None and redact(self):
+            data.update(content="", embeds=[], attachments=[], components=[])
         return data
 
     def __repr__(self) -> str:
         return (
             f"<MessageRecord id={self.id} channel={self.channel_id} kind={self.kind} "
+            f"{'' if self.from_bot else f'author={self.author.username} '}"
+            f"{'' if self.reference_id is None else f'reply_to={self.reference_id} '}"
             f"flags={self.flags} content={self.content!r} files={[a.filename for a in self.attachments]}"
             f"{' deleted' if self.deleted else ''}>"
         )

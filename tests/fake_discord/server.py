@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from aiohttp import WSMsgType, web
 
 from .models import (
+    ApplicationFlags,
     AttachmentRecord,
     CallbackRecord,
     Channel,
@@ -59,9 +60,11 @@ UNKNOWN_INTERACTION = 10062
 INTERACTION_ALREADY_ACKNOWLEDGED = 40060
 REQUEST_TOO_LARGE = 40005
 MISSING_ACCESS = 50001
+CANNOT_EXECUTE_ON_DM = 50003
 CANNOT_EDIT_OTHERS_MESSAGE = 50005
 CANNOT_SEND_EMPTY_MESSAGE = 50006
 CANNOT_SEND_TO_USER = 50007
+MISSING_PERMISSIONS = 50013
 INVALID_WEBHOOK_TOKEN = 50027
 INVALID_RECIPIENTS = 50033
 INVALID_FORM_BODY = 50035
@@ -76,6 +79,12 @@ _ALLOWED_CALLBACKS = {
 _OPTION_VALUE_TYPES = {3: str, 4: int, 5: bool, 10: float}
 
 _NAME_RE = re.compile(r"^[-_'\w]{1,32}$", re.UNICODE)
+
+_MENTION_RE = re.compile(r"<@!?(\d+)>")
+
+#: message type of an interaction's response, by application command type
+#: (1 chat input → 20 CHAT_INPUT_COMMAND; 2 user / 3 message → 23 CONTEXT_MENU_COMMAND)
+_COMMAND_MESSAGE_TYPE = {1: 20, 2: 23, 3: 23}
 
 WaitPredicate = Callable[[], Any]
 
@@ -635,9 +644,12 @@ class FakeDiscord:
 
     # -- message views ----------------------------------------------------
     def messages_in(self, channel: Any, *, include_ephemeral: bool = False,
-                    include_deleted: bool = False) -> List[MessageRecord]:
-        """Messages the bot has in *channel* (channel posts, interaction responses, followups), oldest first."""
+                    include_deleted: bool = False, author: Any = None) -> List[MessageRecord]:
+        """Messages in *channel*, oldest first: the bot's (channel posts, interaction responses,
+        followups) and members' (``post_user_message``). ``author`` (a user ref, e.g.
+        ``fake.bot_user`` or ``"alice"``) keeps only that author's."""
         cid = as_id(channel)
+        author_id = None if author is None else self.user(author).id
         out = []
         for mid in self._channel_messages.get(cid, []):
             msg = self.messages[mid]
@@ -645,24 +657,159 @@ class FakeDiscord:
                 continue
             if msg.ephemeral and not include_ephemeral:
                 continue
+            if author_id is not None and msg.author.id != author_id:
+                continue
             out.append(msg)
         return out
 
     def dms_to(self, user: Any) -> List[MessageRecord]:
+        """The bot's messages in its DM channel with *user*."""
         u = self.user(user)
         ch = self._dm_channels.get(u.id)
-        return [] if ch is None else self.messages_in(ch)
+        return [] if ch is None else self.messages_in(ch, author=self.bot_user)
 
     async def wait_for_message(self, channel: Any = None, predicate: Optional[Callable[[MessageRecord], Any]] = None,
-                               timeout: float = 10.0, *, dm_to: Any = None) -> MessageRecord:
-        """Wait for a (non-ephemeral) message in *channel* (or DM to *dm_to*) matching *predicate*."""
+                               timeout: float = 10.0, *, dm_to: Any = None, from_bot: bool = True) -> MessageRecord:
+        """Wait for a (non-ephemeral) message in *channel* (or DM to *dm_to*) matching *predicate*;
+        only the bot's unless ``from_bot=False``."""
         def find():
-            msgs = self.dms_to(dm_to) if dm_to is not None else self.messages_in(self._channel(channel))
+            if dm_to is not None:
+                msgs = self.dms_to(dm_to)
+            else:
+                msgs = self.messages_in(self._channel(channel), author=self.bot_user if from_bot else None)
             for m in msgs:
                 if predicate is None or predicate(m):
                     return m
             return None
         return await self.wait_for(find, timeout, what="message")
+
+    # -- members' messages -------------------------------------------------
+    def _message_attachment(self, ref: Any) -> AttachmentRecord:
+        if isinstance(ref, AttachmentRecord):
+            src = ref
+        elif isinstance(ref, str) and ref in self._attachments_by_name:
+            src = self._attachments_by_name[ref]
+        elif isinstance(ref, dict):
+            src = next((a for a in self._attachments_by_name.values() if str(a.id) == str(ref.get("id"))), None)
+            if src is None:
+                raise FakeDiscordError(f"attachment {ref.get('filename')!r} was not made with add_attachment()")
+        else:
+            raise FakeDiscordError(f"attachments take add_attachment() dicts or names, got {ref!r}")
+        # a message's attachment: its own id, not ephemeral, same bytes and URL
+        return AttachmentRecord(id=snowflake(), filename=src.filename, data=src.data, content_type=src.content_type,
+                                url=src.url, proxy_url=src.proxy_url, description=src.description,
+                                ephemeral=False, width=src.width, height=src.height)
+
+    def _complete_embed(self, embed: Dict[str, Any]) -> Dict[str, Any]:
+        """Fill what Discord adds to an embed's media (proxy_url, width, height, content_type)
+        when its URL is served by the fake; ``type`` defaults to "rich"."""
+        out = dict(embed)
+        out.setdefault("type", "rich")
+        for key in ("image", "thumbnail", "video"):
+            media = out.get(key)
+            if not isinstance(media, dict) or not media.get("url"):
+                continue
+            media = dict(media)
+            url = str(media["url"])
+            prefix = f"{self.base_url}/attachments/"
+            file_key = urllib.parse.unquote(url[len(prefix):].split("?", 1)[0]) if url.startswith(prefix) else None
+            entry = self._files.get(file_key) if file_key is not None else None
+            if entry is not None:
+                data, ctype = entry
+                width, height = image_size(data)
+                media.setdefault("proxy_url", url.split("?", 1)[0] + "?proxy=1")
+                if width is not None:
+                    media.setdefault("width", width)
+                    media.setdefault("height", height)
+                if ctype:
+                    media.setdefault("content_type", ctype)
+            else:
+                media.setdefault("proxy_url", url)
+            media.setdefault("flags", 0)
+            out[key] = media
+        return out
+
+    async def post_user_message(self, channel: Any = None, *, user: Any = None, content: str = "",
+                                attachments: Iterable[Any] = (), embeds: Iterable[Dict[str, Any]] = (),
+                                reply_to: Any = None, dispatch: bool = True) -> MessageRecord:
+        """A member (not the bot) posts a message in *channel* (default ``fake.channel``; a DM channel
+        from ``fake.dm_channel(user)`` works too) and it is stored like the bot's messages.
+
+        ``attachments``: ``add_attachment`` dicts (or registered names); their bytes stay served at
+        their URL. ``embeds``: embed dicts, e.g. ``{"type": "image", "url": u, "thumbnail": {"url":
+        u}}`` or ``{"image": {"url": u}}``; for URLs of the fake, ``proxy_url``/``width``/``height``/
+        ``content_type`` are filled in as Discord does. ``reply_to``: a message (record or id) in the
+        same channel → a reply (type 19). ``<@id>`` in ``content`` fills ``mentions``.
+
+        MESSAGE_CREATE is dispatched when a session is ready and its intents include
+        GUILD_MESSAGES (DIRECT_MESSAGES in DMs), emptied of content/embeds/attachments/components
+        without the MESSAGE_CONTENT intent (unless a DM or the bot is mentioned), as Discord does.
+        REST reads (GET message / history) are emptied likewise unless ``app_flags`` has a
+        message-content bit (``ApplicationFlags.MESSAGE_CONTENT``); message-command interactions
+        always carry the full message.
+        """
+        u = self.user(user) if user is not None else self.default_user()
+        ch = self._channel(channel)
+        if ch.is_dm:
+            if ch.recipient is None or ch.recipient.id != u.id:
+                raise FakeDiscordError(f"{u.username} is not the recipient of DM channel {ch.id}")
+        else:
+            g = self.guilds[ch.guild_id]
+            if u.id not in g.members:
+                raise FakeDiscordError(f"user {u.username} is not a member of guild {g.name}")
+        atts = [self._message_attachment(a) for a in attachments]
+        embeds = [self._complete_embed(e) for e in embeds]
+        if not content and not atts and not embeds:
+            raise FakeDiscordError("a message needs content, attachments or embeds")
+        if len(content) > 2000 or len(atts) > 10 or len(embeds) > 10:
+            raise FakeDiscordError("content over 2000 characters, or over 10 attachments/embeds")
+        msg = MessageRecord(id=snowflake(), channel_id=ch.id, guild_id=ch.guild_id, author=u, content=content,
+                            embeds=embeds, attachments=atts, kind="channel")
+        msg.mentions = [self.users[int(x)] for x in dict.fromkeys(_MENTION_RE.findall(content))
+                        if int(x) in self.users]
+        if reply_to is not None:
+            target = self.messages.get(as_id(reply_to))
+            if target is None or target.channel_id != ch.id or target.deleted or target.ephemeral:
+                raise FakeDiscordError(f"cannot reply to message {as_id(reply_to)} in channel {ch.id}")
+            msg.type = 19
+            msg.message_reference = self._reference_json(target)
+            msg.referenced = target
+        self._add_message(msg)
+        session = self.session
+        if dispatch and session is not None and session.ready.is_set():
+            intents = session.intents or 0
+            if intents & (Intents.DIRECT_MESSAGES if ch.is_dm else Intents.GUILD_MESSAGES):
+                def gateway_redact(m: MessageRecord) -> bool:
+                    return not intents & Intents.MESSAGE_CONTENT and self._content_hidden(m)
+                data = msg.to_json(redact=gateway_redact)
+                if not ch.is_dm:
+                    data["member"] = self.guilds[ch.guild_id].members[u.id].to_json(with_user=False)
+                await session.dispatch("MESSAGE_CREATE", data)
+        return msg
+
+    def _content_hidden(self, msg: MessageRecord) -> bool:
+        """Whether Discord hides *msg*'s content from an app without the message-content intent:
+        not the app's own message, not in a DM, the app not mentioned."""
+        if msg.author.id == self.bot_user.id:
+            return False
+        ch = self.channels.get(msg.channel_id)
+        if ch is not None and ch.is_dm:
+            return False
+        return all(u.id != self.bot_user.id for u in msg.mentions)
+
+    def _rest_redact(self, msg: MessageRecord) -> bool:
+        return not self.app_flags & ApplicationFlags.MESSAGE_CONTENT and self._content_hidden(msg)
+
+    def _msg_json(self, msg: MessageRecord) -> Dict[str, Any]:
+        """A message as the REST API shows it to the bot."""
+        return msg.to_json(redact=self._rest_redact)
+
+    @staticmethod
+    def _reference_json(target: MessageRecord) -> Dict[str, Any]:
+        ref: Dict[str, Any] = {"type": 0, "channel_id": str(target.channel_id), "message_id": str(target.id)}
+        if target.guild_id is not None:
+            ref["guild_id"] = str(target.guild_id)
+        return ref
 
     # -- commands -----------------------------------------------------------
     def commands(self, guild: Any = None) -> List[Dict[str, Any]]:
@@ -935,6 +1082,50 @@ class FakeDiscord:
         payload = self._base_interaction(4, data, u, ch, g)
         return await self._send_interaction(payload, name=name, user=u, guild=g, channel=ch)
 
+    async def send_message_command(self, name: str, message: Any, *, user: Any = None, guild: Any = None,
+                                   channel: Any = None, locale: Optional[str] = None,
+                                   token_ttl: Optional[float] = None) -> InteractionRecord:
+        """Dispatch INTERACTION_CREATE (type 2) for a synced *message* context-menu command
+        (type 3, "Apps" menu on *message*: a ``MessageRecord`` or message id, the bot's or a member's).
+
+        ``data`` is ``{"id", "name", "type": 3, "target_id", "resolved": {"messages": {id: message}}}``
+        (plus ``guild_id`` for guild commands); the resolved message is complete (author,
+        content, attachments, embeds) whatever the bot's intents, as Discord sends it. The
+        interaction happens in the message's channel unless *channel* is given.
+        """
+        msg = message if isinstance(message, MessageRecord) else self.messages.get(as_id(message))
+        if msg is None or msg.deleted:
+            raise FakeDiscordError(f"no message {as_id(message)} (or it was deleted)")
+        if msg.ephemeral:
+            raise FakeDiscordError("the Apps menu is not offered on ephemeral messages")
+        ch = self._channel(channel if channel is not None else msg.channel_id)
+        if ch.id != msg.channel_id:
+            raise FakeDiscordError(f"message {msg.id} is not in channel {ch.id}")
+        u, g, ch = self._where(user, guild, ch, False)
+        cmd, is_guild_cmd = self._find_command(name, g.id if g else None, ctype=3)
+        data: Dict[str, Any] = {"id": cmd["id"], "name": name, "type": 3, "target_id": str(msg.id),
+                                "resolved": {"messages": {str(msg.id): msg.to_json()}}}
+        if is_guild_cmd:
+            data["guild_id"] = cmd["guild_id"]
+        payload = self._base_interaction(2, data, u, ch, g, locale)
+        return await self._send_interaction(payload, name=name, user=u, guild=g, channel=ch, token_ttl=token_ttl)
+
+    async def send_user_command(self, name: str, target: Any, *, user: Any = None, guild: Any = None,
+                                channel: Any = None, dm: bool = False, locale: Optional[str] = None,
+                                token_ttl: Optional[float] = None) -> InteractionRecord:
+        """Dispatch INTERACTION_CREATE (type 2) for a synced *user* context-menu command (type 2) on
+        *target* (a user ref): ``data`` has ``target_id`` and ``resolved.users`` (+ ``members`` in a guild)."""
+        u, g, ch = self._where(user, guild, channel, dm)
+        cmd, is_guild_cmd = self._find_command(name, g.id if g else None, ctype=2)
+        resolved: Dict[str, Dict[str, Any]] = {}
+        target_id = self._resolve_value(6, target, resolved, g)
+        data: Dict[str, Any] = {"id": cmd["id"], "name": name, "type": 2, "target_id": target_id,
+                                "resolved": resolved}
+        if is_guild_cmd:
+            data["guild_id"] = cmd["guild_id"]
+        payload = self._base_interaction(2, data, u, ch, g, locale)
+        return await self._send_interaction(payload, name=name, user=u, guild=g, channel=ch, token_ttl=token_ttl)
+
     def _message_with_component(self, target: Any, custom_id: str) -> MessageRecord:
         if isinstance(target, InteractionRecord):
             candidates = list(reversed(target.all_messages))
@@ -956,7 +1147,12 @@ class FakeDiscord:
         """Dispatch a component interaction (type 3) for *custom_id* on a bot message.
 
         *target* is a :class:`MessageRecord`, a message id, or an :class:`InteractionRecord`
-        (its @original/followups are searched, newest first). ``values`` is for select menus.
+        (its @original/followups, ephemeral ones included, are searched, newest first).
+        ``values`` is for select menus (string selects: checked against the options and
+        ``min_values``/``max_values``). The default user is the one the message answered
+        (interaction responses) or ``default_user()`` (plain channel posts, clickable by any
+        member); an ephemeral message can only be used by the user it was shown to.
+        ``payload["message"]`` is the clicked message (with its flags, 64 when ephemeral).
         """
         msg = self._message_with_component(target, custom_id)
         comp = msg.find_component(custom_id)
@@ -965,17 +1161,29 @@ class FakeDiscord:
             raise FakeDiscordError(f"component {custom_id!r} is disabled")
         if comp.get("type") == 2 and comp.get("style") == 5:
             raise FakeDiscordError(f"component {custom_id!r} is a link button")
-        if user is None and msg.interaction_metadata is not None:
-            user = int(msg.interaction_metadata["user"]["id"])
+        shown_to = int(msg.interaction_metadata["user"]["id"]) if msg.interaction_metadata is not None else None
+        if user is None:
+            user = shown_to
+        if msg.ephemeral and shown_to is not None and self.user(user).id != shown_to:
+            raise FakeDiscordError(f"message {msg.id} is ephemeral: only user {shown_to} sees it")
         ch = self.channels[msg.channel_id]
         u, g, ch = self._where(user, None if ch.is_dm else ch.guild_id, ch, ch.is_dm)
         data: Dict[str, Any] = {"custom_id": custom_id, "component_type": comp.get("type", 2)}
         if comp.get("type") in (3, 5, 6, 7, 8):
-            data["values"] = list(values or [])
+            picked = list(values or [])
+            if comp.get("type") == 3:
+                allowed = [o.get("value") for o in comp.get("options") or []]
+                bad = [v for v in picked if v not in allowed]
+                if bad:
+                    raise FakeDiscordError(f"{bad} are not options of select {custom_id!r}: {allowed}")
+                lo, hi = int(comp.get("min_values", 1)), int(comp.get("max_values", 1))
+                if not lo <= len(picked) <= hi:
+                    raise FakeDiscordError(f"select {custom_id!r} takes {lo}..{hi} values, got {picked}")
+            data["values"] = picked
         elif values is not None:
             raise FakeDiscordError("values= only applies to select menus")
         payload = self._base_interaction(3, data, u, ch, g)
-        payload["message"] = msg.to_json()
+        payload["message"] = self._msg_json(msg)
         return await self._send_interaction(payload, name=custom_id, user=u, guild=g, channel=ch, message_id=msg.id)
 
     select = click_button
@@ -1010,7 +1218,7 @@ class FakeDiscord:
         g = self.guilds.get(interaction.guild_id) if interaction.guild_id else None
         payload = self._base_interaction(5, {"custom_id": modal["custom_id"], "components": comps}, u, ch, g)
         if interaction.message_id is not None and interaction.message_id in self.messages:
-            payload["message"] = self.messages[interaction.message_id].to_json()
+            payload["message"] = self._msg_json(self.messages[interaction.message_id])
         return await self._send_interaction(payload, name=modal["custom_id"], user=u, guild=g, channel=ch,
                                             message_id=interaction.message_id)
 
@@ -1272,6 +1480,8 @@ class FakeDiscord:
             return _form_error(f"{prefix}name", "BASE_TYPE_REQUIRED", "This field is required")
         ctype = cmd.get("type", 1)
         name = cmd["name"]
+        if ctype not in (1, 2, 3):
+            return _form_error(f"{prefix}type", "BASE_TYPE_CHOICES", "Value must be one of {1, 2, 3}.")
         if ctype == 1:
             if not _NAME_RE.match(name) or name != name.lower():
                 return _form_error(f"{prefix}name", "APPLICATION_COMMAND_INVALID_NAME",
@@ -1279,6 +1489,17 @@ class FakeDiscord:
             desc = cmd.get("description") or ""
             if not 1 <= len(desc) <= 100:
                 return _form_error(f"{prefix}description", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+        else:
+            # user (2) / message (3) context-menu commands: any case and spaces, 1-32 characters,
+            # no description (absent or ""), no options
+            if not 1 <= len(name) <= 32:
+                return _form_error(f"{prefix}name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 32 in length.")
+            if cmd.get("description"):
+                return _form_error(f"{prefix}description", "APPLICATION_COMMAND_CONTEXT_MENU_DESCRIPTION_INVALID",
+                                   "Context menu commands cannot have description")
+            if cmd.get("options"):
+                return _form_error(f"{prefix}options", "APPLICATION_COMMAND_CONTEXT_MENU_OPTIONS_INVALID",
+                                   "Context menu commands cannot have options")
         opts = cmd.get("options") or []
         if len(opts) > 25:
             return _form_error(f"{prefix}options", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
@@ -1307,7 +1528,8 @@ class FakeDiscord:
         out["version"] = str(snowflake())
         out["type"] = key[1]
         out.setdefault("description", "")
-        out.setdefault("options", [])
+        if key[1] == 1:  # Discord omits options on context-menu commands
+            out.setdefault("options", [])
         out.setdefault("default_member_permissions", None)
         out.setdefault("dm_permission", True)
         out.setdefault("nsfw", False)
@@ -1498,9 +1720,12 @@ class FakeDiscord:
 
     def _new_message(self, channel: Channel, payload: Dict[str, Any], files: List[StoredFile], *,
                      kind: str = "channel", interaction: Optional[InteractionRecord] = None,
-                     flags: int = 0, mtype: int = 0) -> MessageRecord:
+                     flags: int = 0, mtype: int = 0, reference: Optional[MessageRecord] = None) -> MessageRecord:
         msg = MessageRecord(id=snowflake(), channel_id=channel.id, guild_id=channel.guild_id, author=self.bot_user,
                             kind=kind, type=mtype, tts=bool(payload.get("tts", False)))
+        if reference is not None:
+            msg.message_reference = self._reference_json(reference)
+            msg.referenced = reference
         self._apply_fields(msg, payload)
         keep = MessageFlags.SUPPRESS_EMBEDS | MessageFlags.SUPPRESS_NOTIFICATIONS | MessageFlags.IS_COMPONENTS_V2
         msg.flags = (int(payload.get("flags") or 0) & keep) | flags
@@ -1519,8 +1744,13 @@ class FakeDiscord:
                 "authorizing_integration_owners": interaction.payload.get("authorizing_integration_owners", {}),
             }
             if interaction.type == 2:
+                data = interaction.payload.get("data") or {}
                 meta["name"] = interaction.name
-                meta["command_type"] = 1
+                meta["command_type"] = int(data.get("type", 1))
+                if data.get("type") == 3:
+                    meta["target_message_id"] = str(data["target_id"])
+                elif data.get("type") == 2:
+                    meta["target_user"] = data["resolved"]["users"][str(data["target_id"])]
             if interaction.message_id is not None:
                 meta["interacted_message_id"] = str(interaction.message_id)
             if kind == "followup" and interaction.original_id is not None:
@@ -1568,9 +1798,27 @@ class FakeDiscord:
         ch, err = self._channel_or_error(request)
         if err:
             return err
-        limit = int(request.query.get("limit", "50"))
-        msgs = list(reversed(self.messages_in(ch)))[:limit]
-        return _json([m.to_json() for m in msgs])
+        try:
+            limit = int(request.query.get("limit", "50"))
+            before, after, around = (int(request.query[k]) if k in request.query else None
+                                     for k in ("before", "after", "around"))
+        except ValueError:
+            return _form_error("limit", "NUMBER_TYPE_COERCE", "Value is not int.")
+        if not 1 <= limit <= 100:
+            return _form_error("limit", "NUMBER_TYPE_MAX" if limit > 100 else "NUMBER_TYPE_MIN",
+                               "int value should be between 1 and 100.")
+        msgs = self.messages_in(ch)  # oldest first; Discord answers newest first
+        if around is not None:
+            pos = next((i for i, m in enumerate(msgs) if m.id >= around), len(msgs))
+            start = max(0, pos - limit // 2)
+            out = list(reversed(msgs[start:start + limit]))
+        elif after is not None:
+            out = list(reversed([m for m in msgs if m.id > after][:limit]))
+        else:
+            if before is not None:
+                msgs = [m for m in msgs if m.id < before]
+            out = list(reversed(msgs))[:limit]
+        return _json([self._msg_json(m) for m in out])
 
     async def _create_message(self, request: web.Request) -> web.Response:
         ch, err = self._channel_or_error(request)
@@ -1585,9 +1833,27 @@ class FakeDiscord:
         bad = self._validate_message_payload(payload, body.files, creating=True)
         if bad is not None:
             return bad
-        mtype = 19 if payload.get("message_reference") else 0
-        msg = self._new_message(ch, payload, body.files, kind="channel", mtype=mtype)
-        data = msg.to_json()
+        target: Optional[MessageRecord] = None
+        ref = payload.get("message_reference")
+        if ref:
+            if not isinstance(ref, dict):
+                return _form_error("message_reference", "MODEL_TYPE_CONVERT", "Only dictionaries may be used in a ModelType")
+            if int(ref.get("type") or 0) != 0:
+                return _form_error("message_reference.type", "BASE_TYPE_CHOICES",
+                                   "The fake only implements replies (type 0), not forwards.")
+            try:
+                target = self.messages.get(int(ref.get("message_id")))
+            except (TypeError, ValueError):
+                target = None
+            if target is not None and (target.deleted or target.ephemeral or target.channel_id != ch.id
+                                       or str(ref.get("channel_id") or ch.id) != str(ch.id)):
+                target = None
+            if target is None and ref.get("fail_if_not_exists", True) is not False:
+                return _form_error("message_reference", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message")
+        # a reply to a message that is gone, with fail_if_not_exists false, is sent as a plain message
+        msg = self._new_message(ch, payload, body.files, kind="channel", mtype=19 if target is not None else 0,
+                                reference=target)
+        data = self._msg_json(msg)
         if payload.get("nonce") is not None:
             data["nonce"] = payload["nonce"]
         return _json(data)
@@ -1597,7 +1863,7 @@ class FakeDiscord:
         if err:
             return err
         msg, err = self._channel_message(ch, request)  # type: ignore[arg-type]
-        return err or _json(msg.to_json())  # type: ignore[union-attr]
+        return err or _json(self._msg_json(msg))  # type: ignore[arg-type]
 
     async def _edit_message(self, request: web.Request) -> web.Response:
         ch, err = self._channel_or_error(request)
@@ -1618,7 +1884,7 @@ class FakeDiscord:
         bad = self._validate_message_payload(payload, body.files, creating=False)
         if bad is not None:
             return bad
-        return _json(self._edit(msg, payload, body.files).to_json())
+        return _json(self._msg_json(self._edit(msg, payload, body.files)))
 
     async def _delete_message(self, request: web.Request) -> web.Response:
         ch, err = self._channel_or_error(request)
@@ -1627,7 +1893,14 @@ class FakeDiscord:
         msg, err = self._channel_message(ch, request)  # type: ignore[arg-type]
         if err:
             return err
-        assert msg is not None
+        assert ch is not None and msg is not None
+        if msg.author.id != self.bot_user.id:
+            # others' messages: never in DMs, else MANAGE_MESSAGES in that channel
+            if ch.is_dm:
+                return _error(403, CANNOT_EXECUTE_ON_DM, "Cannot execute action on a DM channel")
+            perms = self.guilds[ch.guild_id].permissions_in(self.bot_user.id, ch)
+            if not perms & Permissions.MANAGE_MESSAGES:
+                return _error(403, MISSING_PERMISSIONS, "Missing Permissions")
         msg.deleted = True
         self._record("message_delete", msg)
         return _no_content()
@@ -1718,12 +1991,12 @@ class FakeDiscord:
         if ctype == 4:
             flags = int(data.get("flags") or 0) & MessageFlags.EPHEMERAL
             msg = self._new_message(channel, data, body.files, kind="original", interaction=inter, flags=flags,
-                                    mtype=20 if inter.type == 2 else 0)
+                                    mtype=self._response_type(inter))
             inter.original_id = msg.id
         elif ctype == 5:
             flags = MessageFlags.LOADING | (int(data.get("flags") or 0) & MessageFlags.EPHEMERAL)
             msg = self._new_message(channel, {}, [], kind="original", interaction=inter, flags=flags,
-                                    mtype=20 if inter.type == 2 else 0)
+                                    mtype=self._response_type(inter))
             inter.original_id = msg.id
         elif ctype == 6:
             if inter.message_id is not None:
@@ -1748,8 +2021,15 @@ class FakeDiscord:
         if msg is not None:
             out["interaction"].update(response_message_id=str(msg.id), response_message_loading=msg.loading,
                                       response_message_ephemeral=msg.ephemeral)
-            out["resource"] = {"type": ctype, "message": msg.to_json()}
+            out["resource"] = {"type": ctype, "message": self._msg_json(msg)}
         return _json(out)
+
+    @staticmethod
+    def _response_type(inter: InteractionRecord) -> int:
+        """Message type of a response to *inter* (20 slash command, 23 context menu, else 0)."""
+        if inter.type != 2:
+            return 0
+        return _COMMAND_MESSAGE_TYPE.get(int((inter.payload.get("data") or {}).get("type", 1)), 20)
 
     def _webhook_interaction(self, request: web.Request) -> Tuple[Optional[InteractionRecord], Optional[web.Response]]:
         rec = request[_RECORD_KEY]
@@ -1812,7 +2092,7 @@ class FakeDiscord:
         inter.followup_ids.append(msg.id)
         self._record("followup", {"interaction": inter, "message": msg})
         if request.query.get("wait", "").lower() in ("1", "true"):
-            return _json(msg.to_json())
+            return _json(self._msg_json(msg))
         return _no_content()
 
     async def _webhook_get_message(self, request: web.Request) -> web.Response:
@@ -1820,7 +2100,7 @@ class FakeDiscord:
         if err:
             return err
         msg, err = self._webhook_message(inter, request)  # type: ignore[arg-type]
-        return err or _json(msg.to_json())  # type: ignore[union-attr]
+        return err or _json(self._msg_json(msg))  # type: ignore[arg-type]
 
     async def _webhook_edit_message(self, request: web.Request) -> web.Response:
         inter, err = self._webhook_interaction(request)
@@ -1841,7 +2121,7 @@ class FakeDiscord:
         if msg.id == inter.original_id:
             inter.original_edits.append((time.monotonic() - inter.dispatched_t, payload))
         self._record("webhook_edit", {"interaction": inter, "message": msg})
-        return _json(msg.to_json())
+        return _json(self._msg_json(msg))
 
     async def _webhook_delete_message(self, request: web.Request) -> web.Response:
         inter, err = self._webhook_interaction(request)

@@ -1,0 +1,312 @@
+"""Playing with results: the buttons under a result and the two message commands.
+
+* The buttons (:mod:`bot.views`, actions in :mod:`bot.remix`): anyone who can see a result
+  may press a remix button; the new job is theirs (their limits, quota and place in line), is
+  made from the result's kept pictures, names its parent, and its status message replies to
+  the result. 🔍 shows "before | after" privately; 🗑️ deletes the result (its requester, or a
+  moderator with Manage Messages in that channel) and its kept pictures.
+* "Stylize this image" (Apps menu of a message): a private menu of styles, then a job with
+  that message's picture as the content. "Use as my style": the picture becomes the
+  member's style in this server for :data:`SAVED_STYLE_S`; ``/stylize`` without a style uses it.
+
+Pictures taken from a message are fetched only from Discord's own media hosts
+(:func:`bot.uploads.discord_media_url`), with the same byte limit and checks as uploads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+
+from . import render
+from .commands import JobRequest, Pictures, may_cancel
+from .scheduler import Refused
+from .errors import answer_error
+from .jobs import Job
+from .remix import REMIXES, DoublePress, RemixRefused, next_preset, remix
+from .store import PicturesGone, SpoolFull, StoreError
+from .uploads import ACCEPTED_TYPES, Admission, UploadProblem, check_attachment, discord_media_url
+from .views import SAVED_STYLE_VALUE, StylePicker, result_view
+
+if TYPE_CHECKING:
+    from .commands import StyleCommands
+
+__all__ = ["Play", "MessagePicture", "message_picture", "SAVED_STYLE_S"]
+
+log = logging.getLogger(__name__)
+
+SAVED_STYLE_S = 24 * 3600.0
+_COMPARE_FILENAME = "before-after"
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
+
+
+@dataclass(frozen=True)
+class MessagePicture:
+    """The picture a message command takes from a message: where it is and what it is called."""
+
+    url: str
+    filename: str
+    content_type: str | None = None
+    size: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+def message_picture(message: discord.Message, api_base: str = "") -> MessagePicture | None:
+    """The first usable picture of ``message``: an image attachment, else an embed's image or
+    thumbnail through Discord's proxy. None when it has none on Discord's media hosts."""
+    for attachment in message.attachments:
+        kind = (attachment.content_type or "").split(";")[0].strip().lower()
+        if (kind in ACCEPTED_TYPES or attachment.filename.lower().endswith(_IMAGE_SUFFIXES)) and \
+                discord_media_url(attachment.url, api_base):
+            return MessagePicture(attachment.url, attachment.filename, attachment.content_type, attachment.size,
+                                  attachment.width, attachment.height)
+    for embed in message.embeds:
+        for media in (embed.image, embed.thumbnail):
+            url = media.proxy_url or media.url  # the proxy's copy: the original URL may point anywhere
+            if url and discord_media_url(url, api_base):
+                name = url.split("?")[0].rstrip("/").rsplit("/", 1)[-1] or "image"
+                return MessagePicture(url, name, None, None, media.width, media.height)
+    return None
+
+
+class Play:
+    """The result buttons' callbacks and the message commands, over :class:`StyleCommands`'s
+    one way of starting a job."""
+
+    def __init__(self, commands: "StyleCommands") -> None:
+        self.commands = commands
+        self.presses = DoublePress()
+
+    @property
+    def reuse_s(self) -> float:
+        store = self.commands.store
+        return store.reuse_s if store is not None else 0.0
+
+    def register(self, tree: app_commands.CommandTree) -> None:
+        for name, callback in (("Stylize this image", self.stylize_this), ("Use as my style", self.use_as_style)):
+            menu = app_commands.ContextMenu(name=name, callback=callback)
+            menu.guild_only = True
+            menu.error(self._error)
+            tree.add_command(menu)
+
+    async def _error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        await answer_error(interaction, error)
+
+    # -- the buttons under a result
+
+    def result_view(self, job: Job) -> discord.ui.View:
+        """The buttons for ``job``'s result: no remixes when pictures are not kept, no Sharper
+        when there is no sharper preset this server allows, no Compare when it is attached."""
+        hide: list[str] = []
+        if self.reuse_s <= 0:
+            hide += [*REMIXES, "compare"]
+        allowed = self.commands.settings.rules(job.guild_id).allowed_presets()
+        if next_preset(job.preset, allowed) is None:
+            hide.append("sharper")
+        if job.compare:
+            hide.append("compare")
+        return result_view(job.job_id, hide=hide)
+
+    async def press(self, interaction: discord.Interaction, action: str, job_id: str) -> None:
+        if action in REMIXES:
+            first, made = self.presses.first(interaction.user.id, job_id, action)
+            if not first:  # a double click: one job, not two
+                text = (f"You just pressed that: job `{made}` is in line." if made
+                        else "You just pressed that; the job is being made.")
+                await interaction.response.send_message(text, ephemeral=True)
+                return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        new_job: Job | None = None
+        try:
+            if action == "delete":
+                await self._delete(interaction, job_id)
+            elif action == "compare":
+                await self._compare(interaction, job_id)
+            else:
+                new_job = await self._remix(interaction, action, job_id)
+        finally:
+            if action in REMIXES:
+                self.presses.made(interaction.user.id, job_id, action, new_job.job_id if new_job else None)
+
+    async def _parent(self, interaction: discord.Interaction, job_id: str,
+                      result: bool = False) -> tuple[Job, tuple[bytes, ...]] | None:
+        """The result's job and its kept pictures; answers and returns None when they are gone."""
+        store = self.commands.store
+        try:
+            if store is None:
+                raise PicturesGone(job_id)
+            parent, pictures = await store.kept_pictures(job_id, result=result)
+            if parent.guild_id != interaction.guild_id:  # ids of another server's jobs say nothing here
+                raise PicturesGone(job_id)
+            return parent, pictures
+        except PicturesGone:
+            hours = f"{self.reuse_s / 3600:g} hours"
+            await interaction.followup.send(
+                f"The pictures of this result have expired (they are kept for {hours} after delivery, or until the "
+                "result is deleted), so this button no longer works. Run /stylize again with them.", ephemeral=True)
+        except StoreError:
+            log.exception("kept pictures unreadable", extra={"job_id": job_id})
+            await interaction.followup.send("The bot cannot read this result's pictures right now. Please try again "
+                                            "later.", ephemeral=True)
+        return None
+
+    async def _remix(self, interaction: discord.Interaction, action: str, job_id: str) -> Job | None:
+        found = await self._parent(interaction, job_id)
+        if found is None:
+            return None
+        parent, (content, style, style2) = found
+        commands = self.commands
+        try:
+            settings = remix(action, parent.params, max_strength=commands.config.limits.max_strength,
+                             allowed_presets=commands.settings.rules(interaction.guild_id).allowed_presets())
+        except RemixRefused as exc:
+            await interaction.followup.send(str(exc), ephemeral=True)
+            return None
+        request = JobRequest(settings.preset, settings.strength, settings.preserve_colors, settings.seed,
+                             blend=parent.blend if parent.style2_label else None, compare=parent.compare,
+                             parent=parent, remix=action)
+        pictures = Pictures(content, style, parent.style_label, style2, parent.style2_label)
+
+        async def gather(admission: Admission) -> Pictures:
+            return pictures  # checked when the parent was accepted
+
+        return await commands.start_job(interaction, request, gather, reply_to=parent.message_id)
+
+    async def _compare(self, interaction: discord.Interaction, job_id: str) -> None:
+        found = await self._parent(interaction, job_id, result=True)
+        if found is None:
+            return
+        parent, (content, _style, _style2, result) = found
+        try:
+            data, ext = await asyncio.to_thread(render.before_after_png, content, result, interaction.filesize_limit)
+        except (ValueError, OSError):
+            log.exception("before | after failed", extra={"job_id": job_id})
+            await interaction.followup.send("The before | after picture could not be made.", ephemeral=True)
+            return
+        await interaction.followup.send(f"Job `{parent.job_id}`, before | after:", ephemeral=True,
+                                        file=discord.File(io.BytesIO(data), f"{_COMPARE_FILENAME}.{ext}"))
+
+    async def _delete(self, interaction: discord.Interaction, job_id: str) -> None:
+        store = self.commands.store
+        parent = await store.get(job_id) if store is not None else None
+        if parent is None or parent.guild_id != interaction.guild_id:
+            await interaction.followup.send("This result is no longer known to the bot.", ephemeral=True)
+            return
+        if not may_cancel(interaction, parent):  # the requester, or a moderator of that channel
+            await interaction.followup.send("Only the member who asked for this picture (or a moderator with Manage "
+                                            "Messages in this channel) can delete it.", ephemeral=True)
+            return
+        try:
+            if interaction.message is not None:
+                await interaction.message.delete()
+        except discord.NotFound:
+            pass  # deleted already
+        except discord.HTTPException as exc:
+            log.warning("result not deleted", extra={"job_id": job_id, "status": exc.status})
+            await interaction.followup.send("The bot could not delete that message (it may lack the permission "
+                                            "here).", ephemeral=True)
+            return
+        await self.commands.ledger.forget_pictures(parent)  # deleted means no remixes from it either
+        log.info("result deleted", extra={"job_id": job_id, "by": interaction.user.id})
+        await interaction.followup.send(f"Deleted the result of job `{job_id}`.", ephemeral=True)
+
+    # -- message commands
+
+    def _picture(self, message: discord.Message) -> MessagePicture | None:
+        return message_picture(message, self.commands.config.discord.api_base)
+
+    async def stylize_this(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        picture = self._picture(message)
+        if picture is None:
+            await interaction.response.send_message(
+                "That message has no picture the bot can use (an attached PNG, JPEG, WebP, GIF or BMP, or an "
+                "embedded image).", ephemeral=True)
+            return
+        options = [(entry.name, entry.label, "") for entry in self.commands.library.entries()][:24]
+        saved = await self.commands._saved_style(interaction)
+        if saved is not None:
+            options.insert(0, (SAVED_STYLE_VALUE, "My saved style", _clip(saved[0], 100)))
+        if not options:
+            await interaction.response.send_message(
+                "There are no styles to pick from: the bot's library is empty and you have no saved style. Save "
+                "one with Apps → \"Use as my style\" on a message with a picture.", ephemeral=True)
+            return
+
+        async def picked(choice: discord.Interaction, value: str) -> None:
+            await choice.response.defer(ephemeral=True, thinking=True)
+            await self.commands.start_job(choice, JobRequest(None), lambda admission: self._gather_message(
+                choice, admission, picture, value))
+
+        await interaction.response.send_message(f"Pick a style for `{_clip(picture.filename, 60)}`:",
+                                                view=StylePicker(options, picked), ephemeral=True)
+
+    async def _gather_message(self, interaction: discord.Interaction, admission: Admission, picture: MessagePicture,
+                              style_value: str) -> Pictures:
+        commands = self.commands
+        checks = commands._checks()
+        content = await self._fetch(admission, picture, "content image")
+        if style_value == SAVED_STYLE_VALUE:
+            saved = await commands._saved_style(interaction)
+            if saved is None:
+                raise UploadProblem("Your saved style has expired. Save one again with Apps → \"Use as my style\".")
+            label, style = saved
+        else:
+            entry = commands.library.get(style_value)
+            style = await commands.library.read(style_value)
+            label = entry.title if entry is not None else style_value
+        await admission.check("style image", label, style, **{**checks, "max_bytes": max(checks["max_bytes"],
+                                                                                         len(style))})
+        return Pictures(content, style, label)
+
+    async def _fetch(self, admission: Admission, picture: MessagePicture, label: str) -> bytes:
+        checks = self.commands._checks()
+        check_attachment(label, picture.filename, picture.content_type, picture.size or 0, picture.width,
+                         picture.height, **checks)
+        data = await admission.download(picture.url, label, picture.filename, int(checks["max_bytes"]))
+        await admission.check(label, picture.filename, data, **checks)
+        return data
+
+    async def use_as_style(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        picture = self._picture(message)
+        if picture is None:
+            await interaction.response.send_message(
+                "That message has no picture the bot can use as a style (an attached PNG, JPEG, WebP, GIF or BMP, "
+                "or an embedded image).", ephemeral=True)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        store = self.commands.store
+        try:
+            async with self.commands.checker.admit(interaction.user.id, interaction.guild_id) as admission:
+                data = await self._fetch(admission, picture, "style image")
+            if store is None or interaction.guild_id is None:
+                raise StoreError("no store")
+            await store.save_style(interaction.guild_id, interaction.user.id, picture.filename, data, SAVED_STYLE_S)
+        except (UploadProblem, Refused) as exc:
+            await interaction.followup.send(str(exc), ephemeral=True)
+            return
+        except SpoolFull:
+            await interaction.followup.send("The bot's storage is full right now, so the style was not saved. "
+                                            "Please try again later.", ephemeral=True)
+            return
+        except StoreError:
+            log.exception("saved style not written")
+            await interaction.followup.send("The bot cannot save styles right now. Please try again later.",
+                                            ephemeral=True)
+            return
+        log.info("style saved", extra={"user_id": interaction.user.id, "guild_id": interaction.guild_id})
+        await interaction.followup.send(
+            f"🎨 Saved `{_clip(picture.filename, 60)}` as your style here for {SAVED_STYLE_S / 3600:g} hours. "
+            "/stylize without a style (and without library_style) uses it, and \"Stylize this image\" offers it.",
+            ephemeral=True)
+
+
+def _clip(text: str, limit: int) -> str:
+    text = text.replace("`", "'")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
