@@ -167,7 +167,9 @@ class TestBot:
         assert [c["value"] for c in rec.autocomplete_choices] == ["mosaic"]
         rec = await env_a.fake.send_autocomplete("stylize", focused="library_style", value="")
         await rec.wait_until(lambda r: r.autocomplete_choices is not None, timeout=10)
-        assert [c["value"] for c in rec.autocomplete_choices] == ["mosaic", "waves"]
+        # the built-in paintings first, then the operator's folder
+        assert [c["value"] for c in rec.autocomplete_choices] == [
+            "starry-night", "great-wave", "composition-vii", "mosaic", "waves"]
 
     async def test_stylize_with_two_attachments_end_to_end(self, env_a: Env):
         fake = env_a.fake
