@@ -150,12 +150,18 @@ class StylebotGroup(app_commands.Group, name="stylebot", description="Style bot 
 
     @app_commands.command(name="styles", description="Show the style library: numbered, labelled thumbnails")
     async def styles(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(thinking=True)  # drawing the sheet takes a moment
         library = self.style_commands.library
         entries = library.entries()
-        if not entries:
-            await interaction.followup.send("The style library is empty: attach a style picture to /stylize.")
+        try:  # it posts publicly, so only where the server lets the bot post
+            self.style_commands.settings.check_channel(interaction.guild_id, _channel_ids(interaction))
+        except ChannelNotAllowed as exc:
+            await interaction.response.send_message(str(exc), ephemeral=True)
             return
+        if not entries:
+            await interaction.response.send_message("The style library is empty: attach a style picture to "
+                                                    "/stylize.", ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True)  # drawing the sheet takes a moment
         sheet = await library.contact_sheet()
         lines = [f"{i}. `{e.name}` {e.label}" for i, e in enumerate(entries, 1)]
         text = "**Style library** (use a name with /stylize `library_style`):\n" + "\n".join(lines)
@@ -277,7 +283,7 @@ class StyleCommands:
             job = self._new_job(interaction, request, pictures)
             await self._accept(job)
         except (UploadProblem, Refused) as exc:
-            log.info("job refused", extra={"user_id": interaction.user.id, "guild_id": interaction.guild_id,
+            log.info("stylize refused", extra={"user_id": interaction.user.id, "guild_id": interaction.guild_id,
                                            "reason": str(exc), "why": refusal_reason(exc), "remix": request.remix})
             if self.metrics is not None:
                 self.metrics.refused.labels(refusal_reason(exc)).inc()

@@ -125,7 +125,7 @@ class Messenger:
         old = job.status_message_id
         text = self.board.current_text(job)
         sent: Sent | None = await self.outbox.send_to_user(
-            job, lambda late: {"content": text, "view": cancel_view(job.job_id)})
+            job, lambda route: {"content": text, "view": cancel_view(job.job_id)})
         if sent is None:
             log.error("could not tell the requester that their job is back in line", extra={"job_id": job.job_id})
         self.attach(job, sent.message_id if sent else None, text)

@@ -188,6 +188,7 @@ class StyleLibrary:
         self._read_at = -float("inf")
         self._warned: set[str] = set()
         self._sheet: tuple[tuple, bytes] | None = None  # (what it shows, the PNG)
+        self._sheet_lock = asyncio.Lock()
 
     def _warn(self, message: str) -> None:
         """Log a problem with the operator's folder once, not on every re-read."""
@@ -275,7 +276,10 @@ class StyleLibrary:
         a thread, and kept until the library changes."""
         entries = self.entries()
         key = tuple((e.name, e.label, str(e.path), _mtime(e.path)) for e in entries)
-        if self._sheet is None or self._sheet[0] != key:
+        async with self._sheet_lock:  # one drawing at a time; the others get its result
+            if self._sheet is not None and self._sheet[0] == key:
+                return self._sheet[1]
+
             def draw() -> bytes:
                 pictures = []
                 for entry in entries:
@@ -285,7 +289,7 @@ class StyleLibrary:
                         pictures.append((entry.label, b""))  # drawn as an "unreadable" tile
                 return render.contact_sheet_png(pictures)
             self._sheet = (key, await asyncio.to_thread(draw))
-        return self._sheet[1]
+            return self._sheet[1]
 
     async def read(self, name: str) -> bytes:
         style = self.get(name)

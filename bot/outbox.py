@@ -155,7 +155,7 @@ class _Chain:
         self.index, self.attempt = self.index + 1, 0
 
 
-Make = Callable[[bool], dict[str, Any]]
+Make = Callable[[str], dict[str, Any]]  # the route -> the message's keyword arguments, made afresh
 
 
 class Outbox:
@@ -211,15 +211,15 @@ class Outbox:
                           seconds=event.seconds, notes=event.notes)
         view = self.result_view(job) if self.result_view is not None else None
 
-        def make(late: bool) -> dict[str, Any]:
+        def make(route: str) -> dict[str, Any]:
             files = [discord.File(io.BytesIO(image), f"{RESULT_BASENAME}.{ext}")]
             if chart is not None:
                 files.append(discord.File(io.BytesIO(chart), render.CHART_FILENAME))
             if compare is not None:
                 files.append(discord.File(io.BytesIO(compare[0]), f"{COMPARE_BASENAME}.{compare[1]}"))
-            made = {"content": render.result_content(job.user_id, job.job_id, late=late),
+            made = {"content": render.result_content(job.user_id, job.job_id, late=route != "interaction"),
                     "embed": render.result_embed(summary, chart=chart is not None, **embed_args), "files": files}
-            if view is not None:
+            if view is not None and route != "dm":  # the buttons work in the server, not in a DM
                 made["view"] = view
             return made
 
@@ -227,7 +227,7 @@ class Outbox:
 
     async def deliver_notice(self, job: Job, reason: str, *, unsure_route: str | None = None) -> Sent | None:
         """Tell ``job``'s requester once that it did not finish, and why."""
-        return await self._deliver(job, lambda late: {"content": render.failure_notice(job.user_id, job.job_id,
+        return await self._deliver(job, lambda route: {"content": render.failure_notice(job.user_id, job.job_id,
                                                                                        reason)},
                                    "notice", unsure_route)
 
@@ -294,7 +294,7 @@ class Outbox:
             log.exception("could not record a delivery attempt; sending anyway", extra={"job_id": job.job_id})
         mentions = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
         try:
-            kwargs = {**_stamp(make(route != "interaction"), kind, job.job_id), "allowed_mentions": mentions}
+            kwargs = {**_stamp(make(route), kind, job.job_id), "allowed_mentions": mentions}
             message_id = await asyncio.wait_for(self._send(job, route, kwargs), self.delivery.timeout_s)
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("delivery attempt got no answer", extra={
@@ -372,14 +372,14 @@ class Outbox:
     async def send_to_user(self, job: Job, make: Make) -> Sent | None:
         """Send a message for ``job``'s requester by the first route that works.
 
-        ``make(late)`` builds fresh keyword arguments for each attempt (files are consumed
-        by a send); ``late`` is true for routes other than the interaction.
+        ``make(route)`` builds fresh keyword arguments for each attempt (files are consumed
+        by a send).
         """
         mentions = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
         routes = (["interaction"] if self.board.token_usable(job) else []) + ["channel", "dm"]
         for route in routes:
             try:
-                kwargs = {**make(route != "interaction"), "allowed_mentions": mentions}
+                kwargs = {**make(route), "allowed_mentions": mentions}
                 message_id = await asyncio.wait_for(self._send(job, route, kwargs), self.delivery.timeout_s)
             except Exception as exc:
                 log.warning("message route failed", extra={"job_id": job.job_id, "route": route, "error": repr(exc)})

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 
+from nst_core.errors import ImageError
+
 from . import render
 from .commands import JobRequest, Pictures, may_cancel
 from .scheduler import Refused
@@ -83,6 +85,7 @@ class Play:
     def __init__(self, commands: "StyleCommands") -> None:
         self.commands = commands
         self.presses = DoublePress()
+        self._drawing = asyncio.Semaphore(2)  # before | after pictures drawn at once
 
     @property
     def reuse_s(self) -> float:
@@ -115,53 +118,64 @@ class Play:
         return result_view(job.job_id, hide=hide)
 
     async def press(self, interaction: discord.Interaction, action: str, job_id: str) -> None:
-        if action in REMIXES:
-            first, made = self.presses.first(interaction.user.id, job_id, action)
-            if not first:  # a double click: one job, not two
+        key = (interaction.user.id, job_id, action)
+        if action != "delete":
+            first, made = self.presses.first(*key)
+            if not first:  # a double click: one job (or one picture), not two
                 text = (f"You just pressed that: job `{made}` is in line." if made
-                        else "You just pressed that; the job is being made.")
+                        else "You just pressed that; it is on its way.")
                 await interaction.response.send_message(text, ephemeral=True)
                 return
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        new_job: Job | None = None
+        made_id: str | None = None
         try:
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            parent = await self._parent(interaction, job_id)
+            if parent is None:
+                return
             if action == "delete":
-                await self._delete(interaction, job_id)
+                await self._delete(interaction, parent)
             elif action == "compare":
-                await self._compare(interaction, job_id)
+                await self._compare(interaction, parent)
+                made_id = parent.job_id  # a repeat within the window is a double click too
             else:
-                new_job = await self._remix(interaction, action, job_id)
+                new_job = await self._remix(interaction, action, parent)
+                made_id = new_job.job_id if new_job is not None else None
+        except Exception as exc:  # never leave the member looking at "thinking…"
+            await answer_error(interaction, exc)
         finally:
-            if action in REMIXES:
-                self.presses.made(interaction.user.id, job_id, action, new_job.job_id if new_job else None)
+            if action != "delete":
+                self.presses.made(*key, made_id)
 
-    async def _parent(self, interaction: discord.Interaction, job_id: str,
-                      result: bool = False) -> tuple[Job, tuple[bytes, ...]] | None:
-        """The result's job and its kept pictures; answers and returns None when they are gone."""
+    async def _parent(self, interaction: discord.Interaction, job_id: str) -> Job | None:
+        """The job whose result carries the pressed button; answers privately and returns None
+        when the button cannot be used here. No files are read yet."""
         store = self.commands.store
-        try:
-            if store is None:
-                raise PicturesGone(job_id)
-            parent, pictures = await store.kept_pictures(job_id, result=result)
-            if parent.guild_id != interaction.guild_id:  # ids of another server's jobs say nothing here
-                raise PicturesGone(job_id)
-            return parent, pictures
-        except PicturesGone:
-            hours = f"{self.reuse_s / 3600:g} hours"
-            await interaction.followup.send(
-                f"The pictures of this result have expired (they are kept for {hours} after delivery, or until the "
-                "result is deleted), so this button no longer works. Run /stylize again with them.", ephemeral=True)
-        except StoreError:
-            log.exception("kept pictures unreadable", extra={"job_id": job_id})
-            await interaction.followup.send("The bot cannot read this result's pictures right now. Please try again "
-                                            "later.", ephemeral=True)
-        return None
-
-    async def _remix(self, interaction: discord.Interaction, action: str, job_id: str) -> Job | None:
-        found = await self._parent(interaction, job_id)
-        if found is None:
+        parent = await store.get(job_id) if store is not None else None
+        # Only the result's own message, in its own server: ids of other jobs say nothing here.
+        if (parent is None or parent.guild_id is None or parent.guild_id != interaction.guild_id
+                or interaction.message is None or interaction.message.id != parent.message_id):
+            await interaction.followup.send("This button does not belong to a result the bot knows here.",
+                                            ephemeral=True)
             return None
-        parent, (content, style, style2) = found
+        return parent
+
+    async def _pictures(self, job: Job, *, result: bool = False) -> tuple[bytes, ...]:
+        """``job``'s kept pictures; :class:`UploadProblem` (answered privately) once they are gone."""
+        try:
+            if self.commands.store is None:
+                raise PicturesGone(job.job_id)
+            return await self.commands.store.kept_pictures(job.job_id, result=result)
+        except PicturesGone:
+            raise UploadProblem(
+                f"The pictures of this result have expired (they are kept for {self.reuse_s / 3600:g} hours after "
+                "delivery, or until the result is deleted), so this button no longer works. Run /stylize again "
+                "with them.") from None
+        except StoreError:
+            log.exception("kept pictures unreadable", extra={"job_id": job.job_id})
+            raise UploadProblem("The bot cannot read this result's pictures right now. Please try again later.") \
+                from None
+
+    async def _remix(self, interaction: discord.Interaction, action: str, parent: Job) -> Job | None:
         commands = self.commands
         try:
             settings = remix(action, parent.params, max_strength=commands.config.limits.max_strength,
@@ -172,33 +186,42 @@ class Play:
         request = JobRequest(settings.preset, settings.strength, settings.preserve_colors, settings.seed,
                              blend=parent.blend if parent.style2_label else None, compare=parent.compare,
                              parent=parent, remix=action)
-        pictures = Pictures(content, style, parent.style_label, style2, parent.style2_label)
 
         async def gather(admission: Admission) -> Pictures:
-            return pictures  # checked when the parent was accepted
+            # Read only now, after the rules, quota and line said yes; checked when the parent was accepted.
+            content, style, style2 = await self._pictures(parent)
+            return Pictures(content, style, parent.style_label, style2, parent.style2_label)
 
         return await commands.start_job(interaction, request, gather, reply_to=parent.message_id)
 
-    async def _compare(self, interaction: discord.Interaction, job_id: str) -> None:
-        found = await self._parent(interaction, job_id, result=True)
-        if found is None:
+    async def _compare(self, interaction: discord.Interaction, parent: Job) -> None:
+        # The content picture was the requester's alone (their /stylize was private): before |
+        # after shows it only to whoever supplied it first, or to a moderator of the channel.
+        store = self.commands.store
+        lineage = await store.lineage(parent.job_id) if store is not None else [parent]
+        origin = lineage[-1]
+        if origin.parent_id is not None or not may_cancel(interaction, origin):
+            await interaction.followup.send("Before | after shows the original picture, so only the member who "
+                                            "supplied it (or a moderator of this channel) can see it.",
+                                            ephemeral=True)
             return
-        parent, (content, _style, _style2, result) = found
         try:
-            data, ext = await asyncio.to_thread(render.before_after_png, content, result, interaction.filesize_limit)
-        except (ValueError, OSError):
-            log.exception("before | after failed", extra={"job_id": job_id})
+            content, _style, _style2, result = await self._pictures(parent, result=True)
+            async with self._drawing:  # a few decodes at most at once, whoever presses
+                data, ext = await asyncio.to_thread(render.before_after_png, content, result,
+                                                    interaction.filesize_limit)
+        except UploadProblem as exc:
+            await interaction.followup.send(str(exc), ephemeral=True)
+            return
+        except (ImageError, ValueError, OSError):
+            log.exception("before | after failed", extra={"job_id": parent.job_id})
             await interaction.followup.send("The before | after picture could not be made.", ephemeral=True)
             return
         await interaction.followup.send(f"Job `{parent.job_id}`, before | after:", ephemeral=True,
                                         file=discord.File(io.BytesIO(data), f"{_COMPARE_FILENAME}.{ext}"))
 
-    async def _delete(self, interaction: discord.Interaction, job_id: str) -> None:
-        store = self.commands.store
-        parent = await store.get(job_id) if store is not None else None
-        if parent is None or parent.guild_id != interaction.guild_id:
-            await interaction.followup.send("This result is no longer known to the bot.", ephemeral=True)
-            return
+    async def _delete(self, interaction: discord.Interaction, parent: Job) -> None:
+        job_id = parent.job_id
         if not may_cancel(interaction, parent):  # the requester, or a moderator of that channel
             await interaction.followup.send("Only the member who asked for this picture (or a moderator with Manage "
                                             "Messages in this channel) can delete it.", ephemeral=True)
@@ -213,7 +236,12 @@ class Play:
             await interaction.followup.send("The bot could not delete that message (it may lack the permission "
                                             "here).", ephemeral=True)
             return
-        await self.commands.ledger.forget_pictures(parent)  # deleted means no remixes from it either
+        # Deleted means no remixes from it either, nor from its remixes (they hold the same original).
+        await self.commands.ledger.forget_pictures(parent)
+        for child_id in await self.commands.store.descendants(job_id):
+            child = await self.commands.store.get(child_id)
+            if child is not None and child.kept_until is not None:
+                await self.commands.ledger.forget_pictures(child)
         log.info("result deleted", extra={"job_id": job_id, "by": interaction.user.id})
         await interaction.followup.send(f"Deleted the result of job `{job_id}`.", ephemeral=True)
 
@@ -230,9 +258,11 @@ class Play:
                 "embedded image).", ephemeral=True)
             return
         options = [(entry.name, entry.label, "") for entry in self.commands.library.entries()][:24]
-        saved = await self.commands._saved_style(interaction)
+        store = self.commands.store
+        saved = await store.saved_style_label(interaction.guild_id, interaction.user.id) \
+            if store is not None and interaction.guild_id is not None else None
         if saved is not None:
-            options.insert(0, (SAVED_STYLE_VALUE, "My saved style", _clip(saved[0], 100)))
+            options.insert(0, (SAVED_STYLE_VALUE, "My saved style", _clip(saved, 100)))
         if not options:
             await interaction.response.send_message(
                 "There are no styles to pick from: the bot's library is empty and you have no saved style. Save "
@@ -240,9 +270,12 @@ class Play:
             return
 
         async def picked(choice: discord.Interaction, value: str) -> None:
-            await choice.response.defer(ephemeral=True, thinking=True)
-            await self.commands.start_job(choice, JobRequest(None), lambda admission: self._gather_message(
-                choice, admission, picture, value))
+            try:  # the menu goes at once: one pick, one job
+                await choice.response.edit_message(content=f"Starting `{_clip(picture.filename, 60)}`…", view=None)
+                await self.commands.start_job(choice, JobRequest(None), lambda admission: self._gather_message(
+                    choice, admission, picture, value))
+            except Exception as exc:
+                await answer_error(choice, exc)
 
         await interaction.response.send_message(f"Pick a style for `{_clip(picture.filename, 60)}`:",
                                                 view=StylePicker(options, picked), ephemeral=True)

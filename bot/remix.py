@@ -61,7 +61,7 @@ def remix(action: str, parent: StylizeParams, *, max_strength: float, allowed_pr
     elif action == "more":
         if strength >= max_strength:
             raise RemixRefused(f"This result already has the most style allowed here (strength {max_strength:g}).")
-        strength = min(max_strength, strength * STRENGTH_STEP)
+        strength = min(max_strength, max(MIN_STRENGTH, strength * STRENGTH_STEP))  # from 0, a start
     elif action == "less":
         if strength <= MIN_STRENGTH:
             raise RemixRefused(f"This result already has the least style the button gives (strength "
@@ -83,9 +83,10 @@ def remix(action: str, parent: StylizeParams, *, max_strength: float, allowed_pr
 
 
 class DoublePress:
-    """Remembers recent presses (member, result, button): a second press within ``window_s``
-    answers with the first one's job instead of making another. Checked and marked without
-    awaiting, so two presses handled at the same time cannot both pass."""
+    """Remembers recent presses (member, result, button): a second press while the first is
+    still being handled, or within ``window_s`` after, answers with the first one's job instead
+    of making another. Checked and marked without awaiting, so two presses handled at the same
+    time cannot both pass."""
 
     def __init__(self, window_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.window_s = window_s
@@ -96,10 +97,13 @@ class DoublePress:
         """``(True, None)`` for a first press (now marked); ``(False, job id or None)`` for a
         repeat: the job the first press made, or None while it is still being made."""
         now = self.clock()
-        self._presses = {k: v for k, v in self._presses.items() if now - v[0] < self.window_s}
+        if len(self._presses) > 256:  # now and then; presses still being made stay until made()
+            self._presses = {k: v for k, v in self._presses.items() if v[1] is None or now - v[0] < self.window_s}
         key = (user_id, job_id, action)
         if key in self._presses:
-            return False, self._presses[key][1]
+            at, made = self._presses[key]
+            if made is None or now - at < self.window_s:
+                return False, made
         self._presses[key] = (now, None)
         return True, None
 

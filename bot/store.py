@@ -71,6 +71,7 @@ _UPDATABLE = frozenset({
 _CONTENT, _STYLE, _STYLE2 = "content.img", "style.img", "style2.img"
 _RESULT, _RESULT_META = "result.png", "result.json"
 _SAVED = "saved"  # the spool's folder of members' saved styles (job folders are named by hex ids)
+SAVED_SHARE = 0.1  # the part of spool_max_bytes that saved styles may use together
 
 
 class StoreError(Exception):
@@ -398,14 +399,14 @@ class JobStore:
         return ((folder / _CONTENT).read_bytes(), (folder / _STYLE).read_bytes(),
                 style2.read_bytes() if style2.exists() else b"")
 
-    async def kept_pictures(self, job_id: str, *, result: bool = False) -> tuple[Job, tuple[bytes, ...]]:
-        """A delivered job and its kept pictures (content, style, second style; the result too
-        with ``result``); raises :class:`PicturesGone` once they are no longer kept."""
+    async def kept_pictures(self, job_id: str, *, result: bool = False) -> tuple[bytes, ...]:
+        """A delivered job's kept pictures (content, style, second style; the result too with
+        ``result``); raises :class:`PicturesGone` once they are no longer kept."""
         return await self._run(self._kept_pictures, job_id, result)
 
-    def _kept_pictures(self, job_id: str, result: bool) -> tuple[Job, tuple[bytes, ...]]:
-        rows = self._select("WHERE job_id = ?", (job_id,))
-        if not rows or rows[0].kept_until is None or rows[0].kept_until <= self.clock():
+    def _kept_pictures(self, job_id: str, result: bool) -> tuple[bytes, ...]:
+        row = self.db.execute("SELECT kept_until FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None or row[0] is None or row[0] <= self.clock():
             raise PicturesGone(job_id)
         try:
             pictures = self._load_inputs(job_id)
@@ -413,7 +414,29 @@ class JobStore:
                 pictures += ((self.job_dir(job_id) / _RESULT).read_bytes(),)
         except OSError:
             raise PicturesGone(job_id) from None
-        return rows[0], pictures
+        return pictures
+
+    async def lineage(self, job_id: str) -> list[Job]:
+        """The job and its ancestors (parent, grandparent...), nearest first, as far as recorded."""
+        return await self._run(self._lineage, job_id)
+
+    def _lineage(self, job_id: str) -> list[Job]:
+        chain: list[Job] = []
+        seen: set[str] = set()
+        while job_id and job_id not in seen and len(chain) < 1000:
+            seen.add(job_id)
+            rows = self._select("WHERE job_id = ?", (job_id,))
+            if not rows:
+                break
+            chain.append(rows[0])
+            job_id = rows[0].parent_id or ""
+        return chain
+
+    async def descendants(self, job_id: str) -> list[str]:
+        """Ids of the jobs remixed from ``job_id``, and from those, and so on."""
+        return await self._run(lambda: [row[0] for row in self.db.execute(
+            "WITH RECURSIVE family(id) AS (SELECT job_id FROM jobs WHERE parent_id = ? UNION "
+            "SELECT j.job_id FROM jobs j JOIN family f ON j.parent_id = f.id) SELECT id FROM family", (job_id,))])
 
     def _remove_files(self, job_id: str) -> None:
         self._spool_bytes = max(0, self._spool_bytes - remove(self.job_dir(job_id)))
@@ -474,18 +497,48 @@ class JobStore:
         return await self._run(self._save_style, guild_id, user_id, label, data, ttl_s)
 
     def _save_style(self, guild_id: int, user_id: int, label: str, data: bytes, ttl_s: float) -> float:
-        path = self._saved_path(guild_id, user_id)
-        old = path.stat().st_size if path.exists() else 0
-        self._make_room(len(data) - old)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_file(path, data)
-        self._spool_bytes += len(data) - old
+        # Saved styles share at most SAVED_SHARE of the spool, so saving (free, and possible in
+        # many servers) can never crowd out jobs or kept pictures: the oldest saved ones go first.
+        self._forget_style(guild_id, user_id)
+        cap = int(self.spool_max_bytes * SAVED_SHARE)
+        if len(data) > cap:
+            raise SpoolFull(f"a saved style of {len(data)} bytes is over the saved styles' share ({cap})")
+        saved = self.db.execute("SELECT guild_id, user_id FROM saved_styles ORDER BY saved_at").fetchall()
+        in_use = sum(self._saved_size(g, u) for g, u in saved)
+        for g, u in saved:
+            if in_use + len(data) <= cap:
+                break
+            in_use -= self._saved_size(g, u)
+            self._forget_style(g, u)
+        self._make_room(len(data))
         now = self.clock()
-        self.db.execute(
-            "INSERT INTO saved_styles (guild_id, user_id, label, saved_at, expires_at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (guild_id, user_id) DO UPDATE SET label = excluded.label, saved_at = excluded.saved_at, "
-            "expires_at = excluded.expires_at", (guild_id, user_id, label, now, now + ttl_s))
+        path = self._saved_path(guild_id, user_id)
+        with transaction(self.db):  # the record first: a file without one would never be purged
+            self.db.execute("INSERT INTO saved_styles (guild_id, user_id, label, saved_at, expires_at) "
+                            "VALUES (?, ?, ?, ?, ?)", (guild_id, user_id, label, now, now + ttl_s))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                write_file(path, data)
+            except BaseException:
+                remove(path)
+                raise
+        self._spool_bytes += len(data)
         return now + ttl_s
+
+    def _saved_size(self, guild_id: int, user_id: int) -> int:
+        try:
+            return self._saved_path(guild_id, user_id).stat().st_size
+        except OSError:
+            return 0
+
+    async def saved_style_label(self, guild_id: int, user_id: int) -> str | None:
+        """The label of the member's saved style in that server (None: none, or expired); reads no file."""
+        return await self._run(self._saved_style_label, guild_id, user_id)
+
+    def _saved_style_label(self, guild_id: int, user_id: int) -> str | None:
+        row = self.db.execute("SELECT label FROM saved_styles WHERE guild_id = ? AND user_id = ? AND expires_at > ?",
+                              (guild_id, user_id, self.clock())).fetchone()
+        return row[0] if row is not None else None
 
     async def saved_style(self, guild_id: int, user_id: int) -> tuple[str, bytes] | None:
         """The member's saved style in that server (its label and picture), None if none or expired."""

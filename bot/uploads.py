@@ -238,7 +238,8 @@ class Admission:
         data = bytearray()
 
         async def fetch() -> None:
-            async with self.checker._http().get(url) as response:
+            # No redirects: the host was checked, where a redirect points was not.
+            async with self.checker._http().get(url, allow_redirects=False) as response:
                 if response.status != 200:
                     raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
                 async for chunk in response.content.iter_chunked(_CHUNK):

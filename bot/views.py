@@ -107,5 +107,8 @@ class StylePicker(discord.ui.View):
         self.add_item(select)
 
     async def _picked(self, interaction: discord.Interaction) -> None:
+        if self.is_finished():  # a second pick before the menu went away
+            await interaction.response.send_message("That menu was used already.", ephemeral=True)
+            return
         self.stop()  # one pick per menu
         await self._on_pick(interaction, self.select.values[0])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import logging
 import os
@@ -11,9 +10,9 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
 
 from .errors import ImageError, NSTError, ParamsError, WeightsError
+from .quiet import import_tensorflow
 from .params import BACKBONES, MAX_SIZE, MAX_STRENGTH, PRECISIONS, StylizeParams
 from .schedule import PRESETS
 
@@ -199,42 +198,10 @@ def format_summary(summary) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _stderr_held() -> Iterator[None]:
-    """Keep what is written to file descriptor 2 during the block; show it only if the block fails.
-
-    TensorFlow 2.19+ logs through absl before ``absl::InitializeLog()`` runs, and those
-    import-time lines (oneDNN, "Could not find cuda drivers", CPU instructions) ignore
-    TF_CPP_MIN_LOG_LEVEL (tensorflow/tensorflow#100442), so they are caught at the descriptor.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    failed = True
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-            failed = False
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            if failed:
-                held.seek(0)
-                sys.stderr.write(held.read().decode(errors="replace"))
-
-
 def _import_engine(verbose: bool):
-    if verbose:
-        from .engine import stylize
-        return stylize
-    with _stderr_held():
-        from .engine import stylize
-    import tensorflow as tf
-    from absl import logging as absl_logging  # a TensorFlow dependency
+    import_tensorflow(verbose)  # quietly unless --verbose (see nst_core.quiet)
+    from .engine import stylize
 
-    tf.get_logger().setLevel(logging.ERROR)
-    absl_logging.set_verbosity(absl_logging.ERROR)
     return stylize
 
 
@@ -285,12 +252,6 @@ def _stylize(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
-    if not verbose:
-        # Before TensorFlow loads. 3, not 2: what TensorFlow's C++ side logs as an error at start-up
-        # is noise for a terminal user too ("failed call to cuInit" on every machine without a GPU,
-        # "Unable to register cuDNN factory"); real failures still reach Python as exceptions,
-        # which are reported below. --verbose leaves TensorFlow's own defaults.
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -197,14 +197,14 @@ class TestBot:
         assert image.data.startswith(PNG_MAGIC)
         assert Image.open(io.BytesIO(image.data)).size == (48, 32)
         chart = Image.open(io.BytesIO(result.attachments[1].data))
-        assert chart.format == "PNG" and chart.size == (480, 200)
+        assert chart.format == "PNG" and chart.size == (640, 280)
         [embed] = result.embeds
         fields = {f["name"]: f["value"] for f in embed["fields"]}
         for name in ("Content loss", "Style loss", "TV loss"):
             assert re.fullmatch(r"\S+ → \S+( \([+−]\d+%\))?", fields[name]), fields[name]
         assert fields["Iterations"] == "24" and fields["Resolution"] == "48×32" and fields["Scales"] == "48×32"
         assert fields["Seed"] == "7" and fields["Preset"] == "balanced (strength 1.5)"
-        assert re.fullmatch(r"\d+\.\d s", fields["Time"])
+        assert re.fullmatch(r"\d+\.\d s \(\d+(\.\d+)? s/step\)", fields["Time"])  # and seconds per step
         assert embed["image"]["url"] == "attachment://losses.png"
         assert not inter.rejected
 

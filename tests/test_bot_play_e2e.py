@@ -204,7 +204,11 @@ async def test_before_after_on_request_and_by_button(env: Env):
     assert pair.width > 2 * pair.height * 0.9  # side by side (48×32 content next to the result)
     assert "nstbot:compare:" not in " ".join(result.custom_ids())  # already there: no button
 
+    # by button: the original picture was alice's alone, so only she (or a moderator) sees it
     click = await press(env.fake, env.first_result, "compare", "bob")
+    reply = await click.wait_for_reply(timeout=30)
+    assert reply.ephemeral and "only the member who supplied it" in reply.content and not reply.attachments
+    click = await press(env.fake, env.first_result, "compare", "alice")
     reply = await click.wait_until(lambda r: next((m for m in r.all_messages if m.attachments), None), timeout=30)
     assert reply.ephemeral and reply.attachments[0].filename.startswith("before-after.")
 

@@ -61,7 +61,8 @@ async def deliver(store: JobStore, j: Job, result: bytes = b"R" * 100) -> None:
 async def test_a_delivered_jobs_pictures_stay_for_the_buttons_until_they_expire(store, clock):
     j = job(parent_id="00000000aa", remix="again")
     await deliver(store, j)
-    row, (content, style, style2, result) = await store.kept_pictures(j.job_id, result=True)
+    content, style, style2, result = await store.kept_pictures(j.job_id, result=True)
+    row = await store.get(j.job_id)
     assert (content, style, style2, result) == (j.content, j.style, b"", b"R" * 100)
     assert row.state is JobState.DELIVERED and row.kept_until == clock.now + 3600
     assert (row.parent_id, row.remix) == ("00000000aa", "again")  # the record names its parent
@@ -137,6 +138,33 @@ async def test_a_saved_style_belongs_to_one_member_in_one_server_and_expires(sto
     assert await store.saved_style(6, 1) is None
     await store.purge()
     assert store.spool_bytes == 0
+
+
+async def test_saved_styles_keep_to_their_share_of_the_spool_oldest_first(store, clock):
+    # 2000 bytes of spool, saved styles at most a tenth: 200 bytes together
+    await store.save_style(6, 1, "a.png", b"a" * 90, ttl_s=86400)
+    clock.now += 1
+    await store.save_style(7, 1, "b.png", b"b" * 90, ttl_s=86400)  # the same member in another server
+    clock.now += 1
+    await store.save_style(8, 2, "c.png", b"c" * 90, ttl_s=86400)  # over the share: the oldest goes
+    assert await store.saved_style(6, 1) is None
+    assert await store.saved_style(7, 1) == ("b.png", b"b" * 90) and await store.saved_style_label(8, 2) == "c.png"
+    with pytest.raises(SpoolFull):
+        await store.save_style(9, 3, "huge.png", b"h" * 201, ttl_s=86400)
+    j = job(size=800)  # jobs are not crowded out by saved styles
+    await store.accept(j)
+    assert store.spool_bytes == 180 + 1600
+
+
+async def test_lineage_and_descendants(store):
+    root = job()
+    child = job(parent_id=root.job_id, remix="again")
+    grandchild = job(parent_id=child.job_id, remix="more")
+    for j in (root, child, grandchild):
+        await store.accept(j)
+    assert [j.job_id for j in await store.lineage(grandchild.job_id)] == [grandchild.job_id, child.job_id,
+                                                                           root.job_id]
+    assert sorted(await store.descendants(root.job_id)) == sorted([child.job_id, grandchild.job_id])
 
 
 async def test_a_version_3_database_gains_the_new_columns(tmp_path, clock):

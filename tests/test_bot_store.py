@@ -388,7 +388,7 @@ async def test_an_attempt_that_timed_out_but_landed_is_not_sent_again():
         return 99 if sends else None
 
     m._send, m.find_delivered = send, find
-    sent = await m._deliver(fresh_job(), lambda late: {"content": "x"}, "result")
+    sent = await m._deliver(fresh_job(), lambda route: {"content": "x"}, "result")
     assert sent == Sent("interaction", 99, found=True) and sends == ["interaction"]
 
 
@@ -410,7 +410,7 @@ async def test_server_errors_fall_back_to_the_channel_after_looking():
         return None
 
     m._send, m.find_delivered = send, find
-    sent = await m._deliver(fresh_job(), lambda late: {"content": "x"}, "result")
+    sent = await m._deliver(fresh_job(), lambda route: {"content": "x"}, "result")
     assert sent == Sent("channel", 7) and sends == ["interaction", "channel"] and looked == ["interaction"]
 
 
@@ -425,7 +425,7 @@ async def test_when_discord_cannot_even_be_asked_nothing_is_resent_now_but_later
         raise _Unchecked(passing=True)
 
     m._send, m.find_delivered = send, find
-    assert await m._deliver(fresh_job(JobState.FAILED), lambda late: {"content": "x"}, "notice") is None
+    assert await m._deliver(fresh_job(JobState.FAILED), lambda route: {"content": "x"}, "notice") is None
     assert sends == ["interaction"] and len(m._timers) == 1  # one try, then a later chain is planned
     m.cancel_timers()
     assert not m._timers

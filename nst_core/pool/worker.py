@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .. import images
 from ..errors import Cancelled, ImageError, NSTError, ParamsError
 from ..params import StylizeParams
+from ..quiet import import_tensorflow, verbose_from_env
 from .base import Event, Failed, Finished, JobSpec, Progress, Retrying, Started
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def load_engine(warm_params: dict[str, Any] | None = None, *, intra_threads: int
     if worker_init:
         module, _, name = worker_init.partition(":")
         hook = getattr(importlib.import_module(module), name)
-    import tensorflow as tf
+    tf = import_tensorflow(verbose_from_env())  # no start-up chatter in the operator's log unless NST_VERBOSE=1
 
     if intra_threads:
         # Several CPU workers on one machine would each use every core otherwise.
