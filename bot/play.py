@@ -253,9 +253,7 @@ class Play:
     async def stylize_this(self, interaction: discord.Interaction, message: discord.Message) -> None:
         picture = self._picture(message)
         if picture is None:
-            await interaction.response.send_message(
-                "That message has no picture the bot can use (an attached PNG, JPEG, WebP, GIF or BMP, or an "
-                "embedded image).", ephemeral=True)
+            await _no_picture(interaction)
             return
         options = [(entry.name, entry.label, "") for entry in self.commands.library.entries()][:24]
         store = self.commands.store
@@ -277,8 +275,10 @@ class Play:
             except Exception as exc:
                 await answer_error(choice, exc)
 
-        await interaction.response.send_message(f"Pick a style for `{_clip(picture.filename, 60)}`:",
-                                                view=StylePicker(options, picked), ephemeral=True)
+        picker = StylePicker(options, picked)
+        await interaction.response.send_message(f"Pick a style for `{_clip(picture.filename, 60)}`:", view=picker,
+                                                ephemeral=True)
+        picker.opened_by = interaction
 
     async def _gather_message(self, interaction: discord.Interaction, admission: Admission, picture: MessagePicture,
                               style_value: str) -> Pictures:
@@ -309,9 +309,7 @@ class Play:
     async def use_as_style(self, interaction: discord.Interaction, message: discord.Message) -> None:
         picture = self._picture(message)
         if picture is None:
-            await interaction.response.send_message(
-                "That message has no picture the bot can use as a style (an attached PNG, JPEG, WebP, GIF or BMP, "
-                "or an embedded image).", ephemeral=True)
+            await _no_picture(interaction)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         store = self.commands.store
@@ -343,3 +341,9 @@ class Play:
 def _clip(text: str, limit: int) -> str:
     text = text.replace("`", "'")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def _no_picture(interaction: discord.Interaction) -> None:
+    await interaction.response.send_message(
+        "That message has no picture the bot can use (an attached PNG, JPEG, WebP, GIF or BMP, or an embedded "
+        "image on Discord).", ephemeral=True)

@@ -105,6 +105,15 @@ class StylePicker(discord.ui.View):
         select.callback = self._picked  # type: ignore[method-assign]
         self.select = select
         self.add_item(select)
+        self.opened_by: discord.Interaction | None = None  # set once sent, to take the menu away later
+
+    async def on_timeout(self) -> None:
+        if self.opened_by is not None:  # an unused menu would otherwise answer "interaction failed"
+            try:
+                await self.opened_by.edit_original_response(content="This menu expired; run the command again.",
+                                                            view=None)
+            except discord.HTTPException:
+                pass
 
     async def _picked(self, interaction: discord.Interaction) -> None:
         if self.is_finished():  # a second pick before the menu went away

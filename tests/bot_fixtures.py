@@ -165,6 +165,16 @@ def start_bot(fake: Any, config_path: Path, workdir: Path, extra_env: dict[str, 
     return BotProcess(proc, log_path, fake.bot_token)
 
 
+async def shut_down(bot: BotProcess | None, fake: Any) -> None:
+    """Stop the bot (if it runs), then the fake; the bot must have used only routes the fake serves."""
+    try:
+        if bot is not None and bot.proc.poll() is None:
+            await bot.stop()
+    finally:
+        await fake.stop()
+    assert not fake.unhandled, f"the bot hit routes the fake does not serve: {fake.unhandled}"
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now (for the bot's health server)."""
     import socket

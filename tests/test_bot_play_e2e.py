@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot_fixtures import CONTENT_PNG, STYLE_PNG, BotProcess, start_bot, write_config
+from bot_fixtures import CONTENT_PNG, STYLE_PNG, BotProcess, shut_down, start_bot, write_config
 
 try:  # `python -m pytest` from the repo root
     from tests.fake_discord import FakeDiscord, InteractionRecord, MessageRecord
@@ -66,12 +66,7 @@ async def env(tmp_path_factory):
         await env.start()
         yield env
     finally:
-        try:
-            if env.bot is not None and env.bot.proc.poll() is None:
-                await env.bot.stop()
-        finally:
-            await env.fake.stop()
-    assert not env.fake.unhandled, f"the bot hit routes the fake does not serve: {env.fake.unhandled}"
+        await shut_down(env.bot, env.fake)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -282,8 +277,16 @@ async def test_use_as_my_style_then_stylize_without_a_style(env: Env):
     assert "Using your saved style `swirls.png`" in ack.content
     result = await result_of(inter)
     assert "swirls.png" in result.embeds[0]["footer"]["text"]
-    # only dave's: erin has none, and is told how to get one
-    inter = await stylize(fake, "erin", style=None)
+    # a picture embedded in a message (a link preview) works too, through Discord's copy of it
+    image = attachment(fake, STYLE_PNG, "linked.png")
+    message = await fake.post_user_message(fake.channel, user="bob", embeds=[{"type": "image", "image": {
+        "url": image["url"]}}])
+    inter = await fake.send_message_command("Use as my style", message, user="erin")
+    reply = await inter.wait_until(lambda r: next((m for m in r.all_messages if "Saved" in (m.content or "")), None),
+                                   timeout=20)
+    assert "linked.png" in reply.content
+    # only dave's and erin's: mod has none, and is told how to get one
+    inter = await stylize(fake, "mod", style=None)
     reply = await inter.wait_for_reply(timeout=20)
     assert reply.ephemeral and "Use as my style" in reply.content
 

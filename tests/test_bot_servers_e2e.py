@@ -17,7 +17,7 @@ import psutil
 import pytest
 import pytest_asyncio
 
-from bot_fixtures import CONTENT_PNG, STYLE_PNG, BotProcess, start_bot, write_config
+from bot_fixtures import CONTENT_PNG, STYLE_PNG, BotProcess, shut_down, start_bot, write_config
 
 try:  # `python -m pytest` from the repo root
     from tests.fake_discord import Channel, FakeDiscord, Guild, InteractionRecord, MessageRecord, Permissions
@@ -67,12 +67,7 @@ async def env(tmp_path_factory):
         await env.start_bot()
         yield env
     finally:
-        try:
-            if env.bot is not None and env.bot.proc.poll() is None:
-                await env.bot.stop()
-        finally:
-            await fake.stop()
-    assert not fake.unhandled, f"the bot hit routes the fake does not serve: {fake.unhandled}"
+        await shut_down(env.bot, fake)
 
 
 # --------------------------------------------------------------------------- helpers
