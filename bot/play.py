@@ -122,7 +122,7 @@ class Play:
         if action != "delete":
             first, made = self.presses.first(*key)
             if not first:  # a double click: one job (or one picture), not two
-                text = (f"You just pressed that: job `{made}` is in line." if made
+                text = (f"You just pressed that: job `{made}` is in line." if made and action in REMIXES
                         else "You just pressed that; it is on its way.")
                 await interaction.response.send_message(text, ephemeral=True)
                 return
@@ -152,12 +152,16 @@ class Play:
         store = self.commands.store
         parent = await store.get(job_id) if store is not None else None
         # Only the result's own message, in its own server: ids of other jobs say nothing here.
-        if (parent is None or parent.guild_id is None or parent.guild_id != interaction.guild_id
-                or interaction.message is None or interaction.message.id != parent.message_id):
-            await interaction.followup.send("This button does not belong to a result the bot knows here.",
-                                            ephemeral=True)
-            return None
-        return parent
+        if (parent is not None and parent.guild_id is not None and parent.guild_id == interaction.guild_id
+                and interaction.message is not None and interaction.message.id == parent.message_id):
+            return parent
+        if parent is None and interaction.message is not None and interaction.message.author == interaction.client.user:
+            text = ("This result is older than the bot keeps records (its pictures have expired), so its buttons no "
+                    "longer work. Run /stylize again.")
+        else:
+            text = "This button does not belong to a result the bot knows here."
+        await interaction.followup.send(text, ephemeral=True)
+        return None
 
     async def _pictures(self, job: Job, *, result: bool = False) -> tuple[bytes, ...]:
         """``job``'s kept pictures; :class:`UploadProblem` (answered privately) once they are gone."""

@@ -228,6 +228,15 @@ async def test_expired_pictures_answer_privately(env: Env):
                 and "dave" in (m.content or "")]
 
 
+async def test_a_result_older_than_the_records_says_so(env: Env):
+    parent = env.first_result
+    with env.db() as db:  # as if retention_hours had passed and the record was purged
+        db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id_in(parent.content),))
+    click = await press(env.fake, parent, "more", "dave")
+    reply = await click.wait_for_reply(timeout=20)
+    assert reply.ephemeral and "older than the bot keeps records" in reply.content
+
+
 async def test_delete_is_for_the_requester_or_a_moderator(env: Env):
     inter = await stylize(env.fake, "alice")
     result = await result_of(inter)
