@@ -67,6 +67,9 @@ _REFUSAL_REASONS: tuple[tuple[type[Exception], str], ...] = (
 
 def refusal_reason(exc: Exception) -> str:
     """The ``reason`` label a refusal is counted under in the metrics."""
+    own = getattr(exc, "metric_label", None)  # refusals defined elsewhere name their own label
+    if own:
+        return own
     return next((label for kind, label in _REFUSAL_REASONS if isinstance(exc, kind)), "invalid_upload")
 
 

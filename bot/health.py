@@ -12,7 +12,8 @@ Metrics (all prefixed ``stylebot_``):
   read when scraped;
 * ``worker_restarts_total``: replacement workers the pool started (crash, timeout, stuck cancel);
 * ``jobs_accepted_total``; ``requests_refused_total{reason}`` (user_limit, server_limit,
-  line_full, not_accepting, workers_down, storage, channel, preset, quota, busy, invalid_upload);
+  line_full, not_accepting, workers_down, storage, channel, preset, quota, busy, invalid_upload,
+  expired: a result button pressed after its pictures went);
 * ``jobs_total{outcome}``: ended jobs by outcome (finished, cancelled, or the failure kind:
   invalid_input, timeout, worker_died, out_of_memory, shutdown, error);
 * ``job_duration_seconds``: histogram of finished jobs, from start on a worker to the result;
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 OUTCOMES = ("finished", *FAILURE_KINDS)
 PATHS = ("interaction", "channel", "dm")
 REFUSALS = ("user_limit", "server_limit", "line_full", "not_accepting", "workers_down", "storage", "channel",
-            "preset", "quota", "busy", "invalid_upload")
+            "preset", "quota", "busy", "invalid_upload", "expired")
 _DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 

@@ -31,7 +31,7 @@ from .commands import JobRequest, Pictures, may_cancel
 from .scheduler import Refused
 from .errors import answer_error
 from .jobs import Job
-from .remix import REMIXES, DoublePress, RemixRefused, next_preset, remix
+from .remix import MIN_STRENGTH, REMIXES, DoublePress, RemixRefused, next_preset, remix
 from .store import PicturesGone, SpoolFull, StoreError
 from .uploads import ACCEPTED_TYPES, Admission, UploadProblem, check_attachment, discord_media_url
 from .views import SAVED_STYLE_VALUE, StylePicker, result_view
@@ -39,13 +39,19 @@ from .views import SAVED_STYLE_VALUE, StylePicker, result_view
 if TYPE_CHECKING:
     from .commands import StyleCommands
 
-__all__ = ["Play", "MessagePicture", "message_picture", "SAVED_STYLE_S"]
+__all__ = ["Play", "PicturesExpired", "MessagePicture", "message_picture", "SAVED_STYLE_S"]
 
 log = logging.getLogger(__name__)
 
 SAVED_STYLE_S = 24 * 3600.0
 _COMPARE_FILENAME = "before-after"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
+
+
+class PicturesExpired(UploadProblem):
+    """A remix of a result whose pictures are no longer kept."""
+
+    metric_label = "expired"  # bot.commands.refusal_reason
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,8 @@ class Play:
 
     def result_view(self, job: Job) -> discord.ui.View:
         """The buttons for ``job``'s result: no remixes when pictures are not kept, no Sharper
-        when there is no sharper preset this server allows, no Compare when it is attached."""
+        when there is no sharper preset this server allows, no More or Less style at their
+        ends, no Compare when it is attached."""
         hide: list[str] = []
         if self.reuse_s <= 0:
             hide += [*REMIXES, "compare"]
@@ -115,6 +122,11 @@ class Play:
             hide.append("sharper")
         if job.compare:
             hide.append("compare")
+        strength = job.params.strength
+        if strength >= self.commands.config.limits.max_strength:
+            hide.append("more")
+        if strength <= MIN_STRENGTH:
+            hide.append("less")
         return result_view(job.job_id, hide=hide)
 
     async def press(self, interaction: discord.Interaction, action: str, job_id: str) -> None:
@@ -170,7 +182,7 @@ class Play:
                 raise PicturesGone(job.job_id)
             return await self.commands.store.kept_pictures(job.job_id, result=result)
         except PicturesGone:
-            raise UploadProblem(
+            raise PicturesExpired(
                 f"The pictures of this result have expired (they are kept for {self.reuse_s / 3600:g} hours after "
                 "delivery, or until the result is deleted), so this button no longer works. Run /stylize again "
                 "with them.") from None

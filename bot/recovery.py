@@ -109,7 +109,13 @@ async def _deliver_result(store: JobStore, ledger: Ledger, messenger: Messenger,
         seconds = (job.finished_at - job.started_at) if job.finished_at and job.started_at else event.seconds
         await messenger.finish_status(job, render.done_line(seconds))
     unsure = job.route if job.state is JobState.DELIVERING else None
-    await messenger.outbox.deliver_result(job, event, unsure_route=unsure)
+    before = None
+    if job.compare:  # the content is still in the spool (kept for the buttons)
+        try:
+            before = (await store.load_inputs(job.job_id))[0]
+        except OSError:
+            log.warning("no content picture for before | after", extra={"job_id": job.job_id})
+    await messenger.outbox.deliver_result(job, event, unsure_route=unsure, before=before)
 
 
 async def _fail(ledger: Ledger, messenger: Messenger, job: Job, reason: str, *, spawn: bool = True) -> None:

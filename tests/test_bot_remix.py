@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bot.commands import refusal_reason
+from bot.play import PicturesExpired
 from bot.remix import DoublePress, RemixRefused, next_preset, remix
 from bot.uploads import discord_media_url
 from nst_core.params import StylizeParams
@@ -69,3 +71,39 @@ def test_a_stand_in_discord_is_trusted_only_at_its_own_address():
     base = "http://127.0.0.1:8080/api/v10"
     assert discord_media_url("http://127.0.0.1:8080/attachments/a.png", base)
     assert not discord_media_url("http://127.0.0.1:8081/attachments/a.png", base)
+
+
+def test_expired_pictures_are_counted_under_their_own_reason():
+    assert refusal_reason(PicturesExpired("gone")) == "expired"
+
+
+def _play(reuse_s: float = 3600.0, allowed=ALL, max_strength: float = 5.0):
+    from types import SimpleNamespace
+
+    from bot.play import Play
+
+    rules = SimpleNamespace(allowed_presets=lambda: allowed)
+    commands = SimpleNamespace(store=SimpleNamespace(reuse_s=reuse_s), settings=SimpleNamespace(rules=lambda g: rules),
+                               config=SimpleNamespace(limits=SimpleNamespace(max_strength=max_strength)))
+    return Play(commands)
+
+
+def _buttons(view) -> list[str]:
+    return [item.custom_id.split(":")[1] for item in view.children]
+
+
+async def test_the_buttons_under_a_result_leave_out_what_cannot_work():
+    from bot.jobs import Job
+
+    def result(**params) -> Job:
+        return Job(job_id="00000000ab", user_id=1, channel_id=2, guild_id=3, application_id=4, interaction_token="",
+                   token_created_at=0.0, upload_limit=1 << 20, params=StylizeParams(**{"preset": "fast", **params}),
+                   content=b"", style=b"", style_label="s")
+
+    everything = ["again", "more", "less", "colours", "sharper", "compare", "delete"]
+    assert _buttons(_play().result_view(result())) == everything
+    assert "sharper" not in _buttons(_play().result_view(result(preset="best")))  # nothing sharper
+    assert "sharper" not in _buttons(_play(allowed=("fast",)).result_view(result()))  # the server forbids it
+    assert "more" not in _buttons(_play(max_strength=2).result_view(result(strength=2.0)))
+    assert "less" not in _buttons(_play().result_view(result(strength=0.1)))
+    assert _buttons(_play(reuse_s=0).result_view(result())) == ["delete"]  # nothing kept to remix

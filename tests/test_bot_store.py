@@ -217,6 +217,7 @@ class Listener:
 class RecordingMessenger:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
+        self.befores: dict[str, bytes | None] = {}  # the content picture given for before | after
         self.tasks: list[asyncio.Task] = []
         self.outbox = self  # deliveries go through the messenger's outbox
 
@@ -232,8 +233,9 @@ class RecordingMessenger:
     async def deliver_notice(self, j: Job, reason: str, *, unsure_route=None) -> None:
         self.calls.append(("notice", j.job_id, reason, unsure_route))
 
-    async def deliver_result(self, j: Job, event, *, unsure_route=None) -> None:
+    async def deliver_result(self, j: Job, event, *, unsure_route=None, before=None) -> None:
         self.calls.append(("result", j.job_id, event.image_png, unsure_route))
+        self.befores[j.job_id] = before
 
     async def finish_status(self, j: Job, line: str) -> None:
         self.calls.append(("status", j.job_id, line))
@@ -241,8 +243,10 @@ class RecordingMessenger:
 
 async def test_recover_restores_the_line_and_resumes_deliveries(store):
     waiting, running, crashy, finished, sending, owed = (job(user=u) for u in (1, 2, 3, 4, 5, 6))
-    for j in (waiting, running, crashy, finished, sending, owed):
+    compared = job(user=7, compare=True)
+    for j in (waiting, running, crashy, finished, sending, owed, compared):
         await store.accept(j)
+    await store.save_result(compared.job_id, FINISHED)
     store.note(waiting.job_id, position=1)
     store.note(running.job_id, state="running", started_at=10.0, attempts=1)
     store.note(crashy.job_id, restarts=MAX_RESTARTS)
@@ -266,6 +270,8 @@ async def test_recover_restores_the_line_and_resumes_deliveries(store):
     assert ("result", finished.job_id, FINISHED.image_png, None) in calls
     assert ("result", sending.job_id, FINISHED.image_png, "channel") in calls  # looked for before resending
     assert ("notice", owed.job_id, "No luck.", "dm") in calls
+    # a result asked for with before | after still gets it after a restart
+    assert messenger.befores[compared.job_id] == compared.content and messenger.befores[finished.job_id] is None
     assert [c for c in calls if c[:2] == ("status", finished.job_id)]  # its status message is finished too
     [crash_notice] = [c for c in calls if c[:2] == ("notice", crashy.job_id)]
     assert f"restarted {MAX_RESTARTS} times" in crash_notice[2]
