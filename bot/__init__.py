@@ -23,7 +23,8 @@ Modules, in the order a request travels through them:
   and upgrades; ``spool``: its files.
 * ``recovery``: at start, jobs from before a restart back in line, undelivered results sent.
 * ``health``: ``/healthz`` and Prometheus ``/metrics`` on a small aiohttp server.
-* ``render``: every text, the result embed, the loss chart, before | after and the contact sheet.
+* ``render``: every text and the result embed; ``pictures``: the loss chart, before | after and the
+  library's contact sheet (Pillow).
 
 Start it with ``python -m bot --config config.toml`` (``__main__``).
 """

@@ -37,7 +37,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from . import render
+from . import pictures
 from .uploads import UploadProblem
 
 __all__ = ["LibraryStyle", "StyleLibrary", "CatalogueError", "CATALOGUE", "builtin_styles", "parse_catalogue"]
@@ -281,13 +281,13 @@ class StyleLibrary:
                 return self._sheet[1]
 
             def draw() -> bytes:
-                pictures = []
+                tiles = []
                 for entry in entries:
                     try:
-                        pictures.append((entry.label, entry.path.read_bytes()))
+                        tiles.append((entry.label, entry.path.read_bytes()))
                     except OSError:
-                        pictures.append((entry.label, b""))  # drawn as an "unreadable" tile
-                return render.contact_sheet_png(pictures)
+                        tiles.append((entry.label, b""))  # drawn as an "unreadable" tile
+                return pictures.contact_sheet_png(tiles)
             self._sheet = (key, await asyncio.to_thread(draw))
             return self._sheet[1]
 

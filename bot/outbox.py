@@ -44,7 +44,7 @@ from nst_core.errors import ImageError
 from nst_core.images import fit_to_bytes
 from nst_core.pool.base import Finished
 
-from . import render
+from . import pictures, render
 from .config import DeliveryConfig
 from .jobs import Job, Ledger
 from .status import StatusBoard
@@ -99,7 +99,7 @@ def prepare_result(image_png: bytes, history: list[dict[str, float]], limit: int
     budget is too tight for both. ``scale_starts`` (from the loss summary) marks where each
     scale began on the chart. Runs Pillow: call it in a thread.
     """
-    chart: bytes | None = render.loss_chart_png(history, scale_starts or ())
+    chart: bytes | None = pictures.loss_chart_png(history, scale_starts or ())
     budget = limit - _ENVELOPE - len(chart)
     if budget < limit // 2:  # the chart would take too much of a small budget
         chart, budget = None, limit - _ENVELOPE
@@ -193,7 +193,7 @@ class Outbox:
         compare: tuple[bytes, str] | None = None
         if before:
             try:  # at most a third of the upload budget; the result comes first
-                compare = await asyncio.to_thread(render.before_after_png, before, event.image_png, limit // 3)
+                compare = await asyncio.to_thread(pictures.before_after_png, before, event.image_png, limit // 3)
                 limit -= len(compare[0])
             except (ImageError, ValueError, OSError):
                 log.warning("no room for before | after", extra={"job_id": job.job_id})

@@ -26,7 +26,7 @@ from discord import app_commands
 
 from nst_core.errors import ImageError
 
-from . import render
+from . import pictures
 from .commands import JobRequest, Pictures, may_cancel
 from .scheduler import Refused
 from .errors import answer_error
@@ -224,7 +224,7 @@ class Play:
         try:
             content, _style, _style2, result = await self._pictures(parent, result=True)
             async with self._drawing:  # a few decodes at most at once, whoever presses
-                data, ext = await asyncio.to_thread(render.before_after_png, content, result,
+                data, ext = await asyncio.to_thread(pictures.before_after_png, content, result,
                                                     interaction.filesize_limit)
         except UploadProblem as exc:
             await interaction.followup.send(str(exc), ephemeral=True)

@@ -113,7 +113,7 @@ class StylePicker(discord.ui.View):
                 await self.opened_by.edit_original_response(content="This menu expired; run the command again.",
                                                             view=None)
             except discord.HTTPException:
-                pass
+                pass  # the menu is gone already (dismissed, or its token expired)
 
     async def _picked(self, interaction: discord.Interaction) -> None:
         if self.is_finished():  # a second pick before the menu went away

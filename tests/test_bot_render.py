@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bot import render
+from bot import pictures, render
 from bot.outbox import prepare_result
 from bot.status import StatusUpdater, token_usable
 from bot.scheduler import LineStatus
@@ -99,27 +99,27 @@ def _colour_mask(pixels: np.ndarray, colour) -> np.ndarray:
 
 def _plot_edges(pixels: np.ndarray) -> tuple[int, int]:
     """The left and right edges of the plot frame: the long columns in the axis colour."""
-    columns = np.flatnonzero(_colour_mask(pixels, render._AXIS).sum(axis=0) > pixels.shape[0] // 2)
+    columns = np.flatnonzero(_colour_mask(pixels, pictures._AXIS).sum(axis=0) > pixels.shape[0] // 2)
     return int(columns.min()), int(columns.max())
 
 
 def test_loss_chart_shows_every_loss_axes_and_dashed_scale_changes():
-    data = render.loss_chart_png(SUMMARY["history"], [1, 11, 31])
+    data = pictures.loss_chart_png(SUMMARY["history"], [1, 11, 31])
     img = Image.open(io.BytesIO(data))
     assert img.format == "PNG" and img.size == (640, 280)
     assert len(data) < 40_000
     pixels = _rgb(data)
-    for name, colour in render._CHART_COLOURS.items():  # a line per loss (and its legend swatch)
+    for name, colour in pictures._CHART_COLOURS.items():  # a line per loss (and its legend swatch)
         assert _colour_mask(pixels, colour).sum() > 100, name
     # the legend sits above the plot, not over the lines
     left, right = _plot_edges(pixels)
-    top = int(np.flatnonzero(_colour_mask(pixels, render._AXIS)[:, (left + right) // 2])[0])
+    top = int(np.flatnonzero(_colour_mask(pixels, pictures._AXIS)[:, (left + right) // 2])[0])
     legend = np.zeros(pixels.shape[:2], bool)
-    for colour in render._CHART_COLOURS.values():
+    for colour in pictures._CHART_COLOURS.values():
         legend |= _colour_mask(pixels, colour)
     assert legend[:top].sum() > 4 * 16 and legend[:top].any(axis=1).sum() <= 4
     # a dashed marker where scale 2 and scale 3 began (not at the first scale), at their steps
-    marks = _colour_mask(pixels, render._SCALE_MARK)
+    marks = _colour_mask(pixels, pictures._SCALE_MARK)
     columns = np.flatnonzero(marks[top:].sum(axis=0) > 40)
     groups = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
     assert len(groups) == 2
@@ -129,10 +129,10 @@ def test_loss_chart_shows_every_loss_axes_and_dashed_scale_changes():
         column = marks[top:, group[0]]
         assert np.count_nonzero(np.diff(column.astype(int)) == 1) >= 10  # dashed: many separate runs
     # scale_starts is optional: callers passing only the history still get a chart, unmarked
-    plain = _rgb(render.loss_chart_png(SUMMARY["history"]))
+    plain = _rgb(pictures.loss_chart_png(SUMMARY["history"]))
     assert plain.shape == (280, 640, 3)
-    assert (_colour_mask(plain, render._SCALE_MARK).sum(axis=0) > 40).sum() == 0
-    small = render.loss_chart_png(SUMMARY["history"], width=320, height=140)
+    assert (_colour_mask(plain, pictures._SCALE_MARK).sum(axis=0) > 40).sum() == 0
+    small = pictures.loss_chart_png(SUMMARY["history"], width=320, height=140)
     assert Image.open(io.BytesIO(small)).size == (320, 140)
 
 
@@ -147,15 +147,15 @@ def test_loss_chart_shows_every_loss_axes_and_dashed_scale_changes():
     ([{"step": s, "total": 0.5} for s in range(1, 10)], [1, 5]),  # a flat line
 ])
 def test_loss_chart_survives_odd_values(history, starts):
-    data = render.loss_chart_png(history, starts)
+    data = pictures.loss_chart_png(history, starts)
     assert Image.open(io.BytesIO(data)).size == (640, 280)
 
 
 def test_loss_chart_draws_a_loss_missing_from_some_points():
     history = [{"step": s, "style": 1.0 / s, **({"tv": 0.1} if s % 3 == 0 else {})} for s in range(1, 31)]
-    pixels = _rgb(render.loss_chart_png(history, [1, 16]))
-    assert _colour_mask(pixels, render._CHART_COLOURS["tv"]).sum() > 200  # joined across the gaps
-    assert _colour_mask(pixels, render._CHART_COLOURS["content"]).sum() == 0  # never reported: no line
+    pixels = _rgb(pictures.loss_chart_png(history, [1, 16]))
+    assert _colour_mask(pixels, pictures._CHART_COLOURS["tv"]).sum() > 200  # joined across the gaps
+    assert _colour_mask(pixels, pictures._CHART_COLOURS["content"]).sum() == 0  # never reported: no line
 
 
 def _encoded(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -173,7 +173,7 @@ def test_before_after_puts_the_upright_content_beside_the_result():
     exif[0x0112] = 6  # stored sideways: shown rotated a quarter turn, 100 wide and 200 high
     content = _encoded(Image.new("RGB", (200, 100), (40, 160, 90)), "JPEG", exif=exif, quality=95)
     result = _encoded(Image.new("RGB", (120, 240), (200, 60, 60)))
-    data, ext = render.before_after_png(content, result, 8_000_000)
+    data, ext = pictures.before_after_png(content, result, 8_000_000)
     img = Image.open(io.BytesIO(data))
     assert ext == "png" and img.format == "PNG"
     assert img.height == 240 and abs(img.width - (120 + 120)) <= 6  # content scaled to 120×240, then the result
@@ -187,15 +187,15 @@ def test_before_after_puts_the_upright_content_beside_the_result():
 
 def test_before_after_fits_the_limit_and_caps_the_size():
     content, result = _encoded(_noise(500, 400, 1)), _encoded(_noise(600, 400, 2))
-    data, ext = render.before_after_png(content, result, 60_000)
+    data, ext = pictures.before_after_png(content, result, 60_000)
     assert ext in ("jpg", "webp") and len(data) <= 60_000
     assert Image.open(io.BytesIO(data)).height > 16
     wide = _encoded(Image.new("RGB", (3000, 1000), (10, 20, 30)))
-    data, ext = render.before_after_png(wide, _encoded(Image.new("RGB", (1500, 1200), (90, 90, 90))), 8_000_000)
+    data, ext = pictures.before_after_png(wide, _encoded(Image.new("RGB", (1500, 1200), (90, 90, 90))), 8_000_000)
     size = Image.open(io.BytesIO(data)).size
     assert max(size) <= 2048 and size[0] > 2000
     with pytest.raises(ValueError):
-        render.before_after_png(b"not an image", result, 8_000_000)
+        pictures.before_after_png(b"not an image", result, 8_000_000)
 
 
 def test_before_after_refuses_to_decode_a_huge_picture():
@@ -209,9 +209,9 @@ def test_before_after_refuses_to_decode_a_huge_picture():
             + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
     small = _encoded(Image.new("RGB", (50, 50)))
     with pytest.raises(ValueError, match="too large"):
-        render.before_after_png(huge, small, 8_000_000)
+        pictures.before_after_png(huge, small, 8_000_000)
     with pytest.raises(ValueError, match="too large"):
-        render.before_after_png(small, huge, 8_000_000)
+        pictures.before_after_png(small, huge, 8_000_000)
 
 
 _SWATCHES = [(230, 30, 30), (30, 200, 30), (30, 30, 230), (230, 200, 30), (200, 30, 200), (30, 200, 200)]
@@ -226,7 +226,7 @@ def test_contact_sheet_lays_out_numbered_thumbnails_in_a_grid():
     def sheet(n: int, **kwargs) -> np.ndarray:
         entries = [(f"Style {i}, Painter (19{i:02d})", _encoded(Image.new("RGB", (100, 100), _SWATCHES[i])))
                    for i in range(n)]
-        return _rgb(render.contact_sheet_png(entries, **kwargs))
+        return _rgb(pictures.contact_sheet_png(entries, **kwargs))
 
     five = sheet(5, columns=4, thumb=64)
     assert five.shape == sheet(6, columns=4, thumb=64).shape  # two rows of four either way
@@ -245,10 +245,10 @@ def test_contact_sheet_lays_out_numbered_thumbnails_in_a_grid():
 def test_contact_sheet_survives_an_unreadable_entry_and_an_empty_library():
     entries = [("ok", _encoded(Image.new("RGB", (80, 120), _SWATCHES[0]))), ("broken", b"\x89PNG not really"),
                ("a name " * 40, _encoded(Image.new("RGBA", (120, 80), (0, 0, 0, 0))))]
-    pixels = _rgb(render.contact_sheet_png(entries, columns=3, thumb=96))
-    assert _colour_mask(pixels, render._UNREADABLE).sum() > 0.8 * 96 * 96  # the grey tile
+    pixels = _rgb(pictures.contact_sheet_png(entries, columns=3, thumb=96))
+    assert _colour_mask(pixels, pictures._UNREADABLE).sum() > 0.8 * 96 * 96  # the grey tile
     assert _centre(pixels, _SWATCHES[0])[2] == 64 * 96  # aspect kept: 80×120 shown as 64×96
-    empty = render.contact_sheet_png([])
+    empty = pictures.contact_sheet_png([])
     img = Image.open(io.BytesIO(empty))
     assert img.format == "PNG" and img.width < 400 and img.height < 200
     assert len(np.unique(np.asarray(img.convert("L")))) > 2  # it says so in words
@@ -256,12 +256,12 @@ def test_contact_sheet_survives_an_unreadable_entry_and_an_empty_library():
 
 def test_contact_sheet_of_twelve_photos_stays_small(monkeypatch):
     entries = [(f"{i}. noisy", _encoded(_noise(300, 260, i))) for i in range(12)]
-    data = render.contact_sheet_png(entries)
+    data = pictures.contact_sheet_png(entries)
     assert len(data) < 2_000_000
     img = Image.open(io.BytesIO(data))
     assert img.format == "PNG" and img.width > 4 * 192 and img.height > 3 * 192
-    monkeypatch.setattr(render, "_SHEET_BUDGET", 10_000)  # over budget: saved with 256 colours
-    fewer = render.contact_sheet_png(entries[:4], thumb=96)
+    monkeypatch.setattr(pictures, "_SHEET_BUDGET", 10_000)  # over budget: saved with 256 colours
+    fewer = pictures.contact_sheet_png(entries[:4], thumb=96)
     img = Image.open(io.BytesIO(fewer))
     assert img.format == "PNG" and img.mode == "P" and img.width > 4 * 96
 
