@@ -123,11 +123,6 @@ class Pictures:
 Gather = Callable[[Admission], Awaitable[Pictures]]
 
 
-def _clip(text: str, limit: int = 80) -> str:
-    text = text.replace("`", "'")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _channel_ids(interaction: discord.Interaction) -> tuple[int, ...]:
     """Where a command runs, for the channel rule: a thread counts as its parent channel too."""
     ids = [interaction.channel_id or 0]
@@ -375,7 +370,7 @@ class StyleCommands:
 
     # -- the pictures of a /stylize
 
-    def _checks(self) -> dict[str, float]:
+    def upload_checks(self) -> dict[str, float]:
         limits = self.config.limits
         return dict(max_bytes=limits.max_upload_bytes, max_pixels=limits.max_pixels,
                     max_aspect=limits.max_aspect_ratio)
@@ -385,7 +380,7 @@ class StyleCommands:
                              style2: tuple[discord.Attachment | None, str | None]) -> Pictures:
         """Download and check ``/stylize``'s pictures: the content, the style (attached, from the
         library, or the member's saved style) and an optional second style."""
-        checks = self._checks()
+        checks = self.upload_checks()
         if request.blend is not None and not any(style2):
             raise UploadProblem("`blend` mixes in a second style: give one with `style2` or `library_style2`.")
         for label, attachment in (("content image", content), ("style image", style[0]),
@@ -395,32 +390,37 @@ class StyleCommands:
                                  attachment.width, attachment.height, **checks)
         saved = None
         if not any(style):
-            saved = await self._saved_style(interaction)
+            saved = await self.saved_style(interaction)
             if saved is None:
                 hint = " or pick one from the library with the `library_style` option" if self.library.names() else ""
                 raise UploadProblem(f"Please attach a style image with the `style` option{hint}. (Or save one: "
                                     "on any message with a picture, Apps → \"Use as my style\".)")
-            request.notes.append(f"🎨 Using your saved style `{_clip(saved[0])}`.")
+            request.notes.append(f"🎨 Using your saved style `{render.clip(saved[0], 80)}`.")
         try:  # a task group: when one download fails, the others stop too
             async with asyncio.TaskGroup() as group:
                 content_task = group.create_task(self._download(admission, content, "content image"))
-                style_task = group.create_task(self._style_bytes(admission, *style, "style image", saved))
-                style2_task = group.create_task(self._style_bytes(admission, *style2, "second style image", None))
+                style_task = group.create_task(self.style_bytes(admission, *style, "style image", saved))
+                style2_task = group.create_task(self.style_bytes(admission, *style2, "second style image", None))
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
         (style_bytes, style_label), (style2_bytes, style2_label) = style_task.result(), style2_task.result()
         await admission.check("content image", content.filename, content_task.result(), **checks)
         for label, name, data in (("style image", style_label, style_bytes),
                                   ("second style image", style2_label, style2_bytes)):
-            if data:  # the library's files and saved styles are checked too, within their own size
-                await admission.check(label, name, data, **{**checks, "max_bytes": max(checks["max_bytes"],
-                                                                                        len(data))})
+            if data:
+                await self.check_style(admission, label, name, data)
         return Pictures(content_task.result(), style_bytes, style_label, style2_bytes, style2_label or None)
+
+    async def check_style(self, admission: Admission, label: str, name: str, data: bytes) -> None:
+        """Check a style picture; the library's files and saved styles, checked at their own
+        size, may be over the upload limit."""
+        checks = self.upload_checks()
+        await admission.check(label, name, data, **{**checks, "max_bytes": max(checks["max_bytes"], len(data))})
 
     def _download(self, admission: Admission, attachment: discord.Attachment, label: str) -> Awaitable[bytes]:
         return admission.download(attachment.url, label, attachment.filename, self.config.limits.max_upload_bytes)
 
-    async def _style_bytes(self, admission: Admission, attachment: discord.Attachment | None, library_name: str | None,
+    async def style_bytes(self, admission: Admission, attachment: discord.Attachment | None, library_name: str | None,
                            label: str, saved: tuple[str, bytes] | None) -> tuple[bytes, str]:
         """One style's picture and label: the attachment first, then the library, then ``saved``."""
         if attachment is not None:
@@ -432,7 +432,7 @@ class StyleCommands:
             return saved[1], saved[0]
         return b"", ""
 
-    async def _saved_style(self, interaction: discord.Interaction) -> tuple[str, bytes] | None:
+    async def saved_style(self, interaction: discord.Interaction) -> tuple[str, bytes] | None:
         if self.store is None or interaction.guild_id is None:
             return None
         try:

@@ -157,14 +157,6 @@ class Job:
         return self.params.preset
 
     @property
-    def styles_label(self) -> str:
-        """The style (or both styles and their shares) as messages name it."""
-        if not self.style2_label:
-            return self.style_label
-        second = round(self.blend * 100)
-        return f"{self.style_label} {100 - second}% + {self.style2_label} {second}%"
-
-    @property
     def blend(self) -> float:
         """The second style's share (0 with one style)."""
         weights = self.params.style_blend

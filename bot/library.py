@@ -38,14 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from . import pictures
-from .uploads import UploadProblem
+from .uploads import IMAGE_SUFFIXES, UploadProblem
 
 __all__ = ["LibraryStyle", "StyleLibrary", "CatalogueError", "CATALOGUE", "builtin_styles", "parse_catalogue"]
 
 log = logging.getLogger(__name__)
 
 CATALOGUE = "catalogue.toml"
-_LIBRARY_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 _CHOICE_MAX = 100  # Discord's limit on an autocomplete choice's name and value
 _BUILTIN_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _FIELDS = ("name", "file", "title", "artist", "year", "source", "licence")
@@ -103,9 +102,9 @@ def parse_catalogue(text: str, *, builtin: bool) -> list[dict[str, str]]:
         where = f"style {number}"
         entry = _entry(table, where, builtin)
         file = entry["file"]
-        if "/" in file or "\\" in file or file in (".", "..") or Path(file).suffix.lower() not in _LIBRARY_SUFFIXES:
+        if "/" in file or "\\" in file or file in (".", "..") or Path(file).suffix.lower() not in IMAGE_SUFFIXES:
             raise CatalogueError(f"{where}: file must be the name of an image file in the same folder "
-                                 f"({', '.join(_LIBRARY_SUFFIXES)}), not {file!r}")
+                                 f"({', '.join(IMAGE_SUFFIXES)}), not {file!r}")
         if "name" in entry:
             if builtin and not _BUILTIN_NAME.fullmatch(entry["name"]):
                 raise CatalogueError(f"{where}: name must be lowercase letters, digits and dashes, "
@@ -209,7 +208,7 @@ class StyleLibrary:
 
     def _operator_styles(self, folder: Path) -> list[LibraryStyle]:
         try:
-            found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _LIBRARY_SUFFIXES)
+            found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         except OSError:
             found = []
         by_stem = {p.stem: p for p in found}  # a.jpg and a.png: the later name wins, as it always has

@@ -26,14 +26,14 @@ from discord import app_commands
 
 from nst_core.errors import ImageError
 
-from . import pictures
+from . import pictures, render
 from .commands import JobRequest, Pictures, may_cancel
 from .scheduler import Refused
 from .errors import answer_error
 from .jobs import Job
 from .remix import MIN_STRENGTH, REMIXES, DoublePress, RemixRefused, next_preset, remix
 from .store import PicturesGone, SpoolFull, StoreError
-from .uploads import ACCEPTED_TYPES, Admission, UploadProblem, check_attachment, discord_media_url
+from .uploads import ACCEPTED_TYPES, IMAGE_SUFFIXES, Admission, UploadProblem, check_attachment, discord_media_url
 from .views import SAVED_STYLE_VALUE, StylePicker, result_view
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 SAVED_STYLE_S = 24 * 3600.0
 _COMPARE_FILENAME = "before-after"
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 
 
 class PicturesExpired(UploadProblem):
@@ -71,7 +70,7 @@ def message_picture(message: discord.Message, api_base: str = "") -> MessagePict
     thumbnail through Discord's proxy. None when it has none on Discord's media hosts."""
     for attachment in message.attachments:
         kind = (attachment.content_type or "").split(";")[0].strip().lower()
-        if (kind in ACCEPTED_TYPES or attachment.filename.lower().endswith(_IMAGE_SUFFIXES)) and \
+        if (kind in ACCEPTED_TYPES or attachment.filename.lower().endswith(IMAGE_SUFFIXES)) and \
                 discord_media_url(attachment.url, api_base):
             return MessagePicture(attachment.url, attachment.filename, attachment.content_type, attachment.size,
                                   attachment.width, attachment.height)
@@ -276,7 +275,7 @@ class Play:
         saved = await store.saved_style_label(interaction.guild_id, interaction.user.id) \
             if store is not None and interaction.guild_id is not None else None
         if saved is not None:
-            options.insert(0, (SAVED_STYLE_VALUE, "My saved style", _clip(saved, 100)))
+            options.insert(0, (SAVED_STYLE_VALUE, "My saved style", render.clip(saved, 100)))
         if not options:
             await interaction.response.send_message(
                 "There are no styles to pick from: the bot's library is empty and you have no saved style. Save "
@@ -285,37 +284,33 @@ class Play:
 
         async def picked(choice: discord.Interaction, value: str) -> None:
             try:  # the menu goes at once: one pick, one job
-                await choice.response.edit_message(content=f"Starting `{_clip(picture.filename, 60)}`…", view=None)
+                await choice.response.edit_message(content=f"Starting `{render.clip(picture.filename, 60)}`…", view=None)
                 await self.commands.start_job(choice, JobRequest(None), lambda admission: self._gather_message(
                     choice, admission, picture, value))
             except Exception as exc:
                 await answer_error(choice, exc)
 
         picker = StylePicker(options, picked)
-        await interaction.response.send_message(f"Pick a style for `{_clip(picture.filename, 60)}`:", view=picker,
+        await interaction.response.send_message(f"Pick a style for `{render.clip(picture.filename, 60)}`:", view=picker,
                                                 ephemeral=True)
         picker.opened_by = interaction
 
     async def _gather_message(self, interaction: discord.Interaction, admission: Admission, picture: MessagePicture,
                               style_value: str) -> Pictures:
         commands = self.commands
-        checks = commands._checks()
         content = await self._fetch(admission, picture, "content image")
+        saved = None
         if style_value == SAVED_STYLE_VALUE:
-            saved = await commands._saved_style(interaction)
+            saved = await commands.saved_style(interaction)
             if saved is None:
                 raise UploadProblem("Your saved style has expired. Save one again with Apps → \"Use as my style\".")
-            label, style = saved
-        else:
-            entry = commands.library.get(style_value)
-            style = await commands.library.read(style_value)
-            label = entry.title if entry is not None else style_value
-        await admission.check("style image", label, style, **{**checks, "max_bytes": max(checks["max_bytes"],
-                                                                                         len(style))})
+        style, label = await commands.style_bytes(admission, None, None if saved else style_value, "style image",
+                                                  saved)
+        await commands.check_style(admission, "style image", label, style)
         return Pictures(content, style, label)
 
     async def _fetch(self, admission: Admission, picture: MessagePicture, label: str) -> bytes:
-        checks = self.commands._checks()
+        checks = self.commands.upload_checks()
         check_attachment(label, picture.filename, picture.content_type, picture.size or 0, picture.width,
                          picture.height, **checks)
         data = await admission.download(picture.url, label, picture.filename, int(checks["max_bytes"]))
@@ -349,14 +344,9 @@ class Play:
             return
         log.info("style saved", extra={"user_id": interaction.user.id, "guild_id": interaction.guild_id})
         await interaction.followup.send(
-            f"🎨 Saved `{_clip(picture.filename, 60)}` as your style here for {SAVED_STYLE_S / 3600:g} hours. "
+            f"🎨 Saved `{render.clip(picture.filename, 60)}` as your style here for {SAVED_STYLE_S / 3600:g} hours. "
             "/stylize without a style (and without library_style) uses it, and \"Stylize this image\" offers it.",
             ephemeral=True)
-
-
-def _clip(text: str, limit: int) -> str:
-    text = text.replace("`", "'")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 async def _no_picture(interaction: discord.Interaction) -> None:

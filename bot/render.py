@@ -21,6 +21,7 @@ __all__ = [
     "starting_line", "progress_line", "retrying_line", "done_line", "failed_line", "cancelled_line",
     "result_content", "failure_notice", "result_embed", "line_status_text", "loss_change",
     "restart_note", "moved_line", "remix_line", "CHART_FILENAME", "LOSS_LABELS", "seconds_per_step", "styles_text",
+    "clip",
 ]
 
 CHART_FILENAME = "losses.png"
@@ -77,7 +78,7 @@ def loss_change(initial: float, final: float) -> str:
 
 
 def status_header(job_id: str, preset: str, style_label: str) -> str:
-    return f"**Job `{job_id}`** · preset {preset} · style `{_clip(style_label, 60)}`"
+    return f"**Job `{job_id}`** · preset {preset} · style `{clip(style_label, 60)}`"
 
 
 _REMIX_WORDS = {"again": "🎲 Again", "more": "➕ More style", "less": "➖ Less style", "colours": "🎨 Colours",
@@ -176,10 +177,10 @@ def styles_text(style_label: str, style2_label: str | None = None, blend: float 
     """``"starry.jpg 70% + wave.png 30%"`` (``blend``: the second style's share, 0..1; None
     or NaN means an even mix); just the clipped label when there is one style."""
     if style2_label is None:
-        return _clip(style_label, limit)
+        return clip(style_label, limit)
     share = 0.5 if blend is None or not math.isfinite(blend) else min(1.0, max(0.0, float(blend)))
     second = round(share * 100)
-    return f"{_clip(style_label, limit)} {100 - second}% + {_clip(style2_label, limit)} {second}%"
+    return f"{clip(style_label, limit)} {100 - second}% + {clip(style2_label, limit)} {second}%"
 
 
 def result_embed(
@@ -220,7 +221,7 @@ def result_embed(
     extras = [f"strength {strength:g}"] + (["colours preserved"] if preserve_colors else [])
     embed.add_field(name="Preset", value=f"{preset} ({', '.join(extras)})")
     # the outbox puts the job's marker before the footer: keep it short
-    footer = (f"style {_clip(style_label, 80)}" if style2_label is None
+    footer = (f"style {clip(style_label, 80)}" if style2_label is None
               else f"styles {styles_text(style_label, style2_label, blend, limit=40)}")
     embed.set_footer(text=footer)
     if chart:
@@ -260,6 +261,7 @@ def line_status_text(status: LineStatus, guild: GuildLine | None = None) -> str:
 # --------------------------------------------------------------------------- helpers
 
 
-def _clip(text: str, limit: int) -> str:
+def clip(text: str, limit: int) -> str:
+    """``text`` for inside backticks, at most ``limit`` characters."""
     text = text.replace("`", "'")
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -146,7 +146,7 @@ class StatusBoard:
             async def edit(text: str, final: bool) -> bool:
                 return await self._edit_status(job, job.status_message_id, text, final)
             updater = self._updaters[job.job_id] = StatusUpdater(edit, self.edit_interval_s)
-            header = render.status_header(job.job_id, job.preset, job.styles_label)
+            header = render.status_header(job.job_id, job.preset, _styles(job))
             if job.parent_id:
                 header += "\n" + render.remix_line(job.remix, job.parent_id)
             if job.restarts:
@@ -185,7 +185,7 @@ class StatusBoard:
         """After a restart: the old status message says the job has a new one."""
         try:
             await self._edit_status(job, old_message_id,
-                                    f"{render.status_header(job.job_id, job.preset, job.styles_label)}"
+                                    f"{render.status_header(job.job_id, job.preset, _styles(job))}"
                                     f"\n{render.moved_line()}", True)
         except Exception:
             log.info("old status message not updated", extra={"job_id": job.job_id})
@@ -218,3 +218,6 @@ class StatusBoard:
                      extra={"job_id": job.job_id, "status": exc.status, "code": exc.code})
             return False
 
+
+def _styles(job: Job) -> str:
+    return render.styles_text(job.style_label, job.style2_label, job.blend)

@@ -36,11 +36,12 @@ from . import render
 from .scheduler import Refused
 
 __all__ = ["UploadProblem", "ChecksBusy", "UploadChecker", "Admission", "check_attachment", "check_image",
-           "ACCEPTED_TYPES", "discord_media_url"]
+           "ACCEPTED_TYPES", "IMAGE_SUFFIXES", "discord_media_url"]
 
 log = logging.getLogger(__name__)
 
 ACCEPTED_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")  # file names of those types
 _ACCEPTED_TEXT = "PNG, JPEG, WebP, GIF or BMP"
 _CHUNK = 64 * 1024
 _STOPPING = "The bot is shutting down. Please try again in a few minutes."
