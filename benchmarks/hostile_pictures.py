@@ -5,7 +5,12 @@ Each maker returns ``(filename, bytes, content type)``:
 * :func:`sixteen_bit_png`: 4000x4000 16-bit greyscale (mode ``I;16``), a column ramp (~40 KB);
 * :func:`scan_bomb_jpeg`: a flat 2000x2000 progressive JPEG whose last scan is repeated until
   it has ``scans`` scans (~38 KB for 1000): each scan is a pass over every pixel;
-* :func:`palette_png`: 4000x4000 palette PNG with a transparent colour (~16 KB).
+* :func:`palette_png`: 4000x4000 palette PNG with a transparent colour (~16 KB);
+* :func:`worst_accepted_jpeg`: the costliest JPEG the upload checks still let through: a flat
+  4000x4000 progressive JPEG (4:4:4) with as many scans as the scans × megapixels budget
+  allows (25, ~190 KB): about 0.4 s of CPU in ``decode_image``, what a real 20 MP
+  progressive photo takes. Not in :data:`HOSTILE`: it is accepted, so it loads the checks
+  (and makes a job), it is not refused.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import io
 
 import numpy as np
 from PIL import Image
+
+from nst_core.decode_cost import MAX_JPEG_SCAN_MEGAPIXELS, MAX_JPEG_SCANS
+from nst_core.images import image_info
 
 SOS, EOI = b"\xff\xda", b"\xff\xd9"
 
@@ -38,6 +46,20 @@ def scan_bomb_jpeg(side: int = 2000, scans: int = 1000) -> tuple[str, bytes, str
     bomb = data[:end] + last_scan * (scans - data.count(SOS)) + EOI
     assert bomb.count(SOS) == scans
     return "scans.jpg", bomb, "image/jpeg"
+
+
+def worst_accepted_jpeg(side: int = 4000) -> tuple[str, bytes, str]:
+    """A ``side``x``side`` progressive JPEG at the edge of the decode-cost budget: its last
+    scan (a refinement of the brightness, over every block) repeated while the budget allows.
+    Chroma is not subsampled, which makes the passes after the scans costlier too."""
+    data = _encode(Image.new("RGB", (side, side), (120, 130, 140)), "JPEG", progressive=True, subsampling=0)
+    scans = min(MAX_JPEG_SCANS, max(data.count(SOS), MAX_JPEG_SCAN_MEGAPIXELS * 10**6 // (side * side)))
+    end = data.rindex(EOI)
+    last_scan = data[data.rindex(SOS):end]
+    worst = data[:end] + last_scan * (scans - data.count(SOS)) + EOI
+    assert worst.count(SOS) == scans
+    assert image_info(worst) == ("JPEG", side, side)  # still let through: else the rule changed
+    return "worst-accepted.jpg", worst, "image/jpeg"
 
 
 def palette_png(side: int = 4000) -> tuple[str, bytes, str]:

@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from typing import Any, Awaitable, Callable
 
 import discord
@@ -129,6 +130,23 @@ def setup_logging(level: str, style: str, secrets: list[str]) -> None:
     root.setLevel(level)
     # discord.py is chatty at DEBUG (every gateway frame); keep it at INFO unless asked.
     logging.getLogger("discord").setLevel(level if level != "DEBUG" else "INFO")
+    warnings.showwarning = _warning_logger()
+
+
+def _warning_logger() -> Callable[..., None]:
+    """Library warnings go to the log (so its format and redaction apply), once per place in
+    the code that warns: a crafted file can make a library warn thousands of times, each
+    time with another text."""
+    seen: set[tuple[type, str, int]] = set()
+    logger = logging.getLogger("py.warnings")
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if (category, filename, lineno) in seen:
+            return
+        seen.add((category, filename, lineno))
+        logger.warning("%s: %s", category.__name__, str(message)[:500], extra={"source": f"{filename}:{lineno}"})
+    return show
 
 
 def commands_digest(tree: app_commands.CommandTree) -> str:
@@ -375,9 +393,9 @@ async def run(config: Config, token: str, *, force_sync: bool = False, config_wa
     point_discord_at(config.discord.api_base, config.discord.gateway_url)
     storage, limits = config.storage, config.limits
     store = JobStore(storage.path, storage.spool_dir, spool_max_bytes=int(storage.spool_max_mb * 2**20),
-                     retention_s=storage.retention_hours * 3600.0, reuse_s=storage.reuse_hours * 3600.0)
-    checker = UploadChecker(workers=limits.checks_at_once, waiting_max=limits.checks_waiting,
-                            timeout_s=limits.check_timeout_s)
+                     retention_s=storage.retention_hours * 3600.0, reuse_s=storage.reuse_hours * 3600.0,
+                     server_share=storage.server_share)
+    checker = UploadChecker.from_limits(limits)
     try:
         async with store, checker:  # closed after the bot, whatever happens to it
             bot = StyleBot(config, pool=make_pool(config), store=store, checker=checker,

@@ -19,7 +19,7 @@ import io
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
 
 import discord
 from discord import app_commands
@@ -33,12 +33,12 @@ from .config import Config
 from .errors import answer_error
 from .jobs import Job, JobState, Ledger, job_params, new_job_id
 from .scheduler import (
-    LineFull, NotAccepting, Refused, Scheduler, ServerLimitReached, UserLimitReached, WorkersUnavailable,
+    Hold, LineFull, NotAccepting, Refused, Scheduler, ServerLimitReached, UserLimitReached, WorkersUnavailable,
 )
 from .settings import (
     ChannelNotAllowed, PresetNotAllowed, QuotaReached, ServerSettings,
 )
-from .store import SpoolFull, StoreError
+from .store import ServerSpoolFull, SpoolFull, StoreError
 from .uploads import Admission, ChecksBusy, UploadChecker, UploadProblem, check_attachment
 from .library import StyleLibrary
 from .views import cancel_view
@@ -48,20 +48,30 @@ if TYPE_CHECKING:
     from .health import Metrics
     from .store import JobStore
 
-__all__ = ["StyleCommands", "StyleLibrary", "StorageUnavailable", "JobRequest", "Pictures", "refusal_reason",
-           "may_cancel"]
+__all__ = ["StyleCommands", "StyleLibrary", "StorageUnavailable", "NotInServer", "JobRequest", "Pictures",
+           "refusal_reason", "may_cancel", "servers_only"]
 
 log = logging.getLogger(__name__)
+
+CommandT = TypeVar("CommandT", app_commands.Command, app_commands.Group, app_commands.ContextMenu)
 
 
 class StorageUnavailable(Refused):
     """The job could not be recorded (the spool is full, or the disk cannot be written)."""
 
 
+class NotInServer(Refused):
+    """A request from outside a server (a DM, a user install): the bot works in servers only."""
+
+    def __init__(self) -> None:
+        super().__init__("The style bot works in servers only: please use it in a server that has added it.")
+
+
 _REFUSAL_REASONS: tuple[tuple[type[Exception], str], ...] = (
     (UserLimitReached, "user_limit"), (ServerLimitReached, "server_limit"), (LineFull, "line_full"),
     (NotAccepting, "not_accepting"), (WorkersUnavailable, "workers_down"), (StorageUnavailable, "storage"),
     (ChannelNotAllowed, "channel"), (PresetNotAllowed, "preset"), (QuotaReached, "quota"), (ChecksBusy, "busy"),
+    (NotInServer, "not_in_server"),
 )
 
 
@@ -71,6 +81,14 @@ def refusal_reason(exc: Exception) -> str:
     if own:
         return own
     return next((label for kind, label in _REFUSAL_REASONS if isinstance(exc, kind)), "invalid_upload")
+
+
+def servers_only(command: CommandT) -> CommandT:
+    """Installable to servers and usable in them only: in a DM or through a member's own
+    install no server's rules or quota would apply."""
+    command.allowed_contexts = app_commands.AppCommandContext(guild=True, dm_channel=False, private_channel=False)
+    command.allowed_installs = app_commands.AppInstallationType(guild=True, user=False)
+    return command
 
 
 def may_cancel(interaction: discord.Interaction, job: Job) -> bool:
@@ -202,8 +220,7 @@ class StyleCommands:
         self.metrics = metrics
         self.settings = settings if settings is not None else ServerSettings(config.limits, store)
         limits = config.limits
-        self.checker = checker if checker is not None else UploadChecker(
-            workers=limits.checks_at_once, waiting_max=limits.checks_waiting, timeout_s=limits.check_timeout_s)
+        self.checker = checker if checker is not None else UploadChecker.from_limits(limits)
 
     def register(self, tree: app_commands.CommandTree) -> None:
         presets = self.config.engine.presets
@@ -262,9 +279,10 @@ class StyleCommands:
         async def stylize_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
             await answer_error(interaction, error)
 
-        tree.add_command(stylize)
-        tree.add_command(StylebotGroup(self))
-        tree.add_command(SettingsGroup(self.settings, self.config.limits, lambda: self.scheduler.per_guild_waiting))
+        tree.add_command(servers_only(stylize))
+        tree.add_command(servers_only(StylebotGroup(self)))
+        tree.add_command(servers_only(SettingsGroup(self.settings, self.config.limits,
+                                                    lambda: self.scheduler.per_guild_waiting)))
 
     # -- starting a job (/stylize, the buttons under a result, the message commands)
 
@@ -274,12 +292,16 @@ class StyleCommands:
         its status message (as a reply to ``reply_to`` when given). The interaction has been
         deferred (ephemeral); every refusal is answered privately. Returns the job, or None."""
         try:
+            if interaction.guild_id is None:  # the commands are for servers only: no rules or quota elsewhere
+                raise NotInServer()
             request.preset = self._check_rules(interaction, request.preset)
             await self.settings.check_quota(interaction.guild_id, interaction.user.id)
-            async with self.checker.admit(interaction.user.id, interaction.guild_id) as admission:
-                pictures = await gather(admission)
-            job = self._new_job(interaction, request, pictures)
-            await self._accept(job)
+            # The request keeps its place in line while it waits its turn to be checked.
+            with self.scheduler.hold(interaction.user.id, interaction.guild_id) as hold:
+                async with self.checker.admit(interaction.user.id, interaction.guild_id) as admission:
+                    pictures = await gather(admission)
+                job = self._new_job(interaction, request, pictures)
+                await self._accept(job, hold)
         except (UploadProblem, Refused) as exc:
             log.info("stylize refused", extra={"user_id": interaction.user.id, "guild_id": interaction.guild_id,
                                            "reason": str(exc), "why": refusal_reason(exc), "remix": request.remix})
@@ -330,13 +352,17 @@ class StyleCommands:
             default = self.config.engine.default_preset
             preset = default if default in allowed else allowed[-1]
         self.settings.check_preset(guild_id, preset)
-        self.scheduler.check(interaction.user.id, guild_id)
         return preset
 
-    async def _accept(self, job: Job) -> None:
-        """Record ``job`` (with its pictures), then put it in line; raises Refused."""
+    async def _accept(self, job: Job, hold: Hold) -> None:
+        """Record ``job`` (with its pictures), then put it in line in the place ``hold`` kept; raises Refused."""
         try:
             await self.ledger.accept(job, daily_limit=self.settings.daily_limit(job.guild_id))
+        except ServerSpoolFull as exc:
+            log.warning("server's spool share full; refusing a job", extra={
+                "job_id": job.job_id, "guild_id": exc.guild_id, "used": exc.used, "share": exc.share})
+            raise StorageUnavailable("This server's share of the bot's storage is full of jobs still waiting. "
+                                     "Please try again once some of them have finished.") from None
         except SpoolFull:
             log.warning("spool full; refusing a job", extra={"job_id": job.job_id})
             raise StorageUnavailable("The bot's storage for waiting jobs is full right now. "
@@ -346,7 +372,7 @@ class StyleCommands:
             raise StorageUnavailable("The bot cannot record new jobs right now (the operator can see why in "
                                      "its logs). Please try again later.") from None
         try:
-            self.scheduler.submit(job)  # the line may have filled while the pictures were written
+            self.scheduler.submit(job, hold)  # the line may have closed while the pictures were written
         except Refused:
             await self.ledger.discard(job)
             raise
@@ -375,6 +401,10 @@ class StyleCommands:
         return dict(max_bytes=limits.max_upload_bytes, max_pixels=limits.max_pixels,
                     max_aspect=limits.max_aspect_ratio)
 
+    def prepare_checks(self) -> dict[str, float]:
+        """:meth:`upload_checks` and the side a picture is kept at."""
+        return {**self.upload_checks(), "side": self.config.engine.picture_side}
+
     async def _gather_upload(self, interaction: discord.Interaction, admission: Admission, request: JobRequest,
                              content: discord.Attachment, style: tuple[discord.Attachment | None, str | None],
                              style2: tuple[discord.Attachment | None, str | None]) -> Pictures:
@@ -396,38 +426,42 @@ class StyleCommands:
                 raise UploadProblem(f"Please attach a style image with the `style` option{hint}. (Or save one: "
                                     "on any message with a picture, Apps → \"Use as my style\".)")
             request.notes.append(f"🎨 Using your saved style `{render.clip(saved[0], 80)}`.")
-        try:  # a task group: when one download fails, the others stop too
+        try:  # a task group: when one download or check fails, the others stop too
             async with asyncio.TaskGroup() as group:
-                content_task = group.create_task(self._download(admission, content, "content image"))
-                style_task = group.create_task(self.style_bytes(admission, *style, "style image", saved))
-                style2_task = group.create_task(self.style_bytes(admission, *style2, "second style image", None))
+                content_task = group.create_task(self._content_picture(admission, content))
+                style_task = group.create_task(self.style_picture(admission, *style, "style image", saved))
+                style2_task = group.create_task(self.style_picture(admission, *style2, "second style image", None))
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
-        (style_bytes, style_label), (style2_bytes, style2_label) = style_task.result(), style2_task.result()
-        await admission.check("content image", content.filename, content_task.result(), **checks)
-        for label, name, data in (("style image", style_label, style_bytes),
-                                  ("second style image", style2_label, style2_bytes)):
-            if data:
-                await self.check_style(admission, label, name, data)
-        return Pictures(content_task.result(), style_bytes, style_label, style2_bytes, style2_label or None)
+        (style_png, style_label), (style2_png, style2_label) = style_task.result(), style2_task.result()
+        return Pictures(content_task.result(), style_png, style_label, style2_png, style2_label or None)
 
-    async def check_style(self, admission: Admission, label: str, name: str, data: bytes) -> None:
-        """Check a style picture; the library's files and saved styles, checked at their own
-        size, may be over the upload limit."""
-        checks = self.upload_checks()
-        await admission.check(label, name, data, **{**checks, "max_bytes": max(checks["max_bytes"], len(data))})
+    async def _content_picture(self, admission: Admission, attachment: discord.Attachment) -> bytes:
+        data = await self._download(admission, attachment, "content image")
+        return await admission.prepare("content image", attachment.filename, data, **self.prepare_checks())
+
+    async def prepare_style(self, admission: Admission, label: str, name: str, data: bytes) -> bytes:
+        """A style picture as the bot keeps it; the library's files, checked at their own size,
+        may be over the upload limit."""
+        checks = self.prepare_checks()
+        return await admission.prepare(label, name, data, **{**checks, "max_bytes": max(checks["max_bytes"],
+                                                                                        len(data))})
 
     def _download(self, admission: Admission, attachment: discord.Attachment, label: str) -> Awaitable[bytes]:
         return admission.download(attachment.url, label, attachment.filename, self.config.limits.max_upload_bytes)
 
-    async def style_bytes(self, admission: Admission, attachment: discord.Attachment | None, library_name: str | None,
-                           label: str, saved: tuple[str, bytes] | None) -> tuple[bytes, str]:
-        """One style's picture and label: the attachment first, then the library, then ``saved``."""
+    async def style_picture(self, admission: Admission, attachment: discord.Attachment | None,
+                            library_name: str | None, label: str, saved: tuple[str, bytes] | None) -> tuple[bytes, str]:
+        """One style as the bot keeps it (PNG) and its label: the attachment first, then the
+        library, then ``saved`` (kept as PNG when it was saved); ``b""`` for none."""
         if attachment is not None:
-            return await self._download(admission, attachment, label), attachment.filename
+            data = await self._download(admission, attachment, label)
+            return await self.prepare_style(admission, label, attachment.filename, data), attachment.filename
         if library_name:
             entry = self.library.get(library_name)
-            return await self.library.read(library_name), entry.title if entry is not None else library_name
+            title = entry.title if entry is not None else library_name
+            data = await self.library.read(library_name)
+            return await self.prepare_style(admission, label, title, data), title
         if saved is not None:
             return saved[1], saved[0]
         return b"", ""

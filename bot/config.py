@@ -153,6 +153,11 @@ class EngineConfig:
     presets: Annotated[dict[str, PresetConfig], BeforeValidator(_merge_presets)] = field(
         default_factory=_default_presets)
 
+    @property
+    def picture_side(self) -> int:
+        """The longer side an upload is kept at: what the largest preset needs (a remix may be Sharper)."""
+        return min(self.max_size, max(p.size for p in self.presets.values()))
+
 
 @with_config(_TABLE)
 @dataclass(frozen=True)
@@ -190,7 +195,11 @@ class LimitsConfig:
     # Checking uploads (decoding them) runs on a small pool of its own, bounded in number and time:
     checks_at_once: Annotated[Whole, Field(ge=1, le=16)] = 2  # uploads decoded at the same time
     checks_waiting: Annotated[Whole, Field(ge=1)] = 16  # requests downloaded or checked at once (running ones included)
-    check_timeout_s: Annotated[Number, Field(ge=1.0)] = 20.0  # one request's checks, waiting included
+    check_timeout_s: Annotated[Number, Field(ge=1.0)] = 20.0  # one request's checks, from its turn, waiting included
+    # Each server's share of the checks' CPU time: this many seconds within check_window_s; a server
+    # past it waits (others go first, always) and its requests are refused once their time runs out.
+    check_share_s: Annotated[Number, Field(gt=0.0)] = 30.0
+    check_window_s: Annotated[Number, Field(ge=1.0)] = 300.0
 
 
 @with_config(_TABLE)
@@ -209,6 +218,10 @@ class StorageConfig:
     # a delivered job's pictures stay this long for the buttons under its result (counted in
     # spool_max_mb; the oldest go first when a new job needs the room); 0: no remix buttons
     reuse_hours: Annotated[Number, Field(ge=0.0)] = 24.0
+    # the part of spool_max_mb one server may hold (its jobs' pictures and its members' saved
+    # styles); over it, the server's own oldest kept pictures go first, then it is refused.
+    # 1: no limit per server
+    server_share: Annotated[Number, Field(ge=0.01, le=1.0)] = 0.1
 
     @property
     def state_dir(self) -> Path:

@@ -199,6 +199,7 @@ class Ledger:
         self.store = store
         self.watcher = watcher
         self.clock = clock
+        self._stripped: set[str] = set()  # results on their way whose original was deleted
 
     # -- the one place a state changes
 
@@ -281,6 +282,8 @@ class Ledger:
             self._note(job, remove_files=True, state=job.state.value, cancelled_by=job.cancelled_by,
                        failure=event.reason, failure_kind=event.kind, finished_at=job.finished_at,
                        interaction_token="")
+            if job.cancelled_by != job.user_id and self.store is not None:
+                self.store.note_refund(job.job_id)  # a moderator's cancel does not use up the member's quota
         else:
             self._move(job, JobState.FAILED)  # recorded at once, so a restart does not run it again
             self._note(job, remove_files=True, state=job.state.value, failure=event.reason,
@@ -326,12 +329,24 @@ class Ledger:
         self._move(job, JobState.DELIVERED if delivered else JobState.NOTIFIED)
         job.route, job.message_id = route, message_id
         now = self.clock()
-        keep = delivered and self.store is not None and self.store.reuse_s > 0
+        keep = delivered and self.store is not None and self.store.reuse_s > 0 and job.job_id not in self._stripped
+        self._stripped.discard(job.job_id)
         job.kept_until = now + self.store.reuse_s if keep and self.store is not None else None
         if self.store is not None:
             await self.store.update(job.job_id, remove_files=not keep, state=job.state.value, route=route,
                                     message_id=message_id, delivered_at=now, interaction_token="",
                                     kept_until=job.kept_until)
+
+    async def strip(self, job: Job) -> None:
+        """A result on its way (done or delivering) whose original was deleted: it is sent
+        without before | after and keeps no pictures once delivered."""
+        self._stripped.add(job.job_id)
+        job.compare = False
+        if self.store is not None:
+            await self.store.update(job.job_id, compare=0)
+
+    def stripped(self, job: Job) -> bool:
+        return job.job_id in self._stripped
 
     async def forget_pictures(self, job: Job) -> None:
         """A delivered job's kept pictures go now (its result was deleted): no more remixes."""
@@ -340,8 +355,11 @@ class Ledger:
             await self.store.update(job.job_id, remove_files=True, kept_until=None)
 
     async def unsent(self, job: Job) -> None:
-        """Every route refused for good."""
+        """Every route refused for good. An undeliverable job's inputs go at once (no one can
+        remix a result they never got); its result stays in the spool until the retention, or
+        until the room is needed (the store may drop it then)."""
         self._move(job, JobState.UNDELIVERABLE if job.state in (JobState.DONE, JobState.DELIVERING)
                    else JobState.UNNOTIFIED)
         if self.store is not None:
-            await self.store.update(job.job_id, state=job.state.value, interaction_token="")
+            await self.store.update(job.job_id, remove_inputs=job.state is JobState.UNDELIVERABLE,
+                                    state=job.state.value, interaction_token="")

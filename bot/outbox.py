@@ -191,7 +191,7 @@ class Outbox:
         summary = event.summary
         limit = job.upload_limit
         compare: tuple[bytes, str] | None = None
-        if before:
+        if before and not self.ledger.stripped(job):  # stripped: its original was deleted meanwhile
             try:  # at most a third of the upload budget; the result comes first
                 compare = await asyncio.to_thread(pictures.before_after_png, before, event.image_png, limit // 3)
                 limit -= len(compare[0])

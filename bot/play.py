@@ -27,12 +27,12 @@ from discord import app_commands
 from nst_core.errors import ImageError
 
 from . import pictures, render
-from .commands import JobRequest, Pictures, may_cancel
+from .commands import JobRequest, Pictures, may_cancel, servers_only
 from .scheduler import Refused
 from .errors import answer_error
-from .jobs import Job
-from .remix import MIN_STRENGTH, REMIXES, DoublePress, RemixRefused, next_preset, remix
-from .store import PicturesGone, SpoolFull, StoreError
+from .jobs import Job, JobState
+from .remix import MIN_STRENGTH, REMIXES, TOWARDS_ORIGINAL, DoublePress, RemixRefused, next_preset, remix
+from .store import PicturesGone, ServerSpoolFull, SpoolFull, StoreError
 from .uploads import ACCEPTED_TYPES, IMAGE_SUFFIXES, Admission, UploadProblem, check_attachment, discord_media_url
 from .views import SAVED_STYLE_VALUE, StylePicker, result_view
 
@@ -102,7 +102,7 @@ class Play:
             menu = app_commands.ContextMenu(name=name, callback=callback)
             menu.guild_only = True
             menu.error(self._error)
-            tree.add_command(menu)
+            tree.add_command(servers_only(menu))
 
     async def _error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         await answer_error(interaction, error)
@@ -190,6 +190,13 @@ class Play:
             raise UploadProblem("The bot cannot read this result's pictures right now. Please try again later.") \
                 from None
 
+    async def _origin(self, job: Job) -> Job:
+        """The first job of ``job``'s lineage: the one whose requester supplied the original picture
+        (when a record on the way was purged, the oldest one still known)."""
+        store = self.commands.store
+        lineage = await store.lineage(job.job_id) if store is not None else [job]
+        return lineage[-1] if lineage else job
+
     async def _remix(self, interaction: discord.Interaction, action: str, parent: Job) -> Job | None:
         commands = self.commands
         try:
@@ -198,8 +205,20 @@ class Play:
         except RemixRefused as exc:
             await interaction.followup.send(str(exc), ephemeral=True)
             return None
+        if action in TOWARDS_ORIGINAL:
+            # Less style and Colours take a picture back towards the photo it was made from: the
+            # owner's (or a moderator's) choice. Anyone else's remix is at least as stylised as posted.
+            origin = await self._origin(parent)
+            if not may_cancel(interaction, origin) and (action == "colours" or
+                                                        settings.strength < origin.params.strength):
+                await interaction.followup.send(
+                    "That would take the picture back towards the original photo, so only the member who supplied "
+                    "it (or a moderator of this channel) can do it. Try 🎲 Again or ➕ More style.", ephemeral=True)
+                return None
+        # Before | after shows the original: only for its owner's own remixes, never inherited by others.
         request = JobRequest(settings.preset, settings.strength, settings.preserve_colors, settings.seed,
-                             blend=parent.blend if parent.style2_label else None, compare=parent.compare,
+                             blend=parent.blend if parent.style2_label else None,
+                             compare=parent.compare and interaction.user.id == parent.user_id,
                              parent=parent, remix=action)
 
         async def gather(admission: Admission) -> Pictures:
@@ -212,9 +231,7 @@ class Play:
     async def _compare(self, interaction: discord.Interaction, parent: Job) -> None:
         # The content picture was the requester's alone (their /stylize was private): before |
         # after shows it only to whoever supplied it first, or to a moderator of the channel.
-        store = self.commands.store
-        lineage = await store.lineage(parent.job_id) if store is not None else [parent]
-        origin = lineage[-1]
+        origin = await self._origin(parent)
         if origin.parent_id is not None or not may_cancel(interaction, origin):
             await interaction.followup.send("Before | after shows the original picture, so only the member who "
                                             "supplied it (or a moderator of this channel) can see it.",
@@ -251,12 +268,21 @@ class Play:
             await interaction.followup.send("The bot could not delete that message (it may lack the permission "
                                             "here).", ephemeral=True)
             return
-        # Deleted means no remixes from it either, nor from its remixes (they hold the same original).
-        await self.commands.ledger.forget_pictures(parent)
-        for child_id in await self.commands.store.descendants(job_id):
-            child = await self.commands.store.get(child_id)
-            if child is not None and child.kept_until is not None:
-                await self.commands.ledger.forget_pictures(child)
+        # Deleted means nothing made from it keeps the original either: remixes still in line are
+        # cancelled, results on their way are sent without before | after or kept pictures, and
+        # kept pictures go.
+        commands = self.commands
+        await commands.ledger.forget_pictures(parent)
+        for child_id in await commands.store.descendants(job_id):
+            if await commands.scheduler.cancel(child_id, interaction.user.id):
+                continue
+            child = await commands.store.get(child_id)
+            if child is None:
+                continue
+            if child.state in (JobState.DONE, JobState.DELIVERING):
+                await commands.ledger.strip(child)
+            elif child.kept_until is not None:
+                await commands.ledger.forget_pictures(child)
         log.info("result deleted", extra={"job_id": job_id, "by": interaction.user.id})
         await interaction.followup.send(f"Deleted the result of job `{job_id}`.", ephemeral=True)
 
@@ -304,9 +330,8 @@ class Play:
             saved = await commands.saved_style(interaction)
             if saved is None:
                 raise UploadProblem("Your saved style has expired. Save one again with Apps → \"Use as my style\".")
-        style, label = await commands.style_bytes(admission, None, None if saved else style_value, "style image",
-                                                  saved)
-        await commands.check_style(admission, "style image", label, style)
+        style, label = await commands.style_picture(admission, None, None if saved else style_value, "style image",
+                                                    saved)
         return Pictures(content, style, label)
 
     async def _fetch(self, admission: Admission, picture: MessagePicture, label: str) -> bytes:
@@ -314,8 +339,7 @@ class Play:
         check_attachment(label, picture.filename, picture.content_type, picture.size or 0, picture.width,
                          picture.height, **checks)
         data = await admission.download(picture.url, label, picture.filename, int(checks["max_bytes"]))
-        await admission.check(label, picture.filename, data, **checks)
-        return data
+        return await admission.prepare(label, picture.filename, data, **self.commands.prepare_checks())
 
     async def use_as_style(self, interaction: discord.Interaction, message: discord.Message) -> None:
         picture = self._picture(message)
@@ -332,6 +356,13 @@ class Play:
             await store.save_style(interaction.guild_id, interaction.user.id, picture.filename, data, SAVED_STYLE_S)
         except (UploadProblem, Refused) as exc:
             await interaction.followup.send(str(exc), ephemeral=True)
+            return
+        except ServerSpoolFull as exc:
+            text = ("That picture is too large to keep as a style in this server. Please use a smaller one."
+                    if exc.needed > exc.share else
+                    "This server's share of the bot's storage is full right now, so the style was not saved. "
+                    "Please try again later.")
+            await interaction.followup.send(text, ephemeral=True)
             return
         except SpoolFull:
             await interaction.followup.send("The bot's storage is full right now, so the style was not saved. "

@@ -17,11 +17,12 @@ from typing import Callable, Sequence
 
 from nst_core.params import StylizeParams
 
-__all__ = ["REMIXES", "ACTIONS", "STRENGTH_STEP", "MIN_STRENGTH", "RemixRefused", "Remix", "remix", "next_preset",
+__all__ = ["REMIXES", "ACTIONS", "TOWARDS_ORIGINAL", "STRENGTH_STEP", "MIN_STRENGTH", "RemixRefused", "Remix", "remix", "next_preset",
            "DoublePress"]
 
 REMIXES = ("again", "more", "less", "colours", "sharper")  # buttons that make a new job
 ACTIONS = REMIXES + ("compare", "delete")
+TOWARDS_ORIGINAL = ("less", "colours")  # remixes that take a picture back towards its original photo
 STRENGTH_STEP = 1.5
 MIN_STRENGTH = 0.1  # below this the style hardly shows; "Less style" stops here
 

@@ -24,7 +24,7 @@ from .jobs import Job, JobState
 from .line import DurationStats, FairLine, estimate_start
 
 __all__ = [
-    "Scheduler", "JobListener", "Refused", "UserLimitReached", "ServerLimitReached", "LineFull", "NotAccepting",
+    "Scheduler", "Hold", "JobListener", "Refused", "UserLimitReached", "ServerLimitReached", "LineFull", "NotAccepting",
     "WorkersUnavailable", "WORKERS_DOWN_NOTE", "LineStatus", "GuildLine",
 ]
 
@@ -41,8 +41,8 @@ class UserLimitReached(Refused):
     def __init__(self, waiting: int) -> None:
         self.waiting = waiting
         jobs = "job" if waiting == 1 else "jobs"
-        super().__init__(f"You already have {waiting} {jobs} waiting. Please wait until one of them starts "
-                         "(or cancel one) before adding another.")
+        super().__init__(f"You already have {waiting} {jobs} waiting (or being checked). Please wait until one of "
+                         "them starts (or cancel one) before adding another.")
 
 
 class ServerLimitReached(Refused):
@@ -76,6 +76,25 @@ WORKERS_DOWN_NOTE = "The workers could not start; this job will run as soon as t
 
 
 # --------------------------------------------------------------------------- scheduler
+
+
+class Hold:
+    """A place in line kept for a request whose pictures are being checked."""
+
+    def __init__(self, scheduler: "Scheduler", user_id: int, guild_id: int | None) -> None:
+        self.scheduler = scheduler
+        self.user_id = user_id
+        self.guild_id = guild_id
+
+    def release(self) -> None:
+        if self in self.scheduler._held:
+            self.scheduler._held.remove(self)
+
+    def __enter__(self) -> "Hold":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 class JobListener(Protocol):
@@ -148,6 +167,7 @@ class Scheduler:
         self._handles: dict[str, JobHandle] = {}
         self._followers: dict[str, asyncio.Task] = {}
         self._announced: dict[str, tuple[int, float | None, str | None]] = {}
+        self._held: list[Hold] = []  # requests being checked: places in line they will take
 
     # -- queries
 
@@ -208,22 +228,35 @@ class Scheduler:
     # -- admission
 
     def check(self, user_id: int, guild_id: int | None) -> None:
-        """Raise :class:`Refused` if ``user_id`` may not add a job in ``guild_id`` now (cheap; call it early)."""
+        """Raise :class:`Refused` if ``user_id`` may not add a job in ``guild_id`` now (cheap; call it
+        early). Requests still being checked (:meth:`hold`) count as the places they will take."""
         if not self.accepting:
             raise NotAccepting(self.refusal)
         if self.workers_down:
             raise WorkersUnavailable()
-        waiting = self.line.waiting_of(user_id)
+        waiting = self.line.waiting_of(user_id) + sum(1 for h in self._held if h.user_id == user_id)
         if waiting >= self.per_user_waiting:
             raise UserLimitReached(waiting)
-        if len(self.line) >= self.queue_max:
-            raise LineFull(len(self.line), self._estimate(self.line.order()))
-        in_guild = self.line.waiting_in(guild_id)
+        if len(self.line) + len(self._held) >= self.queue_max:
+            raise LineFull(len(self.line) + len(self._held), self._estimate(self.line.order()))
+        in_guild = self.line.waiting_in(guild_id) + sum(1 for h in self._held if h.guild_id == guild_id)
         if in_guild >= self.per_guild_waiting:
             raise ServerLimitReached(in_guild)
 
-    def submit(self, job: Job) -> None:
-        """Put ``job`` in line (or straight on a worker); raises :class:`Refused`."""
+    def hold(self, user_id: int, guild_id: int | None) -> "Hold":
+        """Keep a place in line for a request while its pictures are checked (raises
+        :class:`Refused` as :meth:`check` does). Its job goes in with ``submit(job, hold)``;
+        a request that ends without one releases the hold (a ``with`` block does)."""
+        self.check(user_id, guild_id)
+        hold = Hold(self, user_id, guild_id)
+        self._held.append(hold)
+        return hold
+
+    def submit(self, job: Job, hold: "Hold | None" = None) -> None:
+        """Put ``job`` in line (or straight on a worker); raises :class:`Refused`. ``hold``: the
+        place kept for it while its pictures were checked, taken now."""
+        if hold is not None:
+            hold.release()
         self.check(job.user_id, job.guild_id)
         if job.job_id in self._jobs:
             raise ValueError(f"job {job.job_id} is already known")

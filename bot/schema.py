@@ -4,7 +4,10 @@ Version 1: jobs. Version 2: per-server settings and the daily quota's count. Ver
 lifecycle (:mod:`bot.jobs`): the old ``queued`` state and a failed job's ``notice`` column
 (pending, sending, sent, unsent) folded into ``state``. Version 4: playing with results: a
 job's parent (the result whose button made it) and second style, how long a delivered job's
-pictures are kept for remixes, and members' saved styles.
+pictures are kept for remixes, and members' saved styles. Version 5: the bytes each job's spool
+folder and each saved style hold, so one server's part of the spool is a cheap sum (its share,
+:class:`bot.store.JobStore`'s ``server_share``). An older database gets the columns at 0; the
+store fills them from the files on disk when it opens (it measures the spool at every open).
 """
 
 from __future__ import annotations
@@ -50,9 +53,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     remix TEXT,                              -- that button: again, more, less, colours, sharper
     style2_label TEXT,                       -- a second, blended style (NULL: one style)
     compare INTEGER NOT NULL DEFAULT 0,      -- the result also shows "before | after"
-    kept_until REAL                          -- delivered: pictures kept in the spool until then
+    kept_until REAL,                         -- delivered: pictures kept in the spool until then
+    -- version 5
+    spool_bytes INTEGER NOT NULL DEFAULT 0   -- bytes in the job's spool folder (inputs, result)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS jobs_guild_bytes ON jobs (guild_id, spool_bytes);  -- a server's part of the spool
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- version 2: per-server settings and the daily quota's count
 CREATE TABLE IF NOT EXISTS guild_settings (
@@ -77,13 +83,17 @@ CREATE TABLE IF NOT EXISTS saved_styles (
     label TEXT NOT NULL,                     -- the picture's file name, for messages
     saved_at REAL NOT NULL,
     expires_at REAL NOT NULL,
+    bytes INTEGER NOT NULL DEFAULT 0,        -- version 5: the picture's size in the spool
     PRIMARY KEY (guild_id, user_id)
 );
 """
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Version 4: columns added to the jobs table of an older database.
 JOBS_COLUMNS_4 = (("parent_id", "TEXT"), ("remix", "TEXT"), ("style2_label", "TEXT"),
                   ("compare", "INTEGER NOT NULL DEFAULT 0"), ("kept_until", "REAL"))
+# Version 5: columns added to older tables (the sizes are filled in by the store when it opens).
+JOBS_COLUMNS_5 = (("spool_bytes", "INTEGER NOT NULL DEFAULT 0"),)
+SAVED_STYLES_COLUMNS_5 = (("bytes", "INTEGER NOT NULL DEFAULT 0"),)
 # Version 3: one lifecycle. Old states (and a failed job's notice column) to new states.
 MIGRATE_TO_3 = """
 UPDATE jobs SET state = 'waiting' WHERE state = 'queued';
@@ -97,18 +107,26 @@ UPDATE jobs SET state = CASE notice WHEN 'sending' THEN 'notifying' WHEN 'sent' 
 def upgrade(db: sqlite3.Connection) -> None:
     """Create what is missing and bring an older database's records to this version."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version and version < 4:  # CREATE TABLE IF NOT EXISTS leaves an old table as it is
-        have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-        for name, kind in JOBS_COLUMNS_4:
-            if name not in have:
-                db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
-    db.executescript(SCHEMA)
+    if version and version < SCHEMA_VERSION:  # CREATE TABLE IF NOT EXISTS leaves an old table as it is
+        _add_columns(db, "jobs", JOBS_COLUMNS_4 + JOBS_COLUMNS_5)
+        _add_columns(db, "saved_styles", SAVED_STYLES_COLUMNS_5)
+    db.executescript(SCHEMA)  # after the columns: its indexes may name new ones
     if version < 3:
         with transaction(db):
             for statement in MIGRATE_TO_3.split(";"):
                 if statement.strip():
                     db.execute(statement)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def _add_columns(db: sqlite3.Connection, table: str, columns: tuple[tuple[str, str], ...]) -> None:
+    """Add the ``columns`` an older ``table`` lacks (a table not there yet is created whole by SCHEMA)."""
+    have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    if not have:
+        return
+    for name, kind in columns:
+        if name not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 class transaction:

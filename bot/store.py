@@ -12,15 +12,24 @@ the only caller that changes it). What the store itself guarantees:
   a restart is looked for in the channel, not blindly sent again (:mod:`bot.recovery`).
 * A job's files are removed once it failed or was cancelled. A delivered job's pictures
   (inputs and result) stay ``reuse_s`` longer, for the buttons under its result, and count in
-  the spool's size limit; when a new job would not fit, the oldest of them go first. The
-  records of ended jobs (and the files of undeliverable results) are removed after
-  ``retention_hours``.
+  the spool's size limit. A result that could not be delivered loses its inputs at once; its
+  result stays until ``retention_hours`` (with the job's record), or until the room is needed.
 * A member's saved style ("Use as my style") is one picture per member and server, kept in
   ``<spool>/saved/`` until it expires.
+* Room in the spool: each server may hold ``server_share`` of ``spool_max_bytes`` (jobs'
+  files and saved styles; the record of each holds its bytes, so a server's part is one sum).
+  Files no one is owed (kept pictures, undeliverable results, saved styles) are *evictable*.
+  A new job or saved style over its server's share first pushes out that server's own
+  evictable files, oldest first, and is refused (:class:`ServerSpoolFull`) when even all of
+  them would not make room; then, over ``spool_max_bytes``, evictable files of any server go,
+  oldest first, and :class:`SpoolFull` when that is not enough. Work still owed (waiting,
+  running, results to send) is never pushed out. So one server can never fill the spool for
+  the others with files it keeps there.
 
 Version 3 of the schema folds the old ``queued`` state and the failure notice's own column
-(``notice``: pending, sending, sent, unsent) into the lifecycle; :meth:`JobStore.open`
-upgrades an older database in place.
+(``notice``: pending, sending, sent, unsent) into the lifecycle; version 5 records each job's and
+saved style's bytes. :meth:`JobStore.open` upgrades an older database in place, and measures the
+spool at every open (so the recorded sizes match the files even after a crash between the two).
 
 SQLite runs on a thread of its own (stdlib :mod:`sqlite3`, ``synchronous=FULL`` in WAL
 mode), never on the event loop. Calls run in the order they were made, so a
@@ -47,7 +56,7 @@ from .schema import transaction, upgrade
 from .settings import QUOTA_WINDOW_S, GuildSettings, QuotaReached
 from .spool import chmod, remove, tree_size, write_file
 
-__all__ = ["JobStore", "StoreError", "SpoolFull", "PicturesGone"]
+__all__ = ["JobStore", "StoreError", "SpoolFull", "ServerSpoolFull", "PicturesGone"]
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +65,42 @@ T = TypeVar("T")
 _STATES = frozenset(s.value for s in JobState)
 _OPEN = ", ".join(f"'{s.value}'" for s in OPEN_STATES)  # work or a message still owed
 _ENDED = ", ".join(f"'{s.value}'" for s in JobState if s.ended)
-# Spool folders kept: inputs of jobs still to run, results still to send (or kept for the operator).
+# Spool folders kept: inputs of jobs still to run, results still to send, and the result of an
+# undeliverable job (its inputs are dropped when it becomes undeliverable; the result is evictable
+# and goes with the record at the retention). Kept pictures of delivered jobs: kept_until.
 _KEEP_FILES = ", ".join(f"'{s.value}'" for s in (JobState.WAITING, JobState.RUNNING, JobState.DONE,
                                                 JobState.DELIVERING, JobState.UNDELIVERABLE))
+_UNDELIVERABLE = JobState.UNDELIVERABLE.value
 
 _USAGE_KEPT_S = 86400.0  # the quota counts the last 24 hours
 
 _UPDATABLE = frozenset({
     "state", "status_message_id", "position", "attempts", "restarts", "started_at", "finished_at", "worker",
     "failure", "failure_kind", "cancelled_by", "route", "message_id", "delivered_at",
-    "interaction_token", "kept_until",
+    "interaction_token", "kept_until", "compare",
 })
 
 _CONTENT, _STYLE, _STYLE2 = "content.img", "style.img", "style2.img"
+_INPUTS = (_CONTENT, _STYLE, _STYLE2)
 _RESULT, _RESULT_META = "result.png", "result.json"
 _SAVED = "saved"  # the spool's folder of members' saved styles (job folders are named by hex ids)
-SAVED_SHARE = 0.1  # the part of spool_max_bytes that saved styles may use together
+
+# Files that may be dropped to make room (no work or message is owed for them), in the order
+# they go: first what was left of results that could not be delivered (no one can get them any
+# more), then kept pictures of delivered jobs and saved styles together. Within each, oldest
+# first by the time the files were set aside: the undeliverable job's updated_at (when it was
+# given up), the delivered job's delivered_at, the saved style's saved_at.
+# Columns: tier, at, job_id (NULL: a saved style), user_id (saved style), guild_id, bytes.
+_EVICTABLE = f"""
+    SELECT 0 AS tier, updated_at AS at, job_id, NULL AS user_id, guild_id, spool_bytes AS bytes FROM jobs
+        WHERE state = '{_UNDELIVERABLE}' AND spool_bytes > 0
+    UNION ALL
+    SELECT 1, COALESCE(delivered_at, updated_at), job_id, NULL, guild_id, spool_bytes FROM jobs
+        WHERE kept_until IS NOT NULL AND spool_bytes > 0 AND state NOT IN ({_OPEN})
+    UNION ALL
+    SELECT 1, saved_at, NULL, user_id, guild_id, bytes FROM saved_styles WHERE bytes > 0
+"""
+_EVICTION_ORDER = "ORDER BY tier, at, job_id, user_id"
 
 
 class StoreError(Exception):
@@ -82,6 +111,21 @@ class SpoolFull(StoreError):
     """The spool holds more than ``storage.spool_max_mb``."""
 
 
+class ServerSpoolFull(SpoolFull):
+    """One server holds its whole share of the spool (``storage.server_share``) in files that
+    cannot be dropped (work still waiting or owed), so it cannot take ``needed`` more bytes.
+    Other servers are not refused because of it."""
+
+    def __init__(self, guild_id: int | None, used: int, needed: int, share: int, fraction: float) -> None:
+        self.guild_id = guild_id  # None: jobs without a server, which share one bucket
+        self.used = used  # bytes the server holds in the spool now
+        self.needed = needed  # bytes the refused job or saved style needed
+        self.share = share  # bytes the server may hold: fraction of the spool's cap
+        self.fraction = fraction
+        super().__init__(f"server {guild_id} holds {used} bytes of the spool; {needed} more would pass its share "
+                         f"of {share} bytes ({fraction:g} of the spool)")
+
+
 class PicturesGone(StoreError):
     """A delivered job's pictures are no longer kept (``reuse_s`` passed, or room was needed)."""
 
@@ -90,11 +134,16 @@ class JobStore:
     """Jobs in SQLite at ``db_path``, their files under ``spool_dir``; use from one event loop."""
 
     def __init__(self, db_path: str | Path, spool_dir: str | Path, *, spool_max_bytes: int = 2 << 30,
-                 retention_s: float = 7 * 86400.0, reuse_s: float = 86400.0,
+                 retention_s: float = 7 * 86400.0, reuse_s: float = 86400.0, server_share: float = 1.0,
                  clock: Callable[[], float] = time.time) -> None:
+        if not 0.0 < server_share <= 1.0:
+            raise ValueError(f"server_share must be more than 0 and at most 1, not {server_share!r}")
         self.db_path = Path(db_path).expanduser()
         self.spool_dir = Path(spool_dir).expanduser()
         self.spool_max_bytes = spool_max_bytes
+        # The part of spool_max_bytes one server may hold (1: no limit of its own; the bot's
+        # setting storage.server_share defaults to 0.1).
+        self.server_share = server_share
         self.retention_s = retention_s
         self.reuse_s = reuse_s  # a delivered job's pictures are kept this long for remixes
         self.clock = clock
@@ -143,6 +192,11 @@ class JobStore:
     def spool_bytes(self) -> int:
         return self._spool_bytes
 
+    @property
+    def server_share_bytes(self) -> int:
+        """The bytes of the spool one server may hold."""
+        return int(self.spool_max_bytes * self.server_share)
+
     def job_dir(self, job_id: str) -> Path:
         if not job_id.isalnum():  # ids are hex; never let one name a path elsewhere
             raise ValueError(f"bad job id {job_id!r}")
@@ -174,16 +228,47 @@ class JobStore:
         upgrade(db)
         self._db = db
         self._remove_stray_files()
-        self._spool_bytes = tree_size(self.spool_dir)
+        self._measure_spool()
 
     def _remove_stray_files(self) -> None:
-        """Spool folders of jobs that were never recorded (a crash mid-accept) or have ended."""
+        """Spool folders of jobs that were never recorded (a crash mid-accept) or have ended, the
+        inputs of undeliverable jobs (a crash before they went, or a database of version 4 or
+        older), and saved style files without a record."""
         keep = {row[0] for row in self.db.execute(
             f"SELECT job_id FROM jobs WHERE state IN ({_KEEP_FILES}) OR kept_until IS NOT NULL")}
         keep.add(_SAVED)
         for entry in self.spool_dir.iterdir():
             if entry.name not in keep:
                 remove(entry)
+        for (job_id,) in self.db.execute("SELECT job_id FROM jobs WHERE state = ?", (_UNDELIVERABLE,)).fetchall():
+            folder = self.job_dir(job_id)
+            for name in _INPUTS:
+                remove(folder / name)
+        saved = self.spool_dir / _SAVED
+        if saved.is_dir():
+            recorded = {self._saved_path(g, u).name for g, u in self.db.execute(
+                "SELECT guild_id, user_id FROM saved_styles")}
+            for entry in saved.iterdir():
+                if entry.name not in recorded:
+                    remove(entry)
+
+    def _measure_spool(self) -> None:
+        """Record the bytes each job's folder and each saved style hold on disk, where the
+        records say otherwise (a database older than version 5, or a crash between a file and
+        its record), and the spool's total."""
+        on_disk = {entry.name: tree_size(entry) for entry in self.spool_dir.iterdir()
+                   if entry.name != _SAVED and entry.is_dir()}
+        recorded = dict(self.db.execute("SELECT job_id, spool_bytes FROM jobs WHERE spool_bytes != 0").fetchall())
+        jobs = [(on_disk.get(j, 0), j) for j in recorded.keys() | on_disk.keys()
+                if on_disk.get(j, 0) != recorded.get(j, 0)]
+        styles = [(size, g, u) for g, u, b in self.db.execute("SELECT guild_id, user_id, bytes FROM saved_styles")
+                  if (size := self._saved_size(g, u)) != b]
+        if jobs or styles:
+            with transaction(self.db):
+                self.db.executemany("UPDATE jobs SET spool_bytes = ? WHERE job_id = ?", jobs)
+                self.db.executemany("UPDATE saved_styles SET bytes = ? WHERE guild_id = ? AND user_id = ?", styles)
+            log.info("spool sizes recorded from the files", extra={"jobs": len(jobs), "saved_styles": len(styles)})
+        self._spool_bytes = tree_size(self.spool_dir)
 
     async def __aenter__(self) -> "JobStore":
         await self.open()
@@ -209,8 +294,9 @@ class JobStore:
     # ------------------------------------------------------------------ accepting
 
     async def accept(self, job: Job, daily_limit: int = 0) -> None:
-        """Record ``job`` as queued with its images; raises :class:`SpoolFull` or :class:`StoreError`,
-        or :class:`~bot.settings.QuotaReached` when its requester already started ``daily_limit``
+        """Record ``job`` as queued with its images; raises :class:`ServerSpoolFull` (its server's
+        share of the spool is full), :class:`SpoolFull` or :class:`StoreError`, or
+        :class:`~bot.settings.QuotaReached` when its requester already started ``daily_limit``
         jobs in its server within 24 hours (0: no limit; counted here, so parallel requests
         cannot slip past it)."""
         try:
@@ -228,7 +314,7 @@ class JobStore:
             if leaves is not None:
                 raise QuotaReached(daily_limit, leaves + QUOTA_WINDOW_S)
         size = len(job.content) + len(job.style) + len(job.style2)
-        self._make_room(size)
+        self._make_room(size, job.guild_id)
         folder = self.job_dir(job.job_id)
         try:
             folder.mkdir(parents=True, exist_ok=False)
@@ -240,11 +326,12 @@ class JobStore:
             cur = self.db.execute(
                 "INSERT INTO jobs (job_id, state, user_id, channel_id, guild_id, application_id, interaction_token, "
                 "token_created_at, upload_limit, params, style_label, preset, created_at, updated_at, parent_id, "
-                "remix, style2_label, compare) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "remix, style2_label, compare, spool_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "?, ?)",
                 (job.job_id, job.state.value, job.user_id, job.channel_id, job.guild_id, job.application_id,
                  job.interaction_token, job.token_created_at, job.upload_limit, json.dumps(job.params.to_dict()),
                  job.style_label, job.preset, job.created_at, now, job.parent_id, job.remix, job.style2_label,
-                 int(job.compare)))
+                 int(job.compare), size))
             if job.guild_id is not None:
                 self.db.execute("INSERT INTO usage (job_id, guild_id, user_id, at) VALUES (?, ?, ?, ?)",
                                 (job.job_id, job.guild_id, job.user_id, now))
@@ -257,20 +344,58 @@ class JobStore:
         self._spool_bytes += size
         return int(cur.lastrowid)
 
-    def _make_room(self, size: int) -> None:
-        """Drop kept pictures of delivered jobs, oldest first, until ``size`` more bytes fit;
-        raises :class:`SpoolFull` when even that is not enough (new work before old remixes)."""
-        if self._spool_bytes + size <= self.spool_max_bytes:
-            return
-        kept = [row[0] for row in self.db.execute(
-            "SELECT job_id FROM jobs WHERE kept_until IS NOT NULL ORDER BY kept_until")]
-        if self._spool_bytes - sum(tree_size(self.job_dir(j)) for j in kept) + size > self.spool_max_bytes:
-            kept = []  # even all of them would not make room: keep them
-        for job_id in kept:
-            self._forget_pictures(job_id)
-            if self._spool_bytes + size <= self.spool_max_bytes:
-                return
-        raise SpoolFull(f"the spool holds {self._spool_bytes} bytes; the cap is {self.spool_max_bytes}")
+    def _make_room(self, size: int, guild_id: int | None) -> None:
+        """Make room for ``size`` more bytes of server ``guild_id`` (None: jobs without a server,
+        one bucket) by dropping evictable files (see _EVICTABLE), oldest first: first the
+        server's own while it would hold more than its share, then anyone's while the spool
+        would hold more than its cap. Raises :class:`ServerSpoolFull` or :class:`SpoolFull`, and
+        drops nothing, when even all of them would not make room (new work before old remixes;
+        nothing is dropped in vain)."""
+        drop: list[sqlite3.Row] = []
+        freed = 0
+        if self.server_share < 1.0:  # 1: one server may fill the spool; the cap below is the rule
+            share, used = self.server_share_bytes, self._server_usage(guild_id)
+            if used + size > share:
+                own = self._evictable("WHERE guild_id IS ?", (guild_id,))
+                if used - sum(row["bytes"] for row in own) + size > share:
+                    raise ServerSpoolFull(guild_id, used, size, share, self.server_share)
+                for row in own:
+                    if used - freed + size <= share:
+                        break
+                    drop.append(row)
+                    freed += row["bytes"]
+        if self._spool_bytes - freed + size > self.spool_max_bytes:
+            chosen = {(row["job_id"], row["guild_id"], row["user_id"]) for row in drop}
+            others = [row for row in self._evictable("", ())
+                      if (row["job_id"], row["guild_id"], row["user_id"]) not in chosen]
+            if self._spool_bytes - freed - sum(row["bytes"] for row in others) + size > self.spool_max_bytes:
+                raise SpoolFull(f"the spool holds {self._spool_bytes} bytes; the cap is {self.spool_max_bytes}")
+            for row in others:
+                if self._spool_bytes - freed + size <= self.spool_max_bytes:
+                    break
+                drop.append(row)
+                freed += row["bytes"]
+        for row in drop:
+            if row["job_id"] is not None:
+                self._forget_pictures(row["job_id"])
+            else:
+                self._forget_style(row["guild_id"], row["user_id"])
+        if drop:
+            log.info("spool room made", extra={"guild_id": guild_id, "dropped": len(drop), "freed_bytes": freed})
+
+    def _evictable(self, where: str, args: tuple) -> list[sqlite3.Row]:
+        return self.db.execute(f"SELECT * FROM ({_EVICTABLE}) {where} {_EVICTION_ORDER}", args).fetchall()
+
+    def _server_usage(self, guild_id: int | None) -> int:
+        jobs = self.db.execute("SELECT COALESCE(SUM(spool_bytes), 0) FROM jobs WHERE guild_id IS ?",
+                               (guild_id,)).fetchone()[0]
+        styles = self.db.execute("SELECT COALESCE(SUM(bytes), 0) FROM saved_styles WHERE guild_id IS ?",
+                                 (guild_id,)).fetchone()[0]
+        return int(jobs) + int(styles)
+
+    async def server_usage(self, guild_id: int | None) -> int:
+        """The bytes server ``guild_id`` holds in the spool: its jobs' files and its saved styles."""
+        return await self._run(self._server_usage, guild_id)
 
     def _forget_pictures(self, job_id: str) -> None:
         self.db.execute("UPDATE jobs SET kept_until = NULL WHERE job_id = ?", (job_id,))
@@ -329,15 +454,17 @@ class JobStore:
 
     # ------------------------------------------------------------------ updates
 
-    def note(self, job_id: str, *, remove_files: bool = False, **fields: Any) -> None:
+    def note(self, job_id: str, *, remove_files: bool = False, remove_inputs: bool = False, **fields: Any) -> None:
         """Record ``fields`` without waiting (ordered before any later call)."""
-        self._submit(self._update, job_id, fields, remove_files)
+        self._submit(self._update, job_id, fields, remove_files, remove_inputs)
 
-    async def update(self, job_id: str, *, remove_files: bool = False, **fields: Any) -> None:
-        """Record ``fields`` and wait until they are on disk; ``remove_files``: the job's spool too."""
-        await self._run(self._update, job_id, fields, remove_files)
+    async def update(self, job_id: str, *, remove_files: bool = False, remove_inputs: bool = False,
+                     **fields: Any) -> None:
+        """Record ``fields`` and wait until they are on disk; ``remove_files``: the job's spool
+        folder too; ``remove_inputs``: only its input pictures (the result stays)."""
+        await self._run(self._update, job_id, fields, remove_files, remove_inputs)
 
-    def _update(self, job_id: str, fields: dict[str, Any], remove_files: bool) -> None:
+    def _update(self, job_id: str, fields: dict[str, Any], remove_files: bool, remove_inputs: bool = False) -> None:
         unknown = set(fields) - _UPDATABLE
         if unknown:
             raise ValueError(f"not a job field: {sorted(unknown)}")
@@ -348,6 +475,8 @@ class JobStore:
         self.db.execute(f"UPDATE jobs SET {names} WHERE job_id = ?", (*fields.values(), job_id))
         if remove_files:
             self._remove_files(job_id)
+        elif remove_inputs:
+            self._remove_inputs(job_id)
 
     def note_restored(self, job_ids: Iterable[str]) -> None:
         """Count a restart against each job and put it back to queued."""
@@ -373,12 +502,16 @@ class JobStore:
         meta = {"summary": event.summary, "notes": list(event.notes), "worker": event.worker,
                 "seconds": event.seconds}
         meta_bytes = json.dumps(meta).encode()
+        before = tree_size(folder)  # a result saved again replaces the first
         write_file(folder / _RESULT, event.image_png)
         write_file(folder / _RESULT_META, meta_bytes)
-        self._spool_bytes += len(event.image_png) + len(meta_bytes)
+        after = tree_size(folder)
+        self._spool_bytes = max(0, self._spool_bytes + after - before)
         # The inputs stay: the buttons under the result remix them (see reuse_s).
-        self._update(job_id, {"state": "done", "finished_at": finished_at or self.clock(), "worker": event.worker},
-                     False)
+        with transaction(self.db):
+            self.db.execute("UPDATE jobs SET spool_bytes = ? WHERE job_id = ?", (after, job_id))
+            self._update(job_id, {"state": "done", "finished_at": finished_at or self.clock(),
+                                  "worker": event.worker}, False)
 
     async def load_result(self, job_id: str) -> Finished:
         return await self._run(self._load_result, job_id)
@@ -440,6 +573,13 @@ class JobStore:
 
     def _remove_files(self, job_id: str) -> None:
         self._spool_bytes = max(0, self._spool_bytes - remove(self.job_dir(job_id)))
+        self.db.execute("UPDATE jobs SET spool_bytes = 0 WHERE job_id = ?", (job_id,))
+
+    def _remove_inputs(self, job_id: str) -> None:
+        """The job's input pictures go; what else its folder holds (a result) stays."""
+        folder = self.job_dir(job_id)
+        self._spool_bytes = max(0, self._spool_bytes - sum(remove(folder / name) for name in _INPUTS))
+        self.db.execute("UPDATE jobs SET spool_bytes = ? WHERE job_id = ?", (tree_size(folder), job_id))
 
     # ------------------------------------------------------------------ reading
 
@@ -493,29 +633,22 @@ class JobStore:
 
     async def save_style(self, guild_id: int, user_id: int, label: str, data: bytes, ttl_s: float) -> float:
         """Keep ``data`` as the member's style in that server for ``ttl_s``; returns when it
-        expires. Replaces an earlier one; raises :class:`SpoolFull` or :class:`StoreError`."""
+        expires. Replaces an earlier one. It counts in the server's share of the spool; raises
+        :class:`ServerSpoolFull` (the server's share is full of files that cannot be dropped, or
+        the picture alone is larger than the share), :class:`SpoolFull` or :class:`StoreError`."""
         return await self._run(self._save_style, guild_id, user_id, label, data, ttl_s)
 
     def _save_style(self, guild_id: int, user_id: int, label: str, data: bytes, ttl_s: float) -> float:
-        # Saved styles share at most SAVED_SHARE of the spool, so saving (free, and possible in
-        # many servers) can never crowd out jobs or kept pictures: the oldest saved ones go first.
+        # A saved style counts in its server's share of the spool, like the server's jobs: saving
+        # (free) in one server pushes out that server's oldest evictable files, never another's
+        # (unless the whole spool is full, as for a job).
         self._forget_style(guild_id, user_id)
-        cap = int(self.spool_max_bytes * SAVED_SHARE)
-        if len(data) > cap:
-            raise SpoolFull(f"a saved style of {len(data)} bytes is over the saved styles' share ({cap})")
-        saved = self.db.execute("SELECT guild_id, user_id FROM saved_styles ORDER BY saved_at").fetchall()
-        in_use = sum(self._saved_size(g, u) for g, u in saved)
-        for g, u in saved:
-            if in_use + len(data) <= cap:
-                break
-            in_use -= self._saved_size(g, u)
-            self._forget_style(g, u)
-        self._make_room(len(data))
+        self._make_room(len(data), guild_id)
         now = self.clock()
         path = self._saved_path(guild_id, user_id)
         with transaction(self.db):  # the record first: a file without one would never be purged
-            self.db.execute("INSERT INTO saved_styles (guild_id, user_id, label, saved_at, expires_at) "
-                            "VALUES (?, ?, ?, ?, ?)", (guild_id, user_id, label, now, now + ttl_s))
+            self.db.execute("INSERT INTO saved_styles (guild_id, user_id, label, saved_at, expires_at, bytes) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", (guild_id, user_id, label, now, now + ttl_s, len(data)))
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 write_file(path, data)

@@ -1,20 +1,25 @@
-"""Taking pictures from strangers: metadata checks, size-limited downloads, bounded decoding.
+"""Taking pictures from strangers: metadata checks, size-limited downloads, one bounded decode.
 
 Every upload is hostile until proven otherwise, and one stranger must not be able to slow
 the bot down for everyone else. So:
 
 * :func:`check_attachment` refuses what Discord's metadata already shows is wrong, before
   anything is downloaded;
-* :meth:`UploadChecker.download` streams an attachment and stops at the byte limit (a
-  lying ``size`` costs at most the limit);
-* :meth:`UploadChecker.check` decodes on a small thread pool of its own (never the event
-  loop's shared one, which library reads and deliveries use), bounded in number (requests
-  admitted at once, one at a time per member; a server past a quarter of the places cannot take
-  the last quarter, which stays for the others) and
-  in time (a request's checks give up after ``check_timeout_s``). Decoding itself is bounded by :mod:`nst_core.images` (pixel limit
-  read from the header, JPEG scan count, lean mode conversion). A check that outlives its
-  timeout keeps its slot until it really ends, so stuck work turns new requests away
-  instead of piling up.
+* :meth:`Admission.download` streams an attachment and stops at the byte limit (a lying
+  ``size`` costs at most the limit);
+* :meth:`Admission.prepare` decodes the picture once, on the checker's own threads
+  (:class:`bot.checkpool.CheckPool`: fair between servers by the CPU time their checks used,
+  each server within its share), and returns the PNG the bot keeps instead: the worker,
+  before | after and the remixes read that, never the stranger's file again. Decoding
+  itself is bounded by :mod:`nst_core.images` (pixel limit read from the header, the decode
+  cost of a JPEG's scans, lean mode conversion).
+* A member's requests are checked one at a time, in the order they were sent (each waits
+  its turn rather than being refused; how many a member may have waiting is the line's
+  ``per_user_waiting``, counted by the scheduler). Requests being checked take places:
+  ``waiting_max`` in all, and a server past a quarter of them cannot take the last quarter.
+  A request's checks give up ``check_timeout_s`` after its turn came; a check that outlives
+  that keeps its place until it really ends, so stuck work turns new requests away instead
+  of piling up.
 """
 
 from __future__ import annotations
@@ -24,18 +29,22 @@ import concurrent.futures
 import contextlib
 import logging
 import time
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from nst_core.errors import ImageError
-from nst_core.images import decode_image, image_info
+from nst_core.images import decode_to_png, image_info
 
 from . import render
+from .checkpool import CheckPool, Ticket
 from .scheduler import Refused
 
-__all__ = ["UploadProblem", "ChecksBusy", "UploadChecker", "Admission", "check_attachment", "check_image",
+if TYPE_CHECKING:
+    from .config import LimitsConfig
+
+__all__ = ["UploadProblem", "ChecksBusy", "UploadChecker", "Admission", "check_attachment", "prepare_image",
            "ACCEPTED_TYPES", "IMAGE_SUFFIXES", "discord_media_url"]
 
 log = logging.getLogger(__name__)
@@ -52,7 +61,16 @@ class UploadProblem(Exception):
 
 
 class ChecksBusy(Refused):
-    """Too many uploads are being checked right now (or this member already has some)."""
+    """Too many uploads are being checked right now, or this server used its share of check time."""
+
+
+_BUSY = "The bot is checking a lot of pictures right now. Please try again in a minute."
+
+
+def _server_share_used(wait_s: float) -> str:
+    minutes = max(1, round(wait_s / 60))
+    return (f"This server's members have sent a lot of pictures to check in the last few minutes, and the bot "
+            f"shares its time between servers. Please try again in about {minutes} minute{'s' if minutes > 1 else ''}.")
 
 
 # --------------------------------------------------------------------------- plain checks
@@ -124,9 +142,11 @@ def _megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:.1f}" if pixels >= 100_000 else f"{pixels / 1e6:.2g}"
 
 
-def check_image(label: str, filename: str, data: bytes, *, max_bytes: int, max_pixels: int,
-                max_aspect: float = 10.0) -> None:
-    """Refuse bytes that are too big or not a decodable image (decodes: run it off the loop)."""
+def prepare_image(label: str, filename: str, data: bytes, *, max_bytes: int, max_pixels: int,
+                  max_aspect: float = 10.0, side: int) -> bytes:
+    """Refuse bytes that are too big or not a decodable image; else the picture as the bot
+    keeps it (:func:`nst_core.images.decode_to_png`, longer side at most ``side``). Decodes:
+    run it off the loop."""
     name = f"`{filename}`"
     if len(data) > max_bytes:
         raise UploadProblem(_too_big(label, name, len(data), max_bytes))
@@ -136,7 +156,7 @@ def check_image(label: str, filename: str, data: bytes, *, max_bytes: int, max_p
         raise UploadProblem(f"The {label} {name} cannot be used: {exc}") from None
     _check_shape(label, name, width, height, max_pixels, max_aspect)
     try:
-        decode_image(data, max_pixels=max_pixels).close()
+        return decode_to_png(data, max_pixels=max_pixels, longer_side=side)
     except ImageError as exc:
         raise UploadProblem(f"The {label} {name} cannot be used: {exc}") from None
 
@@ -147,15 +167,22 @@ def check_image(label: str, filename: str, data: bytes, *, max_bytes: int, max_p
 class UploadChecker:
     """Downloads and decodes uploads with bounded cost; one per bot, closed at shutdown."""
 
-    def __init__(self, *, workers: int, waiting_max: int, timeout_s: float, download_timeout_s: float = 60.0) -> None:
+    def __init__(self, *, workers: int, waiting_max: int, timeout_s: float, download_timeout_s: float = 60.0,
+                 server_share_s: float = 60.0, share_window_s: float = 300.0) -> None:
         self.waiting_max = waiting_max
         self.timeout_s = timeout_s
         self.download_timeout_s = download_timeout_s
-        self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="upload-check")
+        self.pool = CheckPool(workers, share_s=server_share_s, window_s=share_window_s)
         self._session: aiohttp.ClientSession | None = None
         self._admitted = 0  # requests between admit() and the end of their last check
-        self._members: dict[int, int] = {}  # the same, per member
         self._servers: dict[int | None, int] = {}  # the same, per server
+        self._turns: dict[int, asyncio.Lock] = {}  # per member: their requests take turns, in order
+        self._queued: dict[int, int] = {}  # per member: requests holding or waiting for that turn
+
+    @classmethod
+    def from_limits(cls, limits: "LimitsConfig") -> "UploadChecker":
+        return cls(workers=limits.checks_at_once, waiting_max=limits.checks_waiting, timeout_s=limits.check_timeout_s,
+                   server_share_s=limits.check_share_s, share_window_s=limits.check_window_s)
 
     @property
     def admitted(self) -> int:
@@ -171,7 +198,7 @@ class UploadChecker:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.pool.close()
 
     @property
     def reserve(self) -> int:
@@ -180,31 +207,47 @@ class UploadChecker:
 
     @contextlib.asynccontextmanager
     async def admit(self, user_id: int, guild_id: int | None = None) -> AsyncIterator["Admission"]:
-        """Hold one of the checker's places for a request's downloads and checks; raises
-        :class:`ChecksBusy` when the member already has a request being checked, when their
-        server holds its share of the places, or when ``waiting_max`` requests are checked."""
-        if self._members.get(user_id):
-            raise ChecksBusy("Your previous pictures are still being checked. Please wait for that answer, "
-                             "then try again.")
+        """Hold one of the checker's places for a request's downloads and checks, once the
+        member's earlier requests are through (they go in the order sent). Raises
+        :class:`ChecksBusy` when their server holds its share of the places, or when
+        ``waiting_max`` requests are being checked."""
         free = self.waiting_max - self._admitted
         if free <= 0 or (self._servers.get(guild_id, 0) >= self.reserve and free <= self.reserve):
-            raise ChecksBusy("The bot is checking a lot of pictures right now. Please try again in a minute.")
-        admission = Admission(self, user_id, guild_id, time.monotonic() + self.timeout_s)
-        self._count(user_id, guild_id, +1)
+            raise ChecksBusy(_BUSY)
+        self._count(guild_id, +1)
+        admission: Admission | None = None
         try:
-            yield admission
+            async with self._turn(user_id):
+                admission = Admission(self, user_id, guild_id, time.monotonic() + self.timeout_s)
+                try:
+                    yield admission
+                finally:
+                    admission.closed = True
         finally:
-            admission.closed = True
-            admission.release_when_idle()
-
-    def _count(self, user_id: int, guild_id: int | None, step: int) -> None:
-        self._admitted += step
-        for counts, key in ((self._members, user_id), (self._servers, guild_id)):
-            left = counts.get(key, 0) + step
-            if left > 0:
-                counts[key] = left
+            if admission is None:
+                self._count(guild_id, -1)  # never got its turn (cancelled while waiting)
             else:
-                counts.pop(key, None)
+                admission.release_when_idle()
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, user_id: int) -> AsyncIterator[None]:
+        lock = self._turns.setdefault(user_id, asyncio.Lock())  # asyncio.Lock wakes waiters in order
+        self._queued[user_id] = self._queued.get(user_id, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._queued[user_id] -= 1
+            if not self._queued[user_id]:
+                del self._queued[user_id], self._turns[user_id]
+
+    def _count(self, guild_id: int | None, step: int) -> None:
+        self._admitted += step
+        left = self._servers.get(guild_id, 0) + step
+        if left > 0:
+            self._servers[guild_id] = left
+        else:
+            self._servers.pop(guild_id, None)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -221,7 +264,7 @@ class Admission:
         self.guild_id = guild_id
         self.deadline = deadline
         self.closed = False
-        self._running: set[asyncio.Future] = set()
+        self._running: set[Ticket[Any]] = set()
         self._released = False
 
     def _left(self) -> float:
@@ -231,7 +274,7 @@ class Admission:
         """Give the place back once the request is done and no check of it still runs."""
         if self.closed and not self._running and not self._released:
             self._released = True
-            self.checker._count(self.user_id, self.guild_id, -1)
+            self.checker._count(self.guild_id, -1)
 
     async def download(self, url: str, label: str, filename: str, max_bytes: int) -> bytes:
         """The attachment's bytes, read as a stream and refused past ``max_bytes``."""
@@ -260,40 +303,39 @@ class Admission:
                                 "Please try again.") from None
         return bytes(data)
 
-    async def check(self, label: str, filename: str, data: bytes, **limits: float) -> None:
-        """:func:`check_image` on the checker's own pool, within the request's time."""
-        loop = asyncio.get_running_loop()
-        started = False
-
-        def run() -> None:
-            nonlocal started
-            started = True
-            check_image(label, filename, data, **limits)  # type: ignore[arg-type]
-
+    async def prepare(self, label: str, filename: str, data: bytes, **limits: float) -> bytes:
+        """:func:`prepare_image` on the checker's threads, in this server's share of them and
+        within the request's time: the picture the bot keeps, as PNG."""
+        pool = self.checker.pool
         try:
-            future = loop.run_in_executor(self.checker._executor, run)
+            ticket = pool.submit(self.guild_id, lambda: prepare_image(label, filename, data, **limits))  # type: ignore[arg-type]
         except RuntimeError:  # the pool was shut down: the bot is stopping
             raise ChecksBusy(_STOPPING) from None
-        self._running.add(future)
+        self._running.add(ticket)
 
-        def done(f: asyncio.Future) -> None:
-            self._running.discard(f)
-            if not f.cancelled():
-                f.exception()  # retrieved: a late failure is not "never retrieved"
+        def done(_: asyncio.Future) -> None:
+            self._running.discard(ticket)
             self.release_when_idle()
-        future.add_done_callback(done)
+            if ticket.started:  # what each check costs, per server: the share is counted in this
+                log.info("upload checked", extra={"label": label, "guild_id": self.guild_id,
+                                                  "cpu_s": round(ticket.cpu_s, 4)})
+        ticket.result.add_done_callback(done)
         try:
-            await asyncio.wait_for(asyncio.shield(future), self._left())
+            return await asyncio.wait_for(asyncio.shield(ticket.result), self._left())
         except asyncio.TimeoutError:
+            started = ticket.started
             log.warning("an upload check ran out of time", extra={"label": label, "user_id": self.user_id,
-                                                                  "started": started})
-            if not started:  # it waited behind other people's checks: not the picture's fault
-                raise ChecksBusy("The bot is checking a lot of pictures right now. Please try again in a "
-                                 "minute.") from None
+                                                                  "guild_id": self.guild_id, "started": started})
+            if not started:  # it waited behind other checks: not the picture's fault
+                pool.withdraw(ticket)
+                if pool.over_share(self.guild_id):
+                    raise ChecksBusy(_server_share_used(pool.back_under_share_in(self.guild_id))) from None
+                raise ChecksBusy(_BUSY) from None
             raise UploadProblem(f"Checking the {label} `{filename}` took too long. Please send a smaller or "
                                 "simpler picture (a normal JPEG or PNG).") from None
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            if future.cancelled() and not (current is not None and current.cancelling()):
+            if ticket.result.cancelled() and not (current is not None and current.cancelling()):
                 raise ChecksBusy(_STOPPING) from None  # the checker closed under it: the bot is stopping
+            pool.withdraw(ticket)
             raise

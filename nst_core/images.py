@@ -3,10 +3,11 @@
 Pillow only (no TensorFlow), so the bot can validate and prepare images cheaply.
 Everything that reads bytes from a user treats them as hostile: only a handful of
 decoders are allowed to look at them, the pixel count and the structures that make a
-small file slow or memory-hungry to read (a JPEG's scans and segments, a PNG's chunks, a
-GIF's header blocks, a large RLE BMP; :mod:`nst_core.decode_cost`) are checked before any
-pixel is decoded, conversions
-work in bands of rows, and every failure becomes an :class:`ImageError` whose message can
+small file slow or memory-hungry to read (a JPEG's scans against its size and its
+segments, JPEGs browsers cannot show, oversized EXIF, a PNG's chunks, a GIF's header
+blocks, a large RLE BMP; :mod:`nst_core.decode_cost`) are checked before any pixel is
+decoded, conversions work in bands of rows, and every failure becomes an
+:class:`ImageError` whose message can
 be shown to the user as is. Nothing here touches process-wide state (warning filters,
 Pillow's settings), so checks may run on several threads at once.
 """
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "MAX_JPEG_SCANS",
     "decode_image",
+    "decode_to_png",
     "image_info",
     "validate_image",
     "to_rgb",
@@ -95,8 +97,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     becomes 8-bit RGB. Raises :class:`ImageError` for anything else: empty, not an image,
     an unsupported format, truncated or corrupt data, more than ``max_pixels`` pixels
     (Pillow's ``Image.MAX_IMAGE_PIXELS`` applies too when it is lower), or a structure
-    that would make decoding far costlier than the file's size suggests (more than
-    :data:`MAX_JPEG_SCANS` scans, say), refused before any pixel is decoded. Memory
+    that would make decoding far costlier than the file's size suggests (more JPEG
+    scans than its size allows, say), refused before any pixel is decoded. Memory
     beyond the decoded image and the RGB result stays a few MiB whatever the mode.
     """
     rgb, img, _ = _decode(data, max_pixels)
@@ -105,6 +107,22 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         rgb = img.copy()
         img.close()
     return rgb
+
+
+def decode_to_png(data: bytes, *, max_pixels: int, longer_side: int) -> bytes:
+    """Decode an upload once and return what is kept of it: an 8-bit RGB PNG (orientation
+    applied, transparency over white), shrunk so its longer side is at most ``longer_side``.
+
+    Refuses exactly what :func:`decode_image` refuses. Everything after this reads the PNG
+    written here, never the stranger's file again. Fast PNG compression: the decode and
+    resize already cost far more, and the file lives only as long as the job's pictures.
+    """
+    img = decode_image(data, max_pixels=max_pixels)
+    if max(img.size) > longer_side:
+        img = resize_longer_side(img, longer_side)
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
 
 
 def validate_image(data: bytes, *, max_pixels: int) -> tuple[str, int, int]:

@@ -15,6 +15,7 @@ import re
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytest_asyncio
 from PIL import Image
@@ -29,6 +30,22 @@ except ImportError:  # plain `pytest`
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)]
 
 RESULT_TIMEOUT = 150.0  # the first result includes the worker's start (TensorFlow, VGG19)
+DECODE_PROBE = """
+import os
+from PIL import ImageFile
+
+_load = ImageFile.ImageFile.load
+
+
+def load(self):
+    if self.tile:  # pixels still to decode (a loaded image has none)
+        with open(os.environ["DECODE_PROBE_LOG"], "a") as log:
+            log.write(f"{os.getpid()} {self.format} {self.size[0]}x{self.size[1]}\\n")
+    return _load(self)
+
+
+ImageFile.ImageFile.load = load
+"""
 _names = itertools.count()
 REMIXES = ("again", "more", "less", "colours", "sharper")
 
@@ -41,11 +58,17 @@ class Env:
             self.fake.add_user(name)
         # No [styles] path: the built-in library alone, as on a fresh install. Its paintings are
         # up to 1024 px, so the pixel limit is the size of a real one (uploads stay tiny).
-        self.config = write_config(tmp, limits={"max_pixels": 1_000_000})
+        self.config = write_config(tmp, limits={"max_pixels": 1_000_000, "per_user_waiting": 5, "queue_max": 8})
         self.bot: BotProcess | None = None
+        # Every picture Pillow decodes, in the bot and in its workers, is written down here.
+        self.decodes = tmp / "decodes.log"
+        probe = tmp / "probe"
+        probe.mkdir()
+        (probe / "sitecustomize.py").write_text(DECODE_PROBE)
 
     async def start(self) -> None:
-        self.bot = start_bot(self.fake, self.config, self.tmp)
+        self.bot = start_bot(self.fake, self.config, self.tmp,
+                             extra_env={"PYTHONPATH": str(self.tmp / "probe"), "DECODE_PROBE_LOG": str(self.decodes)})
         await self.fake.wait_ready(timeout=60)
         await self.fake.wait_for_commands(guild=self.fake.guild, names=["stylize", "stylebot"], timeout=30)
 
@@ -250,6 +273,76 @@ async def test_delete_is_for_the_requester_or_a_moderator(env: Env):
     with env.db() as db:
         assert db.execute("SELECT kept_until FROM jobs WHERE job_id = ?",
                           (job_id_in(result.content),)).fetchone()[0] is None
+
+
+# --------------------------------------------------------------------------- one member, one server's pictures
+
+
+def camera_jpeg(width: int, height: int) -> bytes:
+    rng = np.random.default_rng(7)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buf, "JPEG", quality=70)
+    return buf.getvalue()
+
+
+async def test_three_stylize_sent_within_a_second_are_all_accepted_and_delivered(env: Env):
+    inters = await asyncio.gather(*(stylize(env.fake, "erin", seed=n) for n in range(3)))
+    for inter in inters:  # each waited its turn to be checked; none was refused
+        ack = await inter.wait_until(lambda r: next((m for m in r.all_messages if m.ephemeral and m.content), None),
+                                     timeout=30)
+        assert "accepted" in ack.content, ack.content
+    for inter in inters:
+        await result_of(inter)
+
+
+async def test_a_strangers_picture_is_decoded_once_from_the_command_to_before_after(env: Env):
+    photo = camera_jpeg(240, 150)
+    inter = await env.fake.send_slash_command("stylize", user="alice", options={
+        "content": env.fake.add_attachment(f"{next(_names)}/photo.jpg", photo, "image/jpeg"),
+        "style": attachment(env.fake, STYLE_PNG, "style.png"), "compare": True})
+    result = await result_of(inter)
+    assert result.attachments[-1].filename.startswith("before-after.")
+    again, _ = await remix_result(env, result, "again", "alice")  # a remix, with before | after again
+    assert again.attachments[-1].filename.startswith("before-after.")
+    decodes = env.decodes.read_text().splitlines()
+    photo_decodes = [line for line in decodes if line.endswith("JPEG 240x150")]
+    assert len(photo_decodes) == 1, decodes  # at check time, in the bot; all else read the bot's own PNG
+    assert photo_decodes[0].split()[0] == str(env.bot.proc.pid)
+    assert sum(line.endswith("PNG 48x30") for line in decodes) >= 4  # workers and deliveries
+
+
+async def test_only_the_owner_takes_a_picture_back_towards_the_original(env: Env):
+    inter = await stylize(env.fake, "alice", compare=True, strength=2.0)
+    result = await result_of(inter)
+    for action in ("less", "colours"):  # both take it back towards alice's photo
+        click = await press(env.fake, result, action, "bob")
+        reply = await click.wait_for_reply(timeout=30)
+        assert reply.ephemeral and "only the member who supplied it" in reply.content, reply.content
+    more, more_id = await remix_result(env, result, "more", "bob")  # more style is anyone's
+    assert not any(a.filename.startswith("before-after") for a in more.attachments)  # never inherited
+    assert env.record(more_id)["compare"] == 0
+    less, _ = await remix_result(env, more, "less", "carol")  # back to what alice posted, not below
+    assert fields(less)["Preset"] == "fast (strength 2)"
+    mine, _ = await remix_result(env, result, "less", "alice")
+    assert fields(mine)["Preset"] == "fast (strength 1.3333)"
+
+
+async def test_deleting_a_result_cancels_the_remixes_still_in_line(env: Env):
+    inter = await stylize(env.fake, "alice")
+    result = await result_of(inter)
+    busy = await stylize(env.fake, "carol", preset="best")  # keeps the worker busy
+    busy_status = await busy.wait_until(lambda r: next((m for m in r.followups if not m.ephemeral), None), timeout=30)
+    click = await press(env.fake, result, "again", "bob")
+    ack = await click.wait_for_reply(timeout=30)
+    child_id = job_id_in(ack.content)
+    assert env.record(child_id)["state"] == "waiting"
+    click = await press(env.fake, result, "delete", "alice")
+    reply = await click.wait_until(lambda r: next((m for m in r.all_messages if "Deleted" in (m.content or "")),
+                                                  None), timeout=30)
+    await env.fake.wait_for(lambda: env.record(child_id)["state"] == "cancelled", timeout=30, what="bob's remix gone")
+    assert not (env.tmp / "data" / "spool" / child_id).exists()  # alice's picture with it
+    cancel = await env.fake.click_button(busy_status, f"nstbot:cancel:{job_id_in(busy_status.content)}", user="carol")
+    await cancel.wait_for_reply(timeout=30)
 
 
 # --------------------------------------------------------------------------- message commands

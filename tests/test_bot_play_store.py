@@ -11,7 +11,7 @@ import pytest
 from bot import render
 from bot.jobs import Job, JobState, Ledger
 from bot.schema import SCHEMA_VERSION
-from bot.store import JobStore, PicturesGone, SpoolFull
+from bot.store import JobStore, PicturesGone, ServerSpoolFull, SpoolFull
 from nst_core.params import StylizeParams
 from nst_core.pool.base import Finished
 
@@ -141,20 +141,23 @@ async def test_a_saved_style_belongs_to_one_member_in_one_server_and_expires(sto
     assert store.spool_bytes == 0
 
 
-async def test_saved_styles_keep_to_their_share_of_the_spool_oldest_first(store, clock):
-    # 2000 bytes of spool, saved styles at most a tenth: 200 bytes together
-    await store.save_style(6, 1, "a.png", b"a" * 90, ttl_s=86400)
-    clock.now += 1
-    await store.save_style(7, 1, "b.png", b"b" * 90, ttl_s=86400)  # the same member in another server
-    clock.now += 1
-    await store.save_style(8, 2, "c.png", b"c" * 90, ttl_s=86400)  # over the share: the oldest goes
-    assert await store.saved_style(6, 1) is None
-    assert await store.saved_style(7, 1) == ("b.png", b"b" * 90) and await store.saved_style_label(8, 2) == "c.png"
-    with pytest.raises(SpoolFull):
-        await store.save_style(9, 3, "huge.png", b"h" * 201, ttl_s=86400)
-    j = job(size=800)  # jobs are not crowded out by saved styles
-    await store.accept(j)
-    assert store.spool_bytes == 180 + 1600
+async def test_saved_styles_keep_to_their_servers_share_of_the_spool_oldest_first(tmp_path, clock):
+    # 2000 bytes of spool, a tenth for each server: 200 bytes (jobs and saved styles together)
+    async with JobStore(tmp_path / "db", tmp_path / "spool", spool_max_bytes=2_000, server_share=0.1,
+                        clock=clock) as store:
+        await store.save_style(6, 1, "a.png", b"a" * 90, ttl_s=86400)
+        clock.now += 1
+        await store.save_style(7, 1, "b.png", b"b" * 90, ttl_s=86400)  # the same member in another server
+        clock.now += 1
+        await store.save_style(6, 2, "c.png", b"c" * 90, ttl_s=86400)
+        clock.now += 1
+        await store.save_style(6, 3, "d.png", b"d" * 90, ttl_s=86400)  # over server 6's share: its oldest goes
+        assert await store.saved_style(6, 1) is None
+        assert await store.saved_style(7, 1) == ("b.png", b"b" * 90)  # another server's: untouched
+        assert await store.saved_style_label(6, 2) == "c.png" and await store.saved_style_label(6, 3) == "d.png"
+        with pytest.raises(ServerSpoolFull):  # one picture over a server's share
+            await store.save_style(9, 3, "huge.png", b"h" * 201, ttl_s=86400)
+        assert await store.server_usage(6) == 180 and store.spool_bytes == 270
 
 
 async def test_lineage_and_descendants(store):
@@ -192,4 +195,4 @@ async def test_a_version_3_database_gains_the_new_columns(tmp_path, clock):
             await s.kept_pictures("00000000ab")
         await s.save_style(6, 1, "x.png", b"x", ttl_s=10)
     db = sqlite3.connect(tmp_path / "db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5

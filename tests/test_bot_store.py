@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot import outbox, render
-from bot.config import DeliveryConfig, load_config
+from bot.config import ConfigError, DeliveryConfig, load_config
 from bot.health import HealthServer, Metrics
 from bot.jobs import Job, JobState, Ledger
 from bot.outbox import Outbox, Sent, _Unchecked
@@ -324,6 +324,14 @@ def test_new_settings_load_from_the_environment():
     assert (config.health.port, config.health.host, config.delivery.retries) == (9100, "0.0.0.0", 4)
     assert config.storage.spool_max_mb == 512.0 and config.pool.retries == 0
     assert config.storage.spool_dir == config.storage.state_dir / "spool"
+
+
+def test_each_servers_share_of_the_spool_is_a_setting():
+    assert load_config(None, env={}).storage.server_share == 0.1
+    assert load_config(None, env={"NSTBOT_STORAGE__SERVER_SHARE": "0.25"}).storage.server_share == 0.25
+    for bad in ("0", "1.5"):
+        with pytest.raises(ConfigError, match=r"storage.server_share must be a number from 0.01 to 1"):
+            load_config(None, env={"NSTBOT_STORAGE__SERVER_SHARE": bad})
 
 
 def samples(text: str) -> dict:

@@ -18,8 +18,9 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageOps, PngImagePlugin
 
+from nst_core.decode_cost import MAX_JPEG_SCAN_MEGAPIXELS
 from nst_core.errors import ImageError
 from nst_core.images import (
     DEFAULT_MAX_PIXELS,
@@ -58,9 +59,9 @@ def pillow_decodes(data: bytes) -> None:
 # --------------------------------------------------------------------------- JPEG
 
 
-def flat_progressive_jpeg() -> bytes:
-    data = encode(Image.new("RGB", (64, 48), (120, 60, 200)), "JPEG", progressive=True)
-    assert data.endswith(EOI)
+def flat_progressive_jpeg(size: tuple[int, int] = (64, 48)) -> bytes:
+    data = encode(Image.new("RGB", size, (120, 60, 200)), "JPEG", progressive=True)
+    assert data.endswith(EOI) and data.count(SOS) == 10  # libjpeg's script for colour
     return data
 
 
@@ -92,10 +93,116 @@ def test_jpeg_scan_count_is_not_fooled_by_bytes_between_scans(between):
 
 
 def test_jpeg_scan_limit_is_exact():
+    # A small picture may have up to MAX_JPEG_SCANS scans, whatever their cost.
     data = flat_progressive_jpeg()
     assert image_info(with_scans(data, MAX_JPEG_SCANS)) == ("JPEG", 64, 48)
     assert decode_image(with_scans(data, MAX_JPEG_SCANS)).size == (64, 48)
-    assert "scans" in refused(with_scans(data, MAX_JPEG_SCANS + 1))
+    assert f"more than {MAX_JPEG_SCANS} scans" in refused(with_scans(data, MAX_JPEG_SCANS + 1))
+
+
+def test_jpeg_scan_budget_is_exact_for_a_large_picture():
+    # Decoding costs about scans × pixels: at 16 MP, 400 / 16 = 25 scans.
+    data = flat_progressive_jpeg((4000, 4000))
+    assert MAX_JPEG_SCAN_MEGAPIXELS * 10**6 // (4000 * 4000) == 25
+    assert image_info(with_scans(data, 25)) == ("JPEG", 4000, 4000)
+    message = refused(with_scans(data, 26))
+    assert "more than 25 scans" in message and "4000×4000" in message
+    assert "re-save" in message and "smaller picture" in message
+
+
+def test_huffman_scan_bomb_under_the_scan_cap_is_refused():
+    # 97 KB, 100 scans over 16 MP: the old cap let it through, and it takes about a second
+    # of CPU to decode (every scan a pass over every block).
+    bomb = with_scans(flat_progressive_jpeg((4000, 4000)), MAX_JPEG_SCANS)
+    assert len(bomb) < 100_000
+    pillow_decodes(bomb)
+    assert "more than 25 scans" in refused(bomb)
+
+
+def set_frame_size(data: bytes, width: int, height: int) -> bytes:
+    """``data`` (a JPEG) with its frame header claiming another size (its scans unchanged)."""
+    sof = max(data.find(b"\xff\xc0"), data.find(b"\xff\xc2"))
+    return data[: sof + 5] + struct.pack(">HH", height, width) + data[sof + 9 :]
+
+
+def test_jpeg_with_a_usual_scan_script_is_never_refused_for_its_scans():
+    # 10 scans (libjpeg's script for colour) over 63 MP are beyond the budget, but the pixel
+    # limit refuses such a picture before decoding, and callers can say how large it is.
+    data = set_frame_size(flat_progressive_jpeg(), 9000, 7000)
+    assert image_info(data) == ("JPEG", 9000, 7000)
+    with pytest.raises(ImageError, match="9000×7000"):
+        decode_image(data)
+    assert "more than 10 scans" in refused(with_scans(data, 11))
+
+
+def test_jpeg_scans_before_the_frame_header_count_against_its_size():
+    # libjpeg refuses such a file, but the walk meets the scans first: they still count.
+    data = set_frame_size(encode(Image.new("RGB", (16, 16)), "JPEG"), 4000, 4000)
+    empty_scan = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"
+    bomb = data[: after_app0(data)] + empty_scan * 30 + data[after_app0(data) :]
+    assert "scans" in refused(bomb)
+
+
+def jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def arithmetic_jpeg(side: int, refinements: int = 98) -> bytes:
+    """A progressive arithmetic-coded colour JPEG (SOF10), made by hand: a DC scan of all
+    three components, an AC scan of the first and ``refinements`` refinements of it. No scan
+    holds a byte: libjpeg reads missing data as zeros and still visits every block."""
+    components = b"".join(bytes((i, 0x11, 0)) for i in (1, 2, 3))  # 1×1 sampling, table 0
+
+    def scan(ids: tuple[int, ...], first: int, last: int, high: int, low: int) -> bytes:
+        selectors = b"".join(bytes((i, 0)) for i in ids)
+        return jpeg_segment(0xDA, bytes((len(ids),)) + selectors + bytes((first, last, high << 4 | low)))
+
+    return (
+        b"\xff\xd8"
+        + jpeg_segment(0xDB, b"\x00" + b"\x01" * 64)
+        + jpeg_segment(0xCA, struct.pack(">BHHB", 8, side, side, 3) + components)
+        + jpeg_segment(0xCC, b"\x00\x10\x10\x05")  # conditioning for DC and AC table 0
+        + scan((1, 2, 3), 0, 0, 0, 0)
+        + scan((1,), 1, 63, 0, 1)
+        + scan((1,), 1, 63, 1, 0) * refinements
+        + EOI
+    )
+
+
+def test_arithmetic_coded_jpeg_scan_bomb_is_refused():
+    # 1.1 KB and 100 scans over 16 MP: over a second of CPU in Pillow (libjpeg-turbo decodes
+    # arithmetic coding), though browsers and Discord show no arithmetic-coded JPEG at all.
+    bomb = arithmetic_jpeg(4000)
+    assert len(bomb) < 1_500 and bomb.count(SOS) == 100
+    pillow_decodes(bomb)
+    message = refused(bomb)
+    assert "arithmetic coding" in message and "re-save" in message
+
+
+@pytest.mark.parametrize(
+    "marker, words",
+    [
+        (0xC3, "lossless"),
+        *[(marker, "hierarchical") for marker in (0xC5, 0xC6, 0xC7)],
+        *[(marker, "arithmetic coding") for marker in (0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)],
+    ],
+    ids=lambda value: hex(value) if isinstance(value, int) else value,
+)
+def test_jpeg_frames_browsers_cannot_show_are_refused(marker, words):
+    data = encode(Image.new("RGB", (16, 16)), "JPEG")
+    sof = data.index(b"\xff\xc0")
+    edited = data[: sof + 1] + bytes((marker,)) + data[sof + 2 :]
+    with Image.open(io.BytesIO(edited)) as img:  # Pillow's header parser takes all of them
+        assert img.size == (16, 16)
+    message = refused(edited)
+    assert words in message and "cannot show" in message
+
+
+def test_jpeg_with_arithmetic_coding_tables_is_refused():
+    data = encode(Image.new("RGB", (16, 16)), "JPEG")
+    with_dac = data[: after_app0(data)] + jpeg_segment(0xCC, b"\x00\x10") + data[after_app0(data) :]
+    pillow_decodes(with_dac)  # a Huffman-coded file: libjpeg reads the tables and ignores them
+    assert "arithmetic coding" in refused(with_dac)
 
 
 @pytest.mark.parametrize(
@@ -284,6 +391,149 @@ def test_real_pngs_with_metadata_many_data_chunks_or_frames_are_still_accepted()
         assert np.array_equal(np.asarray(decode_image(data)), np.asarray(photo))
     assert image_info(apng) == validate_image(apng, max_pixels=10**7) == ("PNG", 8, 6)
     assert decode_image(apng).getpixel((4, 3)) == (0, 255, 0)  # the first frame
+
+
+# --------------------------------------------------------------------------- EXIF
+
+
+def exif_ifd(entries: int, order: str = "<", padding: int = 0) -> bytes:
+    """EXIF (a TIFF header and one IFD) of ``entries`` entries, each a distinct tag claiming
+    1 GiB of data: Pillow reads them one at a time and skips each with a warning."""
+    head = b"II*\x00" if order == "<" else b"MM\x00*"
+    entry = struct.Struct(order + "HHII")  # tag, type (LONG), count, where the data are
+    body = b"".join(entry.pack(tag, 4, 1 << 28, 8) for tag in range(entries))
+    return head + struct.pack(order + "IH", 8, entries) + body + b"\x00" * (4 + padding)
+
+
+def small_png() -> bytes:
+    return encode(Image.new("RGB", (16, 16), (10, 200, 30)), "PNG")
+
+
+def raw_exif_profile(kind: bytes, exif: bytes) -> bytes:
+    """A PNG text chunk holding ``exif`` as ImageMagick writes it: hex, 36 bytes a line."""
+    hexed = exif.hex()
+    text = b"\nexif\n%8d\n" % len(exif) + "\n".join(
+        hexed[i : i + 72] for i in range(0, len(hexed), 72)).encode()
+    key = b"Raw profile type exif\x00"
+    if kind == b"zTXt":
+        return png_chunk(kind, key + b"\x00" + zlib.compress(text))
+    if kind == b"iTXt":
+        return png_chunk(kind, key + b"\x01\x00" + b"\x00\x00" + zlib.compress(text))
+    return png_chunk(kind, key + text)
+
+
+def pillow_exif_warnings(data: bytes) -> int:
+    """How many warnings Pillow alone gives while turning ``data`` upright."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Image.open(io.BytesIO(data)) as img:
+            ImageOps.exif_transpose(img)
+    return len(caught)
+
+
+# Real EXIF has tens of entries in its first IFD; 2,000 fit in 24 KB, or in a JPEG's APP1.
+HUGE_IFD = exif_ifd(2_000)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: png_with(small_png(), png_chunk(b"eXIf", HUGE_IFD)),
+        lambda: png_with(small_png(), png_chunk(b"eXIf", exif_ifd(2_000, ">")), after_image_data=True),
+        lambda: png_with(small_png(), raw_exif_profile(b"zTXt", b"Exif\x00\x00" + HUGE_IFD)),
+        lambda: png_with(small_png(), raw_exif_profile(b"iTXt", HUGE_IFD)),
+        lambda: png_with(small_png(), raw_exif_profile(b"tEXt", HUGE_IFD), after_image_data=True),
+        lambda: encode(Image.new("RGB", (16, 16)), "JPEG", exif=b"Exif\x00\x00" + HUGE_IFD),
+        lambda: encode(Image.new("RGB", (16, 16)), "WEBP", exif=HUGE_IFD),
+    ],
+    ids=["PNG eXIf", "PNG eXIf after the pixels, big-endian", "PNG raw profile (zTXt)",
+         "PNG raw profile (iTXt)", "PNG raw profile (tEXt) after the pixels", "JPEG APP1", "WebP EXIF"],
+)
+def test_exif_with_thousands_of_entries_is_refused(make):
+    bomb = make()
+    assert pillow_exif_warnings(bomb) >= 2_000  # one per entry, on stderr in a real process
+    message = refused(bomb)
+    assert "EXIF" in message and "without metadata" in message
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: png_with(small_png(), png_chunk(b"eXIf", exif_ifd(10, padding=70_000))),
+        lambda: png_with(small_png(), raw_exif_profile(b"zTXt", exif_ifd(10, padding=70_000))),
+        lambda: encode(Image.new("RGB", (16, 16)), "WEBP", exif=exif_ifd(10, padding=70_000)),
+    ],
+    ids=["PNG eXIf", "PNG raw profile", "WebP EXIF"],
+)
+def test_exif_larger_than_a_jpeg_could_hold_is_refused(make):
+    # A JPEG's APP1 segment holds at most 64 KiB, so no camera's EXIF is larger.
+    assert "EXIF" in refused(make())
+
+
+_EXIF_STDERR_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from PIL import Image, ImageOps
+    from nst_core.errors import ImageError
+    from nst_core.images import decode_image
+
+    if sys.argv[1] == "pillow":
+        with Image.open(sys.argv[2]) as img:
+            ImageOps.exif_transpose(img)
+    else:
+        try:
+            decode_image(open(sys.argv[2], "rb").read())
+        except ImageError as exc:
+            print(exc)
+    """
+)
+
+
+def test_png_with_a_65535_entry_exif_is_refused_without_a_flood_of_warnings(tmp_path):
+    # Pillow alone writes about 13 MB of warnings to stderr turning this 790 KB file upright.
+    path = tmp_path / "exif.png"
+    path.write_bytes(png_with(small_png(), png_chunk(b"eXIf", exif_ifd(65_535))))
+    runs = {
+        how: subprocess.run([sys.executable, "-c", _EXIF_STDERR_SCRIPT, how, str(path)],
+                            capture_output=True, text=True, timeout=120)
+        for how in ("pillow", "checked")
+    }
+    assert runs["pillow"].returncode == 0 and len(runs["pillow"].stderr) > 5_000_000
+    checked = runs["checked"]
+    assert checked.returncode == 0 and "EXIF" in checked.stdout
+    assert len(checked.stderr) < 200, checked.stderr[:1000]
+
+
+def test_webp_with_thousands_of_chunks_before_its_exif_is_refused():
+    # libwebp's demuxer skips unknown chunks in C; finding the EXIF after them takes the
+    # walk a Python step each.
+    data = encode(Image.new("RGB", (16, 16)), "WEBP", exif=exif_ifd(10))
+    assert data[12:16] == b"VP8X"
+    junk = b"JUNK\x00\x00\x00\x00" * 25_000
+    bomb = data[:30] + junk + data[30:]
+    bomb = bomb[:4] + struct.pack("<I", len(bomb) - 8) + bomb[8:]
+    pillow_decodes(bomb)
+    assert "chunks" in refused(bomb)
+
+
+def camera_exif() -> bytes:
+    """EXIF as a camera writes it, turned a quarter (orientation 6), with an Exif IFD."""
+    exif = Image.Exif()
+    for tag, value in [(0x010F, "Camera"), (0x0110, "Model 7"), (0x0131, "Firmware 1.2"),
+                       (0x0132, "2024:05:01 10:00:00"), (0x011A, 72.0), (0x011B, 72.0),
+                       (0x0128, 2), (0x0213, 1), (0x0112, 6)]:
+        exif[tag] = value
+    exif.get_ifd(0x8769).update({0x829A: 0.01, 0x8827: 200, 0x9003: "2024:05:01 10:00:00"})
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_real_exif_is_still_accepted_and_applied(fmt):
+    photo = Image.new("RGB", (64, 48), (200, 30, 40))
+    data = encode(photo, fmt, exif=camera_exif())
+    assert image_info(data) == (fmt, 48, 64)  # orientation 6 swaps the sides
+    assert validate_image(data, max_pixels=10**7) == (fmt, 48, 64)
+    assert decode_image(data).size == (48, 64)
 
 
 # --------------------------------------------------------------------------- warnings
