@@ -6,8 +6,10 @@ not simply queue up: each one's CPU time (``time.thread_time`` on its thread) is
 its server for ``window_s``. When a thread frees, the next check is the waiting one whose
 server used the least in the window (first come, first served within a server), so a server
 that sends many costly pictures only ever delays another server's check by the one it is
-running. A server past ``share_s`` of CPU in the window waits until its older checks leave
-the window, even when nobody else is waiting: its share is what it may use, not a priority.
+running. With several threads one server may use all but one of them, so another server's
+check can start at once however many costly pictures the first one sent. A server past
+``share_s`` of CPU in the window waits until its older checks leave the window, even when
+nobody else is waiting: its share is what it may use, not a priority.
 
 No Discord here; the caller (:class:`bot.uploads.UploadChecker`) decides what to tell whom.
 """
@@ -18,12 +20,26 @@ import asyncio
 import collections
 import concurrent.futures
 import itertools
+import os
+import threading
 import time
 from typing import Any, Callable, Deque, Generic, Hashable, TypeVar
 
 __all__ = ["CheckPool", "Ticket"]
 
 T = TypeVar("T")
+
+
+CHECK_NICENESS = 10  # checks yield the CPU to the event loop and to jobs running beside them
+
+
+def _lower_priority() -> None:
+    """Run this check thread at a lower priority (Linux schedules threads one by one), so a
+    server's costly pictures do not slow the jobs or the answers of every other server."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECK_NICENESS)
+    except (AttributeError, OSError):
+        pass  # not Linux, or not allowed: the fair order and the shares still hold
 
 
 class Ticket(Generic[T]):
@@ -54,9 +70,11 @@ class CheckPool:
         self.share_s = share_s
         self.window_s = window_s
         self.clock = clock
-        self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="upload-check")
+        self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="upload-check",
+                                                               initializer=_lower_priority)
         self._waiting: list[Ticket[Any]] = []
         self._running = 0
+        self._running_for: dict[Hashable, int] = {}  # per server
         self._used: dict[Hashable, Deque[tuple[float, float]]] = {}  # server -> (ended at, CPU seconds)
         self._seq = itertools.count()
         self._wake: asyncio.TimerHandle | None = None
@@ -133,9 +151,10 @@ class CheckPool:
         """The waiting check to start: least-used server under its share, oldest first."""
         best: tuple[float, int] | None = None
         chosen = None
+        most = max(1, self.workers - 1)  # threads one server may hold: one stays for the others
         for ticket in self._waiting:
             used = self.used(ticket.server)
-            if used >= self.share_s:
+            if used >= self.share_s or self._running_for.get(ticket.server, 0) >= most:
                 continue
             key = (used, ticket.seq)
             if best is None or key < best:
@@ -143,12 +162,20 @@ class CheckPool:
         return chosen
 
     def _dispatch(self) -> None:
-        self._wake = None
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        if len(self._used) > 1000:  # servers that went quiet: forget what has left the window
+            for server in list(self._used):
+                self._recent(server)
         while not self._closed and self._running < self.workers and self._waiting:
             ticket = self._next()
-            if ticket is None:  # every waiting server is over its share: look again when one is not
-                delay = min(self.back_under_share_in(t.server) for t in self._waiting)
-                self._wake = asyncio.get_running_loop().call_later(max(0.05, delay), self._dispatch)
+            if ticket is None:
+                # Each waiting server is over its share (look again when one is not) or holds its
+                # threads (a check that ends dispatches again).
+                delays = [self.back_under_share_in(t.server) for t in self._waiting]
+                if all(delays) and self._wake is None:
+                    self._wake = asyncio.get_running_loop().call_later(max(0.05, min(delays)), self._dispatch)
                 return
             self._waiting.remove(ticket)
             self._start(ticket)
@@ -156,15 +183,16 @@ class CheckPool:
     def _start(self, ticket: Ticket[Any]) -> None:
         ticket.started = True
         self._running += 1
+        self._running_for[ticket.server] = self._running_for.get(ticket.server, 0) + 1
         try:
             running = asyncio.wrap_future(self._executor.submit(ticket._run))
         except RuntimeError as exc:  # shut down under us: the bot is stopping
-            self._running -= 1
+            self._ended(ticket)
             ticket.result.set_exception(exc)
             return
 
         def ended(done: "asyncio.Future[Any]") -> None:
-            self._running -= 1
+            self._ended(ticket)
             self._used.setdefault(ticket.server, collections.deque()).append((self.clock(), ticket.cpu_s))
             if not ticket.result.done():
                 if done.cancelled():
@@ -177,3 +205,11 @@ class CheckPool:
                 done.exception()  # retrieved: a late failure is not "never retrieved"
             self._dispatch()
         running.add_done_callback(ended)
+
+    def _ended(self, ticket: Ticket[Any]) -> None:
+        self._running -= 1
+        left = self._running_for[ticket.server] - 1
+        if left:
+            self._running_for[ticket.server] = left
+        else:
+            del self._running_for[ticket.server]

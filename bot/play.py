@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 SAVED_STYLE_S = 24 * 3600.0
 _COMPARE_FILENAME = "before-after"
+_MAX_DRAWINGS_ASKED = 8  # before | after presses being drawn or waiting, over all servers
 
 
 class PicturesExpired(UploadProblem):
@@ -91,6 +92,7 @@ class Play:
         self.commands = commands
         self.presses = DoublePress()
         self._drawing = asyncio.Semaphore(2)  # before | after pictures drawn at once
+        self._drawings_asked = 0  # drawing or waiting to: beyond _MAX_DRAWINGS_ASKED, a press is told to retry
 
     @property
     def reuse_s(self) -> float:
@@ -208,9 +210,9 @@ class Play:
         if action in TOWARDS_ORIGINAL:
             # Less style and Colours take a picture back towards the photo it was made from: the
             # owner's (or a moderator's) choice. Anyone else's remix is at least as stylised as posted.
-            origin = await self._origin(parent)
-            if not may_cancel(interaction, origin) and (action == "colours" or
-                                                        settings.strength < origin.params.strength):
+            origin = await self._origin(parent)  # (a lineage with a purged record: nobody is its owner)
+            owner = origin.parent_id is None and may_cancel(interaction, origin)
+            if not owner and (action == "colours" or settings.strength < origin.params.strength):
                 await interaction.followup.send(
                     "That would take the picture back towards the original photo, so only the member who supplied "
                     "it (or a moderator of this channel) can do it. Try 🎲 Again or ➕ More style.", ephemeral=True)
@@ -237,9 +239,14 @@ class Play:
                                             "supplied it (or a moderator of this channel) can see it.",
                                             ephemeral=True)
             return
+        if self._drawings_asked >= _MAX_DRAWINGS_ASKED:
+            await interaction.followup.send("The bot is drawing a lot of before | after pictures right now. Please "
+                                            "try again in a minute.", ephemeral=True)
+            return
+        self._drawings_asked += 1
         try:
             content, _style, _style2, result = await self._pictures(parent, result=True)
-            async with self._drawing:  # a few decodes at most at once, whoever presses
+            async with self._drawing:  # a few at once (of the bot's own PNGs), whoever presses
                 data, ext = await asyncio.to_thread(pictures.before_after_png, content, result,
                                                     interaction.filesize_limit)
         except UploadProblem as exc:
@@ -249,6 +256,8 @@ class Play:
             log.exception("before | after failed", extra={"job_id": parent.job_id})
             await interaction.followup.send("The before | after picture could not be made.", ephemeral=True)
             return
+        finally:
+            self._drawings_asked -= 1
         await interaction.followup.send(f"Job `{parent.job_id}`, before | after:", ephemeral=True,
                                         file=discord.File(io.BytesIO(data), f"{_COMPARE_FILENAME}.{ext}"))
 

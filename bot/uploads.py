@@ -168,8 +168,9 @@ class UploadChecker:
     """Downloads and decodes uploads with bounded cost; one per bot, closed at shutdown."""
 
     def __init__(self, *, workers: int, waiting_max: int, timeout_s: float, download_timeout_s: float = 60.0,
-                 server_share_s: float = 60.0, share_window_s: float = 300.0) -> None:
+                 server_share_s: float = 60.0, share_window_s: float = 300.0, per_member: int = 2) -> None:
         self.waiting_max = waiting_max
+        self.per_member = per_member  # a member's requests being checked or waiting their turn
         self.timeout_s = timeout_s
         self.download_timeout_s = download_timeout_s
         self.pool = CheckPool(workers, share_s=server_share_s, window_s=share_window_s)
@@ -182,7 +183,8 @@ class UploadChecker:
     @classmethod
     def from_limits(cls, limits: "LimitsConfig") -> "UploadChecker":
         return cls(workers=limits.checks_at_once, waiting_max=limits.checks_waiting, timeout_s=limits.check_timeout_s,
-                   server_share_s=limits.check_share_s, share_window_s=limits.check_window_s)
+                   server_share_s=limits.check_share_s, share_window_s=limits.check_window_s,
+                   per_member=limits.per_user_waiting)
 
     @property
     def admitted(self) -> int:
@@ -211,6 +213,10 @@ class UploadChecker:
         member's earlier requests are through (they go in the order sent). Raises
         :class:`ChecksBusy` when their server holds its share of the places, or when
         ``waiting_max`` requests are being checked."""
+        queued = self._queued.get(user_id, 0)
+        if queued >= self.per_member:  # what the line's per_user_waiting allows (jobs are also held there)
+            raise ChecksBusy(f"You already have {queued} requests being checked. Please wait for their answers "
+                             "before sending another.")
         free = self.waiting_max - self._admitted
         if free <= 0 or (self._servers.get(guild_id, 0) >= self.reserve and free <= self.reserve):
             raise ChecksBusy(_BUSY)
@@ -307,6 +313,9 @@ class Admission:
         """:func:`prepare_image` on the checker's threads, in this server's share of them and
         within the request's time: the picture the bot keeps, as PNG."""
         pool = self.checker.pool
+        wait = pool.back_under_share_in(self.guild_id)
+        if wait > self._left():  # its server used its share: say so now rather than hold a place meanwhile
+            raise ChecksBusy(_server_share_used(wait))
         try:
             ticket = pool.submit(self.guild_id, lambda: prepare_image(label, filename, data, **limits))  # type: ignore[arg-type]
         except RuntimeError:  # the pool was shut down: the bot is stopping

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import threading
 import time
 import warnings
 
@@ -52,7 +53,7 @@ def spin(seconds: float) -> None:
 
 
 async def test_a_members_requests_wait_their_turn_in_order_and_none_is_refused():
-    checker = UploadChecker(workers=1, waiting_max=8, timeout_s=0.5)
+    checker = UploadChecker(workers=1, waiting_max=8, timeout_s=0.5, per_member=3)
     events: list[tuple[str, int]] = []
     first_holds = asyncio.Event()
     picture = jpeg(80, 60)
@@ -72,6 +73,9 @@ async def test_a_members_requests_wait_their_turn_in_order_and_none_is_refused()
         tasks = [asyncio.create_task(request(n)) for n in range(3)]
         await asyncio.sleep(0.7)
         assert events == [("turn", 0)]  # the others wait, in order; nobody was refused
+        with pytest.raises(ChecksBusy, match="You already have 3 requests being checked"):  # beyond the limit
+            async with checker.admit(1, guild_id=10):
+                pass
         first_holds.set()
         kept = await asyncio.gather(*tasks)  # ...and the later ones' time starts at their turn
         assert events == [("turn", 0), ("done", 0), ("turn", 1), ("done", 1), ("turn", 2), ("done", 2)]
@@ -123,6 +127,22 @@ async def test_a_busy_server_delays_another_servers_check_by_one_check_at_most()
         assert order == ["busy0", "other", "busy1", "busy2", "busy3"]
         assert pool.used("busy") >= 4 * 0.03 and 0 < pool.used("other") < pool.used("busy")
     finally:
+        pool.close()
+
+
+async def test_one_server_never_holds_every_check_thread():
+    pool = CheckPool(2, share_s=100.0, window_s=60.0)
+    release = threading.Event()
+    try:
+        busy = [pool.submit("busy", lambda: release.wait(5)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        assert [t.started for t in busy] == [True, False, False]  # one thread stays for the others
+        other = pool.submit("other", lambda: "checked")
+        assert other.started and await asyncio.wait_for(other.result, 5) == "checked"
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*(t.result for t in busy)), 5)
+    finally:
+        release.set()
         pool.close()
 
 
