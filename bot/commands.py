@@ -38,7 +38,7 @@ from .scheduler import (
 from .settings import (
     ChannelNotAllowed, PresetNotAllowed, QuotaReached, ServerSettings,
 )
-from .store import ServerSpoolFull, SpoolFull, StoreError
+from .store import PicturesGone, ServerSpoolFull, SpoolFull, StoreError
 from .uploads import Admission, ChecksBusy, UploadChecker, UploadProblem, check_attachment
 from .library import StyleLibrary
 from .views import cancel_view
@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from .health import Metrics
     from .store import JobStore
 
-__all__ = ["StyleCommands", "StyleLibrary", "StorageUnavailable", "NotInServer", "JobRequest", "Pictures",
+__all__ = ["StyleCommands", "StyleLibrary", "StorageUnavailable", "NotInServer", "PicturesExpired", "JobRequest",
+           "Pictures",
            "refusal_reason", "may_cancel", "servers_only"]
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,12 @@ CommandT = TypeVar("CommandT", app_commands.Command, app_commands.Group, app_com
 
 class StorageUnavailable(Refused):
     """The job could not be recorded (the spool is full, or the disk cannot be written)."""
+
+
+class PicturesExpired(UploadProblem):
+    """A remix of a result whose pictures are no longer kept."""
+
+    metric_label = "expired"  # refusal_reason
 
 
 class NotInServer(Refused):
@@ -357,7 +364,10 @@ class StyleCommands:
     async def _accept(self, job: Job, hold: Hold) -> None:
         """Record ``job`` (with its pictures), then put it in line in the place ``hold`` kept; raises Refused."""
         try:
-            await self.ledger.accept(job, daily_limit=self.settings.daily_limit(job.guild_id))
+            await self.ledger.accept(job, daily_limit=self.settings.daily_limit(job.guild_id),
+                                     parent_kept=job.parent_id is not None)
+        except PicturesGone:  # a remix whose parent was deleted (or expired) while it was being made
+            raise self.pictures_expired() from None
         except ServerSpoolFull as exc:
             log.warning("server's spool share full; refusing a job", extra={
                 "job_id": job.job_id, "guild_id": exc.guild_id, "used": exc.used, "share": exc.share})
@@ -378,6 +388,13 @@ class StyleCommands:
             raise
         if self.metrics is not None:
             self.metrics.accepted.inc()
+
+    def pictures_expired(self) -> PicturesExpired:
+        """The refusal for a remix of a result whose pictures are no longer kept."""
+        hours = (self.store.reuse_s if self.store is not None else 0.0) / 3600
+        return PicturesExpired(
+            f"The pictures of this result have expired (they are kept for {hours:g} hours after delivery, or until "
+            "the result is deleted), so this button no longer works. Run /stylize again with them.")
 
     def _new_job(self, interaction: discord.Interaction, request: JobRequest, pictures: Pictures) -> Job:
         blend = None

@@ -218,11 +218,12 @@ class Ledger:
 
     # -- accepting and restoring
 
-    async def accept(self, job: Job, daily_limit: int = 0) -> None:
-        """Record a new job, with its pictures, as waiting; raises what the store raises."""
+    async def accept(self, job: Job, daily_limit: int = 0, *, parent_kept: bool = False) -> None:
+        """Record a new job, with its pictures, as waiting; raises what the store raises.
+        ``parent_kept``: a remix, taken only while its parent still keeps its pictures."""
         job.state = JobState.WAITING
         if self.store is not None:
-            await self.store.accept(job, daily_limit=daily_limit)
+            await self.store.accept(job, daily_limit=daily_limit, parent_kept=parent_kept)
 
     async def discard(self, job: Job) -> None:
         """Forget a job that was recorded but then not taken after all (the line filled up)."""
@@ -339,11 +340,12 @@ class Ledger:
 
     async def strip(self, job: Job) -> None:
         """A result on its way (done or delivering) whose original was deleted: it is sent
-        without before | after and keeps no pictures once delivered."""
+        without before | after and keeps no pictures once delivered. Its inputs go now, so
+        that holds after a restart too (the mark here only spares the send under way)."""
         self._stripped.add(job.job_id)
         job.compare = False
         if self.store is not None:
-            await self.store.update(job.job_id, compare=0)
+            await self.store.update(job.job_id, remove_inputs=True, compare=0)
 
     def stripped(self, job: Job) -> bool:
         return job.job_id in self._stripped
@@ -358,6 +360,7 @@ class Ledger:
         """Every route refused for good. An undeliverable job's inputs go at once (no one can
         remix a result they never got); its result stays in the spool until the retention, or
         until the room is needed (the store may drop it then)."""
+        self._stripped.discard(job.job_id)
         self._move(job, JobState.UNDELIVERABLE if job.state in (JobState.DONE, JobState.DELIVERING)
                    else JobState.UNNOTIFIED)
         if self.store is not None:

@@ -27,7 +27,7 @@ from discord import app_commands
 from nst_core.errors import ImageError
 
 from . import pictures, render
-from .commands import JobRequest, Pictures, may_cancel, servers_only
+from .commands import JobRequest, Pictures, PicturesExpired, may_cancel, servers_only
 from .scheduler import Refused
 from .errors import answer_error
 from .jobs import Job, JobState
@@ -46,12 +46,6 @@ log = logging.getLogger(__name__)
 SAVED_STYLE_S = 24 * 3600.0
 _COMPARE_FILENAME = "before-after"
 _MAX_DRAWINGS_ASKED = 8  # before | after presses being drawn or waiting, over all servers
-
-
-class PicturesExpired(UploadProblem):
-    """A remix of a result whose pictures are no longer kept."""
-
-    metric_label = "expired"  # bot.commands.refusal_reason
 
 
 @dataclass(frozen=True)
@@ -183,10 +177,7 @@ class Play:
                 raise PicturesGone(job.job_id)
             return await self.commands.store.kept_pictures(job.job_id, result=result)
         except PicturesGone:
-            raise PicturesExpired(
-                f"The pictures of this result have expired (they are kept for {self.reuse_s / 3600:g} hours after "
-                "delivery, or until the result is deleted), so this button no longer works. Run /stylize again "
-                "with them.") from None
+            raise self.commands.pictures_expired() from None
         except StoreError:
             log.exception("kept pictures unreadable", extra={"job_id": job.job_id})
             raise UploadProblem("The bot cannot read this result's pictures right now. Please try again later.") \

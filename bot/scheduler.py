@@ -87,8 +87,7 @@ class Hold:
         self.guild_id = guild_id
 
     def release(self) -> None:
-        if self in self.scheduler._held:
-            self.scheduler._held.remove(self)
+        self.scheduler.release(self)
 
     def __enter__(self) -> "Hold":
         return self
@@ -251,6 +250,11 @@ class Scheduler:
         hold = Hold(self, user_id, guild_id)
         self._held.append(hold)
         return hold
+
+    def release(self, hold: Hold) -> None:
+        """Give back the place ``hold`` kept (again: nothing)."""
+        if hold in self._held:
+            self._held.remove(hold)
 
     def submit(self, job: Job, hold: "Hold | None" = None) -> None:
         """Put ``job`` in line (or straight on a worker); raises :class:`Refused`. ``hold``: the

@@ -293,22 +293,26 @@ class JobStore:
 
     # ------------------------------------------------------------------ accepting
 
-    async def accept(self, job: Job, daily_limit: int = 0) -> None:
+    async def accept(self, job: Job, daily_limit: int = 0, *, parent_kept: bool = False) -> None:
         """Record ``job`` as queued with its images; raises :class:`ServerSpoolFull` (its server's
         share of the spool is full), :class:`SpoolFull` or :class:`StoreError`, or
         :class:`~bot.settings.QuotaReached` when its requester already started ``daily_limit``
         jobs in its server within 24 hours (0: no limit; counted here, so parallel requests
-        cannot slip past it)."""
+        cannot slip past it). ``parent_kept``: a remix, taken only while its parent still keeps
+        its pictures (:class:`PicturesGone` once they were deleted or expired, checked here
+        so that a Delete while the remix was being made cannot be slipped past)."""
         try:
-            job.seq = await self._run(self._accept, job, daily_limit)
+            job.seq = await self._run(self._accept, job, daily_limit, parent_kept)
         except (StoreError, QuotaReached):
             raise
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             raise StoreError(f"job {job.job_id} could not be recorded: {exc}") from exc
 
-    def _accept(self, job: Job, daily_limit: int) -> int:
+    def _accept(self, job: Job, daily_limit: int, parent_kept: bool = False) -> int:
         now = self.clock()
+        if parent_kept and not self._keeps_pictures(job.parent_id or ""):
+            raise PicturesGone(job.parent_id or "")
         if daily_limit and job.guild_id is not None:
             used, leaves = self._usage(job.guild_id, job.user_id, now - QUOTA_WINDOW_S, daily_limit)
             if leaves is not None:
@@ -537,9 +541,12 @@ class JobStore:
         ``result``); raises :class:`PicturesGone` once they are no longer kept."""
         return await self._run(self._kept_pictures, job_id, result)
 
-    def _kept_pictures(self, job_id: str, result: bool) -> tuple[bytes, ...]:
+    def _keeps_pictures(self, job_id: str) -> bool:
         row = self.db.execute("SELECT kept_until FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        if row is None or row[0] is None or row[0] <= self.clock():
+        return row is not None and row[0] is not None and row[0] > self.clock()
+
+    def _kept_pictures(self, job_id: str, result: bool) -> tuple[bytes, ...]:
+        if not self._keeps_pictures(job_id):
             raise PicturesGone(job_id)
         try:
             pictures = self._load_inputs(job_id)
@@ -642,8 +649,9 @@ class JobStore:
         # A saved style counts in its server's share of the spool, like the server's jobs: saving
         # (free) in one server pushes out that server's oldest evictable files, never another's
         # (unless the whole spool is full, as for a job).
-        self._forget_style(guild_id, user_id)
+        # Room first (the earlier style is evictable, so it counts as room): a refusal keeps it.
         self._make_room(len(data), guild_id)
+        self._forget_style(guild_id, user_id)
         now = self.clock()
         path = self._saved_path(guild_id, user_id)
         with transaction(self.db):  # the record first: a file without one would never be purged

@@ -160,6 +160,31 @@ async def test_saved_styles_keep_to_their_servers_share_of_the_spool_oldest_firs
         assert await store.server_usage(6) == 180 and store.spool_bytes == 270
 
 
+async def test_a_remix_is_taken_only_while_its_parent_keeps_its_pictures(store, clock):
+    parent = job()
+    await deliver(store, parent)
+    child = job(parent_id=parent.job_id, remix="again")
+    await Ledger(store).accept(child, parent_kept=True)  # kept: taken
+    await Ledger(store).forget_pictures(parent)  # deleted while another remix was being made...
+    late = job(parent_id=parent.job_id, remix="more")
+    with pytest.raises(PicturesGone):  # ...which is then refused, not taken with the original in it
+        await Ledger(store).accept(late, parent_kept=True)
+    assert await store.get(late.job_id) is None and not (store.spool_dir / late.job_id).exists()
+
+
+async def test_a_stripped_result_keeps_no_pictures_even_after_a_restart(store, clock):
+    j = job()
+    ledger = Ledger(store)
+    await ledger.accept(j)
+    ledger.job_started(j)
+    await ledger.save_result(j, Finished(j.job_id, b"R" * 100, {"history": []}, (), "cpu0", 1.0))
+    await ledger.strip(j)  # its original was deleted while it was on its way
+    await Ledger(store).sent(j, "interaction", 99)  # delivered by a ledger that never heard of it
+    with pytest.raises(PicturesGone):
+        await store.kept_pictures(j.job_id)
+    assert (await store.get(j.job_id)).compare is False
+
+
 async def test_lineage_and_descendants(store):
     root = job()
     child = job(parent_id=root.job_id, remix="again")

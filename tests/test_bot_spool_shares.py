@@ -247,6 +247,17 @@ async def test_a_servers_usage_is_recorded_and_survives_a_restart(tmp_path, cloc
         assert db.execute("SELECT spool_bytes FROM jobs WHERE job_id = ?", (waiting.job_id,)).fetchone()[0] == 4000
 
 
+async def test_a_style_that_cannot_be_saved_leaves_the_members_earlier_one(store, clock):
+    await store.save_style(A, 1, "mine.png", b"m" * 3000, ttl_s=86400)
+    await Ledger(store).accept(job(A, size=3000))  # 6_000 of work still owed: not evictable
+    clock.now += 1
+    with pytest.raises(ServerSpoolFull):  # 6_000 + 4_500 would pass the share even without mine.png
+        await store.save_style(A, 1, "bigger.png", b"b" * 4500, ttl_s=86400)
+    assert await store.saved_style(A, 1) == ("mine.png", b"m" * 3000)
+    await store.save_style(A, 1, "other.png", b"o" * 4000, ttl_s=86400)  # fits once mine.png goes: replaced
+    assert await store.saved_style(A, 1) == ("other.png", b"o" * 4000) and await store.server_usage(A) == 10_000
+
+
 async def test_a_version_4_database_gets_its_sizes_from_the_files(tmp_path, clock):
     async with make_store(tmp_path, clock) as s:
         waiting, kept, lost = job(A), job(A, size=700), job(B, size=300)
