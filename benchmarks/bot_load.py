@@ -91,7 +91,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
-from bot.outbox import is_delivery_of  # noqa: E402
+from bot.delivery.outbox import is_delivery_of  # noqa: E402
 from bot.config import LimitsConfig, StorageConfig  # noqa: E402
 from bot_fixtures import CONTENT_PNG, STYLE_PNG, BotProcess, start_bot, write_config  # noqa: E402
 from fake_discord import FakeDiscord  # noqa: E402

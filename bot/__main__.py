@@ -25,7 +25,7 @@ def _without_token_in_environment(token: str, argv: list[str]) -> None:
     pictures) run as the same user. So the process re-executes itself without the variable
     and reads the token from a pipe it inherits; the token then lives in memory only.
     """
-    from .config import TOKEN_ENV
+    from bot.config import TOKEN_ENV
 
     read_end, write_end = os.pipe()
     os.write(write_end, token.encode())  # far below a pipe's buffer: never blocks
@@ -48,7 +48,7 @@ def _token_from_pipe() -> str | None:
 
 def _token_is_set() -> bool:
     """Whether a token reached this process, in the environment or (after the re-exec) on the pipe."""
-    from .config import ConfigError, read_token
+    from bot.config import ConfigError, read_token
 
     try:  # the order main() reads them in
         if (_token_from_pipe() or "").strip():
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    from .config import TOKEN_ENV, ConfigError, load_config, read_token
+    from bot.config import TOKEN_ENV, ConfigError, load_config, read_token
 
     path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     notes: list[str] = []
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import asyncio
 
-    from .app import run
+    from bot.app.client import run
 
     return asyncio.run(run(config, token, force_sync=args.sync, config_warnings=notes))
 

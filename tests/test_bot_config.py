@@ -15,8 +15,8 @@ import discord
 import pytest
 from discord import app_commands
 
-from bot import app as bot_app
-from bot.commands import StyleCommands
+from bot.app import client as bot_app
+from bot.ui.commands import StyleCommands
 from bot.config import Config, ConfigError, DeliveryConfig, PresetConfig, load_config, read_token
 
 pytestmark = pytest.mark.timeout(60)

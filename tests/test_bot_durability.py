@@ -22,10 +22,10 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import render
-from bot.jobs import Job
-from bot.outbox import is_delivery_of, marker
-from bot.store import JobStore
+from bot.render import words
+from bot.core.job import Job
+from bot.delivery.outbox import is_delivery_of, marker
+from bot.store.job_store import JobStore
 from nst_core.params import StylizeParams
 from bot_fixtures import (
     CONTENT_PNG, PNG_MAGIC, STYLE_PNG, BotProcess, free_port, kill9, reap, start_bot, status_texts, wait_gone,
@@ -218,7 +218,7 @@ async def test_kill9_with_jobs_waiting_running_and_mid_delivery_then_restart(env
     await store.close()
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{fake.api_base}/channels/{fake.channel.id}/messages",
-                                json={"content": render.result_content(fake.user("dave").id, a6, late=True),
+                                json={"content": words.result_content(fake.user("dave").id, a6, late=True),
                                       "embeds": [{"footer": {"text": marker("result", a6)}}]},
                                 headers={"Authorization": f"Bot {fake.bot_token}"}) as resp:
             assert resp.status == 200

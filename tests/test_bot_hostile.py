@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot.outbox import is_delivery_of
+from bot.delivery.outbox import is_delivery_of
 from bot_fixtures import CONTENT_PNG, PNG_MAGIC, STYLE_PNG, start_bot, write_config
 
 try:  # `python -m pytest` from the repo root

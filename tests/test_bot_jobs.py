@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.jobs import TRANSITIONS, IllegalTransition, Job, JobState, Ledger
-from bot.store import JobStore
+from bot.core.job import TRANSITIONS, IllegalTransition, Job, JobState, Ledger
+from bot.store.job_store import JobStore
 from nst_core.params import StylizeParams
 from nst_core.pool.base import Failed, Finished
 
@@ -112,8 +112,8 @@ def test_the_bot_process_never_imports_tensorflow_keras_or_ray():
     script = (
         "import sys\n"
         "from bot.config import load_config\n"
-        "import bot.app, bot.__main__\n"
-        "bot.app.make_pool(load_config(None, env={}))\n"
+        "import bot.app.client, bot.__main__\n"
+        "bot.app.client.make_pool(load_config(None, env={}))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'ray')))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)

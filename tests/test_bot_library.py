@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from bot.config import StylesConfig
-from bot.library import CATALOGUE, LibraryStyle, StyleLibrary, builtin_styles, parse_catalogue
-from bot.uploads import UploadProblem
+from bot.intake.library import CATALOGUE, LibraryStyle, StyleLibrary, builtin_styles, parse_catalogue
+from bot.intake.uploads import UploadProblem
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -175,7 +175,7 @@ title = "Harbour at Dusk"
 file = "gone.png"
 title = "Deleted since"
 """)
-    with caplog.at_level(logging.WARNING, logger="bot.library"):
+    with caplog.at_level(logging.WARNING, logger="bot.intake.library"):
         library = StyleLibrary(styles, builtin=False)
         assert library.names() == ["harbour"]
     assert library.get("harbour").title == "Harbour at Dusk"
@@ -195,7 +195,7 @@ title = "Deleted since"
 ])
 def test_a_malformed_operator_catalogue_is_logged_and_ignored(tmp_path, caplog, text):
     styles = folder(tmp_path, "mosaic.png", "waves.png", catalogue=text)
-    with caplog.at_level(logging.WARNING, logger="bot.library"):
+    with caplog.at_level(logging.WARNING, logger="bot.intake.library"):
         library = StyleLibrary(styles, refresh_s=0.0)
         assert library.names() == BUILTIN + ["mosaic", "waves"]
         assert library.get("mosaic").title == "mosaic"
@@ -207,7 +207,7 @@ def test_a_malformed_operator_catalogue_is_logged_and_ignored(tmp_path, caplog, 
 def test_an_unreadable_operator_catalogue_is_logged_and_ignored(tmp_path, caplog):
     styles = folder(tmp_path, "mosaic.png")
     (styles / CATALOGUE).write_bytes(b"\xff\xfe not utf-8 \xff")
-    with caplog.at_level(logging.WARNING, logger="bot.library"):
+    with caplog.at_level(logging.WARNING, logger="bot.intake.library"):
         assert StyleLibrary(styles, builtin=False).names() == ["mosaic"]
     assert "cannot be read" in caplog.text
 
@@ -229,7 +229,7 @@ def test_a_missing_folder_leaves_the_builtins(tmp_path):
 
 def test_names_longer_than_discord_allows_are_not_offered(tmp_path, caplog):
     styles = folder(tmp_path, "x" * 101 + ".png", "ok.png")
-    with caplog.at_level(logging.WARNING, logger="bot.library"):
+    with caplog.at_level(logging.WARNING, logger="bot.intake.library"):
         assert StyleLibrary(styles, builtin=False).names() == ["ok"]
     assert "rename the file" in caplog.text
 

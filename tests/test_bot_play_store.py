@@ -8,10 +8,10 @@ import sqlite3
 
 import pytest
 
-from bot import render
-from bot.jobs import Job, JobState, Ledger
-from bot.schema import SCHEMA_VERSION
-from bot.store import JobStore, PicturesGone, ServerSpoolFull, SpoolFull
+from bot.render import words
+from bot.core.job import Job, JobState, Ledger
+from bot.store.schema import SCHEMA_VERSION
+from bot.store.job_store import JobStore, PicturesGone, ServerSpoolFull, SpoolFull
 from nst_core.params import StylizeParams
 from nst_core.pool.base import Finished
 
@@ -110,7 +110,7 @@ async def test_a_second_style_is_kept_with_the_job_and_survives_a_reopen(tmp_pat
         [row] = await s.open_jobs()
         assert await s.load_inputs(j.job_id) == (j.content, j.style, j.style2)
         assert (row.style2_label, row.compare, row.blend) == ("wave.png", True, pytest.approx(0.3))
-        assert render.styles_text(row.style_label, row.style2_label, row.blend) == "waves 70% + wave.png 30%"
+        assert words.styles_text(row.style_label, row.style2_label, row.blend) == "waves 70% + wave.png 30%"
         row.content, row.style, row.style2 = await s.load_inputs(j.job_id)
         assert len(row.spec(max_pixels=10_000).style) == 2  # both styles reach the worker
 

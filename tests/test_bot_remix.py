@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bot.commands import refusal_reason
-from bot.play import PicturesExpired
-from bot.remix import DoublePress, RemixRefused, next_preset, remix
-from bot.uploads import discord_media_url
+from bot.ui.commands import refusal_reason
+from bot.ui.buttons import PicturesExpired
+from bot.core.remix import DoublePress, RemixRefused, next_preset, remix
+from bot.intake.uploads import discord_media_url
 from nst_core.params import StylizeParams
 
 ALL = ("fast", "balanced", "best")
@@ -80,7 +80,7 @@ def test_expired_pictures_are_counted_under_their_own_reason():
 def _play(reuse_s: float = 3600.0, allowed=ALL, max_strength: float = 5.0):
     from types import SimpleNamespace
 
-    from bot.play import Play
+    from bot.ui.buttons import Play
 
     rules = SimpleNamespace(allowed_presets=lambda: allowed)
     commands = SimpleNamespace(store=SimpleNamespace(reuse_s=reuse_s), settings=SimpleNamespace(rules=lambda g: rules),
@@ -93,7 +93,7 @@ def _buttons(view) -> list[str]:
 
 
 async def test_the_buttons_under_a_result_leave_out_what_cannot_work():
-    from bot.jobs import Job
+    from bot.core.job import Job
 
     def result(**params) -> Job:
         return Job(job_id="00000000ab", user_id=1, channel_id=2, guild_id=3, application_id=4, interaction_token="",

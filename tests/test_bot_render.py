@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bot import pictures, render
-from bot.outbox import prepare_result
-from bot.status import StatusUpdater, token_usable
-from bot.scheduler import LineStatus
+from bot.render import drawings
+
+from bot.render import words
+from bot.delivery.outbox import prepare_result
+from bot.delivery.status import StatusUpdater, token_usable
+from bot.service.scheduler import LineStatus
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -31,32 +33,32 @@ SUMMARY = {
 
 
 def test_small_formats():
-    assert render.format_duration(0.2) == "1 s"
-    assert render.format_duration(42) == "42 s"
-    assert render.format_duration(61) == "2 min"
-    assert render.format_duration(3600 + 5 * 60) == "1 h 5 min"
-    assert render.progress_bar(0.5, 10) == "█████░░░░░"
-    assert render.progress_bar(3, 4) == "████" and render.progress_bar(-1, 4) == "░░░░"
-    assert render.time_left(10.0, 5, 20) == 30.0 and render.time_left(3.0, 0, 20) is None
-    assert render.loss_change(2.0, 0.5) == "2 → 0.5 (−75%)"
-    assert render.loss_change(0.5, 0.6) == "0.5 → 0.6 (+20%)"
-    assert render.loss_change(0.0, 0.2) == "0 → 0.2"
+    assert words.format_duration(0.2) == "1 s"
+    assert words.format_duration(42) == "42 s"
+    assert words.format_duration(61) == "2 min"
+    assert words.format_duration(3600 + 5 * 60) == "1 h 5 min"
+    assert words.progress_bar(0.5, 10) == "█████░░░░░"
+    assert words.progress_bar(3, 4) == "████" and words.progress_bar(-1, 4) == "░░░░"
+    assert words.time_left(10.0, 5, 20) == 30.0 and words.time_left(3.0, 0, 20) is None
+    assert words.loss_change(2.0, 0.5) == "2 → 0.5 (−75%)"
+    assert words.loss_change(0.5, 0.6) == "0.5 → 0.6 (+20%)"
+    assert words.loss_change(0.0, 0.2) == "0 → 0.2"
 
 
 def test_status_lines():
-    assert render.waiting_line(3, 95) == "⏳ Waiting — position **3** in line · starts in about 2 min"
-    assert render.waiting_line(1, None) == "⏳ Waiting — position **1** in line"
-    line = render.progress_line(15, 30, 1, 2, (256, 171), 20.0)
+    assert words.waiting_line(3, 95) == "⏳ Waiting — position **3** in line · starts in about 2 min"
+    assert words.waiting_line(1, None) == "⏳ Waiting — position **1** in line"
+    line = words.progress_line(15, 30, 1, 2, (256, 171), 20.0)
     assert "`████████░░░░░░░░`" in line
     for part in ("50%", "step 15/30", "scale 2/2 (256×171)", "about 20 s left"):
         assert part in line
-    assert render.cancelled_line(5, 5) == "🛑 Cancelled." and "<@7>" in render.cancelled_line(7, 5)
-    assert "`ab`" in render.status_header("ab", "fast", "x.png")
-    assert "<@9>" in render.result_content(9, "ab") and "too old" in render.result_content(9, "ab", late=True)
+    assert words.cancelled_line(5, 5) == "🛑 Cancelled." and "<@7>" in words.cancelled_line(7, 5)
+    assert "`ab`" in words.status_header("ab", "fast", "x.png")
+    assert "<@9>" in words.result_content(9, "ab") and "too old" in words.result_content(9, "ab", late=True)
 
 
 def test_result_embed_reports_the_loss_summary():
-    embed = render.result_embed(SUMMARY, job_id="abc", preset="balanced", seed=42, strength=1.5,
+    embed = words.result_embed(SUMMARY, job_id="abc", preset="balanced", seed=42, strength=1.5,
                                 preserve_colors=True, style_label="waves.png", seconds=3.25)
     fields = {f.name: f.value for f in embed.fields}
     assert fields["Style loss"] == "2 → 0.5 (−75%)"
@@ -68,25 +70,25 @@ def test_result_embed_reports_the_loss_summary():
     assert "Styles" not in fields
     assert fields["Preset"] == "balanced (strength 1.5, colours preserved)"
     assert "ran out of memory" in embed.description
-    assert embed.image.url == f"attachment://{render.CHART_FILENAME}"
+    assert embed.image.url == f"attachment://{words.CHART_FILENAME}"
     assert "waves.png" in embed.footer.text and len(embed) < 6000  # the outbox puts the job id before it
 
 
 def test_result_embed_names_both_styles_and_their_blend():
-    embed = render.result_embed(SUMMARY, job_id="abc", preset="fast", seed=1, strength=1.0, preserve_colors=False,
+    embed = words.result_embed(SUMMARY, job_id="abc", preset="fast", seed=1, strength=1.0, preserve_colors=False,
                                 style_label="starry.jpg", style2_label="wave.png", blend=0.3, seconds=48.2)
     fields = {f.name: f.value for f in embed.fields}
     assert fields["Styles"] == "starry.jpg 70% + wave.png 30%"
     assert fields["Time"] == "48.2 s (1.2 s/step)"  # 48.2 s over 40 steps
     assert fields["Style loss"] == "2 → 0.5 (−75%)"  # the loss summary is still there
     assert "starry.jpg" in embed.footer.text and "wave.png" in embed.footer.text
-    long = render.result_embed(SUMMARY, job_id="abc", preset="fast", seed=1, strength=1.0, preserve_colors=False,
+    long = words.result_embed(SUMMARY, job_id="abc", preset="fast", seed=1, strength=1.0, preserve_colors=False,
                                style_label="a" * 3000, style2_label="b" * 3000, blend=None)
     fields = {f.name: f.value for f in long.fields}
     assert len(long.footer.text) <= 100 and "…" in long.footer.text
     assert "50%" in fields["Styles"] and len(fields["Styles"]) <= 1024 and len(long) < 6000
-    assert render.seconds_per_step(3.0, 0) is None and render.seconds_per_step(None, 5) is None
-    assert render.status_header("ab", "fast", "starry.jpg 70% + wave.png 30%").endswith("`starry.jpg 70% + wave.png 30%`")
+    assert words.seconds_per_step(3.0, 0) is None and words.seconds_per_step(None, 5) is None
+    assert words.status_header("ab", "fast", "starry.jpg 70% + wave.png 30%").endswith("`starry.jpg 70% + wave.png 30%`")
 
 
 def _rgb(data: bytes) -> np.ndarray:
@@ -99,27 +101,27 @@ def _colour_mask(pixels: np.ndarray, colour) -> np.ndarray:
 
 def _plot_edges(pixels: np.ndarray) -> tuple[int, int]:
     """The left and right edges of the plot frame: the long columns in the axis colour."""
-    columns = np.flatnonzero(_colour_mask(pixels, pictures._AXIS).sum(axis=0) > pixels.shape[0] // 2)
+    columns = np.flatnonzero(_colour_mask(pixels, drawings._AXIS).sum(axis=0) > pixels.shape[0] // 2)
     return int(columns.min()), int(columns.max())
 
 
 def test_loss_chart_shows_every_loss_axes_and_dashed_scale_changes():
-    data = pictures.loss_chart_png(SUMMARY["history"], [1, 11, 31])
+    data = drawings.loss_chart_png(SUMMARY["history"], [1, 11, 31])
     img = Image.open(io.BytesIO(data))
     assert img.format == "PNG" and img.size == (640, 280)
     assert len(data) < 40_000
     pixels = _rgb(data)
-    for name, colour in pictures._CHART_COLOURS.items():  # a line per loss (and its legend swatch)
+    for name, colour in drawings._CHART_COLOURS.items():  # a line per loss (and its legend swatch)
         assert _colour_mask(pixels, colour).sum() > 100, name
     # the legend sits above the plot, not over the lines
     left, right = _plot_edges(pixels)
-    top = int(np.flatnonzero(_colour_mask(pixels, pictures._AXIS)[:, (left + right) // 2])[0])
+    top = int(np.flatnonzero(_colour_mask(pixels, drawings._AXIS)[:, (left + right) // 2])[0])
     legend = np.zeros(pixels.shape[:2], bool)
-    for colour in pictures._CHART_COLOURS.values():
+    for colour in drawings._CHART_COLOURS.values():
         legend |= _colour_mask(pixels, colour)
     assert legend[:top].sum() > 4 * 16 and legend[:top].any(axis=1).sum() <= 4
     # a dashed marker where scale 2 and scale 3 began (not at the first scale), at their steps
-    marks = _colour_mask(pixels, pictures._SCALE_MARK)
+    marks = _colour_mask(pixels, drawings._SCALE_MARK)
     columns = np.flatnonzero(marks[top:].sum(axis=0) > 40)
     groups = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
     assert len(groups) == 2
@@ -129,10 +131,10 @@ def test_loss_chart_shows_every_loss_axes_and_dashed_scale_changes():
         column = marks[top:, group[0]]
         assert np.count_nonzero(np.diff(column.astype(int)) == 1) >= 10  # dashed: many separate runs
     # scale_starts is optional: callers passing only the history still get a chart, unmarked
-    plain = _rgb(pictures.loss_chart_png(SUMMARY["history"]))
+    plain = _rgb(drawings.loss_chart_png(SUMMARY["history"]))
     assert plain.shape == (280, 640, 3)
-    assert (_colour_mask(plain, pictures._SCALE_MARK).sum(axis=0) > 40).sum() == 0
-    small = pictures.loss_chart_png(SUMMARY["history"], width=320, height=140)
+    assert (_colour_mask(plain, drawings._SCALE_MARK).sum(axis=0) > 40).sum() == 0
+    small = drawings.loss_chart_png(SUMMARY["history"], width=320, height=140)
     assert Image.open(io.BytesIO(small)).size == (320, 140)
 
 
@@ -147,15 +149,15 @@ def test_loss_chart_shows_every_loss_axes_and_dashed_scale_changes():
     ([{"step": s, "total": 0.5} for s in range(1, 10)], [1, 5]),  # a flat line
 ])
 def test_loss_chart_survives_odd_values(history, starts):
-    data = pictures.loss_chart_png(history, starts)
+    data = drawings.loss_chart_png(history, starts)
     assert Image.open(io.BytesIO(data)).size == (640, 280)
 
 
 def test_loss_chart_draws_a_loss_missing_from_some_points():
     history = [{"step": s, "style": 1.0 / s, **({"tv": 0.1} if s % 3 == 0 else {})} for s in range(1, 31)]
-    pixels = _rgb(pictures.loss_chart_png(history, [1, 16]))
-    assert _colour_mask(pixels, pictures._CHART_COLOURS["tv"]).sum() > 200  # joined across the gaps
-    assert _colour_mask(pixels, pictures._CHART_COLOURS["content"]).sum() == 0  # never reported: no line
+    pixels = _rgb(drawings.loss_chart_png(history, [1, 16]))
+    assert _colour_mask(pixels, drawings._CHART_COLOURS["tv"]).sum() > 200  # joined across the gaps
+    assert _colour_mask(pixels, drawings._CHART_COLOURS["content"]).sum() == 0  # never reported: no line
 
 
 def _encoded(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -173,7 +175,7 @@ def test_before_after_puts_the_upright_content_beside_the_result():
     exif[0x0112] = 6  # stored sideways: shown rotated a quarter turn, 100 wide and 200 high
     content = _encoded(Image.new("RGB", (200, 100), (40, 160, 90)), "JPEG", exif=exif, quality=95)
     result = _encoded(Image.new("RGB", (120, 240), (200, 60, 60)))
-    data, ext = pictures.before_after_png(content, result, 8_000_000)
+    data, ext = drawings.before_after_png(content, result, 8_000_000)
     img = Image.open(io.BytesIO(data))
     assert ext == "png" and img.format == "PNG"
     assert img.height == 240 and abs(img.width - (120 + 120)) <= 6  # content scaled to 120×240, then the result
@@ -187,15 +189,15 @@ def test_before_after_puts_the_upright_content_beside_the_result():
 
 def test_before_after_fits_the_limit_and_caps_the_size():
     content, result = _encoded(_noise(500, 400, 1)), _encoded(_noise(600, 400, 2))
-    data, ext = pictures.before_after_png(content, result, 60_000)
+    data, ext = drawings.before_after_png(content, result, 60_000)
     assert ext in ("jpg", "webp") and len(data) <= 60_000
     assert Image.open(io.BytesIO(data)).height > 16
     wide = _encoded(Image.new("RGB", (3000, 1000), (10, 20, 30)))
-    data, ext = pictures.before_after_png(wide, _encoded(Image.new("RGB", (1500, 1200), (90, 90, 90))), 8_000_000)
+    data, ext = drawings.before_after_png(wide, _encoded(Image.new("RGB", (1500, 1200), (90, 90, 90))), 8_000_000)
     size = Image.open(io.BytesIO(data)).size
     assert max(size) <= 2048 and size[0] > 2000
     with pytest.raises(ValueError):
-        pictures.before_after_png(b"not an image", result, 8_000_000)
+        drawings.before_after_png(b"not an image", result, 8_000_000)
 
 
 def test_before_after_refuses_to_decode_a_huge_picture():
@@ -209,9 +211,9 @@ def test_before_after_refuses_to_decode_a_huge_picture():
             + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
     small = _encoded(Image.new("RGB", (50, 50)))
     with pytest.raises(ValueError, match="too large"):
-        pictures.before_after_png(huge, small, 8_000_000)
+        drawings.before_after_png(huge, small, 8_000_000)
     with pytest.raises(ValueError, match="too large"):
-        pictures.before_after_png(small, huge, 8_000_000)
+        drawings.before_after_png(small, huge, 8_000_000)
 
 
 _SWATCHES = [(230, 30, 30), (30, 200, 30), (30, 30, 230), (230, 200, 30), (200, 30, 200), (30, 200, 200)]
@@ -226,7 +228,7 @@ def test_contact_sheet_lays_out_numbered_thumbnails_in_a_grid():
     def sheet(n: int, **kwargs) -> np.ndarray:
         entries = [(f"Style {i}, Painter (19{i:02d})", _encoded(Image.new("RGB", (100, 100), _SWATCHES[i])))
                    for i in range(n)]
-        return _rgb(pictures.contact_sheet_png(entries, **kwargs))
+        return _rgb(drawings.contact_sheet_png(entries, **kwargs))
 
     five = sheet(5, columns=4, thumb=64)
     assert five.shape == sheet(6, columns=4, thumb=64).shape  # two rows of four either way
@@ -245,10 +247,10 @@ def test_contact_sheet_lays_out_numbered_thumbnails_in_a_grid():
 def test_contact_sheet_survives_an_unreadable_entry_and_an_empty_library():
     entries = [("ok", _encoded(Image.new("RGB", (80, 120), _SWATCHES[0]))), ("broken", b"\x89PNG not really"),
                ("a name " * 40, _encoded(Image.new("RGBA", (120, 80), (0, 0, 0, 0))))]
-    pixels = _rgb(pictures.contact_sheet_png(entries, columns=3, thumb=96))
-    assert _colour_mask(pixels, pictures._UNREADABLE).sum() > 0.8 * 96 * 96  # the grey tile
+    pixels = _rgb(drawings.contact_sheet_png(entries, columns=3, thumb=96))
+    assert _colour_mask(pixels, drawings._UNREADABLE).sum() > 0.8 * 96 * 96  # the grey tile
     assert _centre(pixels, _SWATCHES[0])[2] == 64 * 96  # aspect kept: 80×120 shown as 64×96
-    empty = pictures.contact_sheet_png([])
+    empty = drawings.contact_sheet_png([])
     img = Image.open(io.BytesIO(empty))
     assert img.format == "PNG" and img.width < 400 and img.height < 200
     assert len(np.unique(np.asarray(img.convert("L")))) > 2  # it says so in words
@@ -256,22 +258,22 @@ def test_contact_sheet_survives_an_unreadable_entry_and_an_empty_library():
 
 def test_contact_sheet_of_twelve_photos_stays_small(monkeypatch):
     entries = [(f"{i}. noisy", _encoded(_noise(300, 260, i))) for i in range(12)]
-    data = pictures.contact_sheet_png(entries)
+    data = drawings.contact_sheet_png(entries)
     assert len(data) < 2_000_000
     img = Image.open(io.BytesIO(data))
     assert img.format == "PNG" and img.width > 4 * 192 and img.height > 3 * 192
-    monkeypatch.setattr(pictures, "_SHEET_BUDGET", 10_000)  # over budget: saved with 256 colours
-    fewer = pictures.contact_sheet_png(entries[:4], thumb=96)
+    monkeypatch.setattr(drawings, "_SHEET_BUDGET", 10_000)  # over budget: saved with 256 colours
+    fewer = drawings.contact_sheet_png(entries[:4], thumb=96)
     img = Image.open(io.BytesIO(fewer))
     assert img.format == "PNG" and img.mode == "P" and img.width > 4 * 96
 
 
 def test_line_status_text():
-    text = render.line_status_text(LineStatus(waiting=3, queue_max=20, running=1, capacity=2, workers_alive=2,
+    text = words.line_status_text(LineStatus(waiting=3, queue_max=20, running=1, capacity=2, workers_alive=2,
                                               average_s=75.0, recent_jobs=4, accepting=True, pool_ready=True))
     assert "3 of at most 20" in text and "**Running:** 1" in text and "2/2 ready" in text
     assert "2 min (last 4 jobs)" in text
-    text = render.line_status_text(LineStatus(0, 20, 0, 1, 0, None, 0, False, False))
+    text = words.line_status_text(LineStatus(0, 20, 0, 1, 0, None, 0, False, False))
     assert "starting up" in text and "no finished jobs yet" in text and "shutting down" in text
 
 

@@ -7,9 +7,9 @@ import itertools
 
 import pytest
 
-from bot.jobs import Job, JobState, Ledger
-from bot.line import DurationStats, FairLine, estimate_start
-from bot.scheduler import LineFull, NotAccepting, Scheduler, UserLimitReached
+from bot.core.job import Job, JobState, Ledger
+from bot.core.line import DurationStats, FairLine, estimate_start
+from bot.service.scheduler import LineFull, NotAccepting, Scheduler, UserLimitReached
 from nst_core.params import StylizeParams
 from nst_core.pool.base import Failed, Finished, JobHandle, JobSpec, PoolStats, Progress, Queued, Started, WorkerPool
 

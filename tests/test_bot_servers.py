@@ -18,16 +18,16 @@ import pytest
 from aiohttp import web
 from packaging.version import Version
 
-from bot import uploads
+from bot.intake import uploads
 from bot.config import LimitsConfig, load_config
-from bot.jobs import Job, JobState, Ledger
-from bot.line import FairLine
-from bot.scheduler import WORKERS_DOWN_NOTE, LineFull, Scheduler, ServerLimitReached, WorkersUnavailable
-from bot.settings import (
+from bot.core.job import Job, JobState, Ledger
+from bot.core.line import FairLine
+from bot.service.scheduler import WORKERS_DOWN_NOTE, LineFull, Scheduler, ServerLimitReached, WorkersUnavailable
+from bot.service.server_settings import (
     QUOTA_WINDOW_S, GuildSettings, PresetNotAllowed, QuotaReached, ServerSettings, SettingRefused, effective_rules,
 )
-from bot.store import JobStore
-from bot.uploads import ChecksBusy, UploadChecker, UploadProblem
+from bot.store.job_store import JobStore
+from bot.intake.uploads import ChecksBusy, UploadChecker, UploadProblem
 from nst_core.params import StylizeParams
 from nst_core.pool.base import Failed, Finished, JobHandle, JobSpec, PoolStats, Queued, Started, WorkerPool
 
@@ -459,7 +459,7 @@ def test_an_override_without_the_double_underscore_is_warned_about():
 
 
 async def test_a_failing_background_loop_is_logged_and_started_again(caplog):
-    from bot.app import StyleBot
+    from bot.app.client import StyleBot
     from bot.config import Config
 
     bot = StyleBot(Config(), pool=ManualPool(), store=None, checker=None)  # type: ignore[arg-type]
@@ -480,7 +480,7 @@ async def test_a_failing_background_loop_is_logged_and_started_again(caplog):
 
 
 async def test_a_pool_that_gave_up_at_start_is_replaced_and_jobs_wait_meanwhile():
-    from bot.app import StyleBot
+    from bot.app.client import StyleBot
     from bot.config import Config
     from nst_core.pool.base import WorkerStartError
 

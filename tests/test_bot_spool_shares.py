@@ -14,9 +14,9 @@ import sqlite3
 
 import pytest
 
-from bot.jobs import Job, JobState, Ledger
-from bot.schema import SCHEMA_VERSION
-from bot.store import JobStore, PicturesGone, ServerSpoolFull, SpoolFull
+from bot.core.job import Job, JobState, Ledger
+from bot.store.schema import SCHEMA_VERSION
+from bot.store.job_store import JobStore, PicturesGone, ServerSpoolFull, SpoolFull
 from nst_core.params import StylizeParams
 from nst_core.pool.base import Finished
 

@@ -11,17 +11,19 @@ import discord
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import outbox, render
+from bot.delivery import outbox
+
+from bot.render import words
 from bot.config import ConfigError, DeliveryConfig, load_config
 from bot.health import HealthServer, Metrics
-from bot.jobs import Job, JobState, Ledger
-from bot.outbox import Outbox, Sent, _Unchecked
-from bot.recovery import MAX_RESTARTS, old_order, recover
-from bot.line import FairLine
-from bot.scheduler import Scheduler
-from bot.status import StatusBoard
-from bot.store import JobStore, SpoolFull
-from bot.uploads import UploadProblem, check_attachment
+from bot.core.job import Job, JobState, Ledger
+from bot.delivery.outbox import Outbox, Sent, _Unchecked
+from bot.app.recovery import MAX_RESTARTS, old_order, recover
+from bot.core.line import FairLine
+from bot.service.scheduler import Scheduler
+from bot.delivery.status import StatusBoard
+from bot.store.job_store import JobStore, SpoolFull
+from bot.intake.uploads import UploadProblem, check_attachment
 from nst_core.params import StylizeParams
 from nst_core.pool.base import Finished
 
@@ -290,10 +292,10 @@ def stamped(kwargs: dict, kind: str, job_id: str) -> list[dict]:
 
 
 def test_delivery_markers_tell_results_notices_and_status_messages_apart():
-    result = stamped({"content": render.result_content(9, "ab12", late=True),
-                      "embed": render.result_embed({"final": {}}, job_id="ab12", preset="fast", seed=1, strength=1.0,
+    result = stamped({"content": words.result_content(9, "ab12", late=True),
+                      "embed": words.result_embed({"final": {}}, job_id="ab12", preset="fast", seed=1, strength=1.0,
                                                    preserve_colors=False, style_label="waves")}, "result", "ab12")
-    notice = stamped({"content": render.failure_notice(9, "ab12", "Oops.")}, "notice", "ab12")
+    notice = stamped({"content": words.failure_notice(9, "ab12", "Oops.")}, "notice", "ab12")
     assert outbox.is_delivery_of(result, "ab12", "result") and not outbox.is_delivery_of(result, "ab12", "notice")
     assert result[0]["footer"]["text"] == "stylebot result ab12 · style waves"  # the footer still names the style
     assert outbox.is_delivery_of(notice, "ab12", "notice") and not outbox.is_delivery_of(notice, "ab12f", "notice")
@@ -303,9 +305,9 @@ def test_delivery_markers_tell_results_notices_and_status_messages_apart():
 
 def test_the_marker_does_not_depend_on_what_users_read(monkeypatch):
     # Rewording every sentence of a delivery must not break recognising it after a restart.
-    monkeypatch.setattr(render, "_READY", "voilà, c'est prêt")
-    monkeypatch.setattr(render, "_DID_NOT_FINISH", "n'a pas abouti :")
-    notice = stamped({"content": render.failure_notice(9, "ab12", "Hélas.")}, "notice", "ab12")
+    monkeypatch.setattr(words, "_READY", "voilà, c'est prêt")
+    monkeypatch.setattr(words, "_DID_NOT_FINISH", "n'a pas abouti :")
+    notice = stamped({"content": words.failure_notice(9, "ab12", "Hélas.")}, "notice", "ab12")
     assert outbox.is_delivery_of(notice, "ab12", "notice")
 
 

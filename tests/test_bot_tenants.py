@@ -19,12 +19,12 @@ import pytest
 from discord import app_commands
 from PIL import Image
 
-from bot.app import setup_logging
-from bot.checkpool import CheckPool
-from bot.commands import servers_only
-from bot.jobs import Ledger
-from bot.scheduler import LineFull, ServerLimitReached, UserLimitReached
-from bot.uploads import ChecksBusy, UploadChecker, UploadProblem, prepare_image
+from bot.app.client import setup_logging
+from bot.service.checkpool import CheckPool
+from bot.ui.commands import servers_only
+from bot.core.job import Ledger
+from bot.service.scheduler import LineFull, ServerLimitReached, UserLimitReached
+from bot.intake.uploads import ChecksBusy, UploadChecker, UploadProblem, prepare_image
 from nst_core.pool.base import Failed
 
 from test_bot_servers import job, scheduler

@@ -20,7 +20,7 @@ import time
 import aiohttp
 import pytest
 
-from bot.scheduler import WORKERS_DOWN_NOTE
+from bot.service.scheduler import WORKERS_DOWN_NOTE
 from bot_fixtures import CONTENT_PNG, STYLE_PNG, free_port, start_bot, write_config
 
 try:  # `python -m pytest` from the repo root

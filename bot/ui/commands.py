@@ -27,26 +27,26 @@ from discord import app_commands
 from nst_core.errors import ParamsError
 from nst_core.params import StylizeParams
 
-from . import render
-from .admin import SettingsGroup
-from .config import Config
-from .errors import answer_error
-from .jobs import Job, JobState, Ledger, job_params, new_job_id
-from .scheduler import (
+from bot.render import words
+from bot.ui.admin import SettingsGroup
+from bot.config import Config
+from bot.ui.errors import answer_error
+from bot.core.job import Job, JobState, Ledger, job_params, new_job_id
+from bot.service.scheduler import (
     Hold, LineFull, NotAccepting, Refused, Scheduler, ServerLimitReached, UserLimitReached, WorkersUnavailable,
 )
-from .settings import (
+from bot.service.server_settings import (
     ChannelNotAllowed, PresetNotAllowed, QuotaReached, ServerSettings,
 )
-from .store import PicturesGone, ServerSpoolFull, SpoolFull, StoreError
-from .uploads import Admission, ChecksBusy, UploadChecker, UploadProblem, check_attachment
-from .library import StyleLibrary
-from .views import cancel_view
+from bot.store.job_store import PicturesGone, ServerSpoolFull, SpoolFull, StoreError
+from bot.intake.uploads import Admission, ChecksBusy, UploadChecker, UploadProblem, check_attachment
+from bot.intake.library import StyleLibrary
+from bot.render.views import cancel_view
 
 if TYPE_CHECKING:
-    from .delivery import Messenger
-    from .health import Metrics
-    from .store import JobStore
+    from bot.delivery.messenger import Messenger
+    from bot.health import Metrics
+    from bot.store.job_store import JobStore
 
 __all__ = ["StyleCommands", "StyleLibrary", "StorageUnavailable", "NotInServer", "PicturesExpired", "JobRequest",
            "Pictures",
@@ -168,7 +168,7 @@ class StylebotGroup(app_commands.Group, name="stylebot", description="Style bot 
     @app_commands.command(name="status", description="Show the waiting line, running jobs, workers and recent job times")
     async def status(self, interaction: discord.Interaction) -> None:
         scheduler = self.style_commands.scheduler
-        text = render.line_status_text(scheduler.status(), scheduler.guild_status(interaction.guild_id))
+        text = words.line_status_text(scheduler.status(), scheduler.guild_status(interaction.guild_id))
         await interaction.response.send_message(text, ephemeral=True)
 
     @app_commands.command(name="styles", description="Show the style library: numbered, labelled thumbnails")
@@ -442,7 +442,7 @@ class StyleCommands:
                 hint = " or pick one from the library with the `library_style` option" if self.library.names() else ""
                 raise UploadProblem(f"Please attach a style image with the `style` option{hint}. (Or save one: "
                                     "on any message with a picture, Apps → \"Use as my style\".)")
-            request.notes.append(f"🎨 Using your saved style `{render.clip(saved[0], 80)}`.")
+            request.notes.append(f"🎨 Using your saved style `{words.clip(saved[0], 80)}`.")
         try:  # a task group: when one download or check fails, the others stop too
             async with asyncio.TaskGroup() as group:
                 content_task = group.create_task(self._content_picture(admission, content))

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import discord
 
-from .scheduler import GuildLine, LineStatus
+from bot.service.scheduler import GuildLine, LineStatus
 
 __all__ = [
     "format_duration", "format_bytes", "progress_bar", "time_left", "status_header", "waiting_line",

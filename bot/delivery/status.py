@@ -16,8 +16,8 @@ from typing import Any, Awaitable, Callable
 
 import discord
 
-from . import render
-from .jobs import Job
+from bot.render import words
+from bot.core.job import Job
 
 __all__ = ["StatusBoard", "StatusUpdater", "token_usable", "log_failure"]
 
@@ -146,11 +146,11 @@ class StatusBoard:
             async def edit(text: str, final: bool) -> bool:
                 return await self._edit_status(job, job.status_message_id, text, final)
             updater = self._updaters[job.job_id] = StatusUpdater(edit, self.edit_interval_s)
-            header = render.status_header(job.job_id, job.preset, _styles(job))
+            header = words.status_header(job.job_id, job.preset, _styles(job))
             if job.parent_id:
-                header += "\n" + render.remix_line(job.remix, job.parent_id)
+                header += "\n" + words.remix_line(job.remix, job.parent_id)
             if job.restarts:
-                header += "\n" + render.restart_note(job.user_id)
+                header += "\n" + words.restart_note(job.user_id)
             self._headers[job.job_id] = header
         return updater
 
@@ -160,7 +160,7 @@ class StatusBoard:
 
     def current_text(self, job: Job) -> str:
         """What the status message should say now (used to create it)."""
-        return self._updater(job).wanted or f"{self._headers.get(job.job_id, '')}\n{render.starting_line()}"
+        return self._updater(job).wanted or f"{self._headers.get(job.job_id, '')}\n{words.starting_line()}"
 
     def attach(self, job: Job, shown: str | None) -> None:
         """The job's message exists now (``job.status_message_id``; None: there is none) and shows ``shown``."""
@@ -185,8 +185,8 @@ class StatusBoard:
         """After a restart: the old status message says the job has a new one."""
         try:
             await self._edit_status(job, old_message_id,
-                                    f"{render.status_header(job.job_id, job.preset, _styles(job))}"
-                                    f"\n{render.moved_line()}", True)
+                                    f"{words.status_header(job.job_id, job.preset, _styles(job))}"
+                                    f"\n{words.moved_line()}", True)
         except Exception:
             log.info("old status message not updated", extra={"job_id": job.job_id})
 
@@ -220,4 +220,4 @@ class StatusBoard:
 
 
 def _styles(job: Job) -> str:
-    return render.styles_text(job.style_label, job.style2_label, job.blend)
+    return words.styles_text(job.style_label, job.style2_label, job.blend)

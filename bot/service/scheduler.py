@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterable, Protocol
 
 from nst_core.pool.base import Failed, Finished, JobHandle, PoolError, Progress, Queued, Retrying, Started, WorkerPool
 
-from .jobs import Job, JobState
-from .line import DurationStats, FairLine, estimate_start
+from bot.core.job import Job, JobState
+from bot.core.line import DurationStats, FairLine, estimate_start
 
 __all__ = [
     "Scheduler", "Hold", "JobListener", "Refused", "UserLimitReached", "ServerLimitReached", "LineFull", "NotAccepting",

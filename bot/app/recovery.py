@@ -22,11 +22,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from . import render
-from .delivery import Messenger
-from .jobs import Job, JobState, Ledger
-from .scheduler import Scheduler
-from .store import JobStore
+from bot.render import words
+from bot.delivery.messenger import Messenger
+from bot.core.job import Job, JobState, Ledger
+from bot.service.scheduler import Scheduler
+from bot.store.job_store import JobStore
 
 __all__ = ["recover", "RecoveryReport", "MAX_RESTARTS", "old_order"]
 
@@ -107,7 +107,7 @@ async def _deliver_result(store: JobStore, ledger: Ledger, messenger: Messenger,
         return
     if job.state is JobState.DONE:  # the bot may have stopped before the status message said so
         seconds = (job.finished_at - job.started_at) if job.finished_at and job.started_at else event.seconds
-        await messenger.finish_status(job, render.done_line(seconds))
+        await messenger.finish_status(job, words.done_line(seconds))
     unsure = job.route if job.state is JobState.DELIVERING else None
     before = None
     if job.compare:  # the content is still in the spool (kept for the buttons)
@@ -122,7 +122,7 @@ async def _fail(ledger: Ledger, messenger: Messenger, job: Job, reason: str, *, 
     await ledger.give_up(job, reason)
 
     async def tell() -> None:
-        await messenger.finish_status(job, render.failed_line(reason))
+        await messenger.finish_status(job, words.failed_line(reason))
         await messenger.outbox.deliver_notice(job, reason)
 
     if spawn:

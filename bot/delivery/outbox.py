@@ -44,13 +44,15 @@ from nst_core.errors import ImageError
 from nst_core.images import fit_to_bytes
 from nst_core.pool.base import Finished
 
-from . import pictures, render
-from .config import DeliveryConfig
-from .jobs import Job, Ledger
-from .status import StatusBoard
+from bot.render import drawings
+
+from bot.render import words
+from bot.config import DeliveryConfig
+from bot.core.job import Job, Ledger
+from bot.delivery.status import StatusBoard
 
 if TYPE_CHECKING:
-    from .health import Metrics
+    from bot.health import Metrics
 
 __all__ = ["Outbox", "Sent", "Outcome", "marker", "is_delivery_of", "prepare_result", "RESULT_BASENAME"]
 
@@ -99,7 +101,7 @@ def prepare_result(image_png: bytes, history: list[dict[str, float]], limit: int
     budget is too tight for both. ``scale_starts`` (from the loss summary) marks where each
     scale began on the chart. Runs Pillow: call it in a thread.
     """
-    chart: bytes | None = pictures.loss_chart_png(history, scale_starts or ())
+    chart: bytes | None = drawings.loss_chart_png(history, scale_starts or ())
     budget = limit - _ENVELOPE - len(chart)
     if budget < limit // 2:  # the chart would take too much of a small budget
         chart, budget = None, limit - _ENVELOPE
@@ -193,7 +195,7 @@ class Outbox:
         compare: tuple[bytes, str] | None = None
         if before and not self.ledger.stripped(job):  # stripped: its original was deleted meanwhile
             try:  # at most a third of the upload budget; the result comes first
-                compare = await asyncio.to_thread(pictures.before_after_png, before, event.image_png, limit // 3)
+                compare = await asyncio.to_thread(drawings.before_after_png, before, event.image_png, limit // 3)
                 limit -= len(compare[0])
             except (ImageError, ValueError, OSError):
                 log.warning("no room for before | after", extra={"job_id": job.job_id})
@@ -214,11 +216,11 @@ class Outbox:
         def make(route: str) -> dict[str, Any]:
             files = [discord.File(io.BytesIO(image), f"{RESULT_BASENAME}.{ext}")]
             if chart is not None:
-                files.append(discord.File(io.BytesIO(chart), render.CHART_FILENAME))
+                files.append(discord.File(io.BytesIO(chart), words.CHART_FILENAME))
             if compare is not None:
                 files.append(discord.File(io.BytesIO(compare[0]), f"{COMPARE_BASENAME}.{compare[1]}"))
-            made = {"content": render.result_content(job.user_id, job.job_id, late=route != "interaction"),
-                    "embed": render.result_embed(summary, chart=chart is not None, **embed_args), "files": files}
+            made = {"content": words.result_content(job.user_id, job.job_id, late=route != "interaction"),
+                    "embed": words.result_embed(summary, chart=chart is not None, **embed_args), "files": files}
             if view is not None and route != "dm":  # the buttons work in the server, not in a DM
                 made["view"] = view
             return made
@@ -227,7 +229,7 @@ class Outbox:
 
     async def deliver_notice(self, job: Job, reason: str, *, unsure_route: str | None = None) -> Sent | None:
         """Tell ``job``'s requester once that it did not finish, and why."""
-        return await self._deliver(job, lambda route: {"content": render.failure_notice(job.user_id, job.job_id,
+        return await self._deliver(job, lambda route: {"content": words.failure_notice(job.user_id, job.job_id,
                                                                                        reason)},
                                    "notice", unsure_route)
 

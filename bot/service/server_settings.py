@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 
 from nst_core.schedule import PRESETS
 
-from .config import LimitsConfig
-from .scheduler import Refused
+from bot.config import LimitsConfig
+from bot.service.scheduler import Refused
 
 if TYPE_CHECKING:
-    from .store import JobStore
+    from bot.store.job_store import JobStore
 
 __all__ = ["GuildSettings", "Rules", "ServerSettings", "SettingRefused", "ChannelNotAllowed", "PresetNotAllowed",
            "QuotaReached", "PRESET_ORDER", "QUOTA_WINDOW_S", "MAX_CHANNELS", "effective_rules"]

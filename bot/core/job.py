@@ -35,8 +35,8 @@ from nst_core.params import StylizeParams
 from nst_core.pool.base import Failed, Finished, JobSpec, Progress, Retrying
 
 if TYPE_CHECKING:
-    from .config import EngineConfig
-    from .store import JobStore
+    from bot.config import EngineConfig
+    from bot.store.job_store import JobStore
 
 __all__ = ["Job", "JobState", "TRANSITIONS", "OPEN_STATES", "IllegalTransition", "Ledger", "JobWatcher",
            "new_job_id", "job_params"]

@@ -4,7 +4,7 @@
   may press a remix button; the new job is theirs (their limits, quota and place in line), is
   made from the result's kept pictures, names its parent, and its status message replies to
   the result. 🔍 shows "before | after" privately; 🗑️ deletes the result (its requester, or a
-  moderator with Manage Messages in that channel) and its kept pictures.
+  moderator with Manage Messages in that channel) and its kept drawings.
 * "Stylize this image" (Apps menu of a message): a private menu of styles, then a job with
   that message's picture as the content. "Use as my style": the picture becomes the
   member's style in this server for :data:`SAVED_STYLE_S`; ``/stylize`` without a style uses it.
@@ -26,18 +26,20 @@ from discord import app_commands
 
 from nst_core.errors import ImageError
 
-from . import pictures, render
-from .commands import JobRequest, Pictures, PicturesExpired, may_cancel, servers_only
-from .scheduler import Refused
-from .errors import answer_error
-from .jobs import Job, JobState
-from .remix import MIN_STRENGTH, REMIXES, TOWARDS_ORIGINAL, DoublePress, RemixRefused, next_preset, remix
-from .store import PicturesGone, ServerSpoolFull, SpoolFull, StoreError
-from .uploads import ACCEPTED_TYPES, IMAGE_SUFFIXES, Admission, UploadProblem, check_attachment, discord_media_url
-from .views import SAVED_STYLE_VALUE, StylePicker, result_view
+from bot.render import drawings
+
+from bot.render import words
+from bot.ui.commands import JobRequest, Pictures, PicturesExpired, may_cancel, servers_only
+from bot.service.scheduler import Refused
+from bot.ui.errors import answer_error
+from bot.core.job import Job, JobState
+from bot.core.remix import MIN_STRENGTH, REMIXES, TOWARDS_ORIGINAL, DoublePress, RemixRefused, next_preset, remix
+from bot.store.job_store import PicturesGone, ServerSpoolFull, SpoolFull, StoreError
+from bot.intake.uploads import ACCEPTED_TYPES, IMAGE_SUFFIXES, Admission, UploadProblem, check_attachment, discord_media_url
+from bot.render.views import SAVED_STYLE_VALUE, StylePicker, result_view
 
 if TYPE_CHECKING:
-    from .commands import StyleCommands
+    from bot.ui.commands import StyleCommands
 
 __all__ = ["Play", "PicturesExpired", "MessagePicture", "message_picture", "SAVED_STYLE_S"]
 
@@ -238,7 +240,7 @@ class Play:
         try:
             content, _style, _style2, result = await self._pictures(parent, result=True)
             async with self._drawing:  # a few at once (of the bot's own PNGs), whoever presses
-                data, ext = await asyncio.to_thread(pictures.before_after_png, content, result,
+                data, ext = await asyncio.to_thread(drawings.before_after_png, content, result,
                                                     interaction.filesize_limit)
         except UploadProblem as exc:
             await interaction.followup.send(str(exc), ephemeral=True)
@@ -301,7 +303,7 @@ class Play:
         saved = await store.saved_style_label(interaction.guild_id, interaction.user.id) \
             if store is not None and interaction.guild_id is not None else None
         if saved is not None:
-            options.insert(0, (SAVED_STYLE_VALUE, "My saved style", render.clip(saved, 100)))
+            options.insert(0, (SAVED_STYLE_VALUE, "My saved style", words.clip(saved, 100)))
         if not options:
             await interaction.response.send_message(
                 "There are no styles to pick from: the bot's library is empty and you have no saved style. Save "
@@ -310,14 +312,14 @@ class Play:
 
         async def picked(choice: discord.Interaction, value: str) -> None:
             try:  # the menu goes at once: one pick, one job
-                await choice.response.edit_message(content=f"Starting `{render.clip(picture.filename, 60)}`…", view=None)
+                await choice.response.edit_message(content=f"Starting `{words.clip(picture.filename, 60)}`…", view=None)
                 await self.commands.start_job(choice, JobRequest(None), lambda admission: self._gather_message(
                     choice, admission, picture, value))
             except Exception as exc:
                 await answer_error(choice, exc)
 
         picker = StylePicker(options, picked)
-        await interaction.response.send_message(f"Pick a style for `{render.clip(picture.filename, 60)}`:", view=picker,
+        await interaction.response.send_message(f"Pick a style for `{words.clip(picture.filename, 60)}`:", view=picker,
                                                 ephemeral=True)
         picker.opened_by = interaction
 
@@ -375,7 +377,7 @@ class Play:
             return
         log.info("style saved", extra={"user_id": interaction.user.id, "guild_id": interaction.guild_id})
         await interaction.followup.send(
-            f"🎨 Saved `{render.clip(picture.filename, 60)}` as your style here for {SAVED_STYLE_S / 3600:g} hours. "
+            f"🎨 Saved `{words.clip(picture.filename, 60)}` as your style here for {SAVED_STYLE_S / 3600:g} hours. "
             "/stylize without a style (and without library_style) uses it, and \"Stylize this image\" offers it.",
             ephemeral=True)
 

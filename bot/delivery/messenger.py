@@ -18,15 +18,15 @@ import discord
 
 from nst_core.pool.base import Failed, Finished, Progress, Retrying
 
-from . import render
-from .config import DeliveryConfig
-from .jobs import Job, Ledger
-from .outbox import Outbox, Sent
-from .status import StatusBoard, log_failure
-from .views import cancel_view
+from bot.render import words
+from bot.config import DeliveryConfig
+from bot.core.job import Job, Ledger
+from bot.delivery.outbox import Outbox, Sent
+from bot.delivery.status import StatusBoard, log_failure
+from bot.render.views import cancel_view
 
 if TYPE_CHECKING:
-    from .health import Metrics
+    from bot.health import Metrics
 
 __all__ = ["Messenger"]
 
@@ -68,19 +68,19 @@ class Messenger:
     # -- the ledger's events
 
     def job_waiting(self, job: Job, position: int, eta_s: float | None, note: str | None = None) -> None:
-        self.board.show(job, render.waiting_line(position, eta_s, note))
+        self.board.show(job, words.waiting_line(position, eta_s, note))
 
     def job_started(self, job: Job) -> None:
-        self.board.show(job, render.starting_line())
+        self.board.show(job, words.starting_line())
 
     def job_progress(self, job: Job, event: Progress) -> None:
         elapsed = time.time() - job.started_at if job.started_at is not None else 0.0
-        left = render.time_left(elapsed, event.step, event.total)
-        self.board.show(job, render.progress_line(event.step, event.total, event.scale, event.scales, event.size,
+        left = words.time_left(elapsed, event.step, event.total)
+        self.board.show(job, words.progress_line(event.step, event.total, event.scale, event.scales, event.size,
                                                   left))
 
     def job_retrying(self, job: Job, event: Retrying) -> None:
-        self.board.show(job, render.retrying_line(event.reason))
+        self.board.show(job, words.retrying_line(event.reason))
 
     def job_finished(self, job: Job, event: Finished) -> None:
         if self.metrics is not None:
@@ -94,7 +94,7 @@ class Messenger:
 
     def job_paused(self, job: Job, was_running: bool) -> None:
         # The final edit drops the Cancel button; the next start posts a new status message with one.
-        self.spawn(self.board.finish(job, render.paused_line(was_running)), job)
+        self.spawn(self.board.finish(job, words.paused_line(was_running)), job)
 
     async def _result(self, job: Job, event: Finished) -> None:
         try:  # on disk before any attempt to send: a crash from here on cannot lose it
@@ -103,14 +103,14 @@ class Messenger:
             log.exception("the result could not be saved; delivering it from memory", extra={"job_id": job.job_id})
         before = job.content if job.compare else None  # for the "before | after" picture
         job.content = job.style = job.style2 = b""  # the inputs are kept on disk now; keep the record small
-        await self.board.finish(job, render.done_line(_seconds(job, event.seconds)))
+        await self.board.finish(job, words.done_line(_seconds(job, event.seconds)))
         await self.outbox.deliver_result(job, event, before=before)
 
     async def _failure(self, job: Job, event: Failed) -> None:
         if event.kind == "cancelled":
-            await self.board.finish(job, render.cancelled_line(job.cancelled_by, job.user_id))
+            await self.board.finish(job, words.cancelled_line(job.cancelled_by, job.user_id))
             return
-        await self.board.finish(job, render.failed_line(event.reason))
+        await self.board.finish(job, words.failed_line(event.reason))
         await self.outbox.deliver_notice(job, event.reason)
 
     # -- after a restart

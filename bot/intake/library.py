@@ -37,8 +37,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from . import pictures
-from .uploads import IMAGE_SUFFIXES, UploadProblem
+from bot.render import drawings
+from bot.intake.uploads import IMAGE_SUFFIXES, UploadProblem
 
 __all__ = ["LibraryStyle", "StyleLibrary", "CatalogueError", "CATALOGUE", "builtin_styles", "parse_catalogue"]
 
@@ -286,7 +286,7 @@ class StyleLibrary:
                         tiles.append((entry.label, entry.path.read_bytes()))
                     except OSError:
                         tiles.append((entry.label, b""))  # drawn as an "unreadable" tile
-                return pictures.contact_sheet_png(tiles)
+                return drawings.contact_sheet_png(tiles)
             self._sheet = (key, await asyncio.to_thread(draw))
             return self._sheet[1]
 

@@ -15,10 +15,10 @@ from discord import app_commands
 
 from nst_core.schedule import PRESETS
 
-from .config import LimitsConfig
-from .errors import answer_error
-from .settings import MAX_CHANNELS, ServerSettings, SettingRefused
-from .store import StoreError
+from bot.config import LimitsConfig
+from bot.ui.errors import answer_error
+from bot.service.server_settings import MAX_CHANNELS, ServerSettings, SettingRefused
+from bot.store.job_store import StoreError
 
 __all__ = ["SettingsGroup"]
 

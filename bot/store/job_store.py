@@ -51,10 +51,10 @@ from nst_core.pool.base import Finished
 
 from nst_core.params import StylizeParams
 
-from .jobs import OPEN_STATES, Job, JobState
-from .schema import transaction, upgrade
-from .settings import QUOTA_WINDOW_S, GuildSettings, QuotaReached
-from .spool import chmod, remove, tree_size, write_file
+from bot.core.job import OPEN_STATES, Job, JobState
+from bot.store.schema import transaction, upgrade
+from bot.service.server_settings import QUOTA_WINDOW_S, GuildSettings, QuotaReached
+from bot.store.spool import chmod, remove, tree_size, write_file
 
 __all__ = ["JobStore", "StoreError", "SpoolFull", "ServerSpoolFull", "PicturesGone"]
 

@@ -37,12 +37,12 @@ import aiohttp
 from nst_core.errors import ImageError
 from nst_core.images import decode_to_png, image_info
 
-from . import render
-from .checkpool import CheckPool, Ticket
-from .scheduler import Refused
+from bot.render import words
+from bot.service.checkpool import CheckPool, Ticket
+from bot.service.scheduler import Refused
 
 if TYPE_CHECKING:
-    from .config import LimitsConfig
+    from bot.config import LimitsConfig
 
 __all__ = ["UploadProblem", "ChecksBusy", "UploadChecker", "Admission", "check_attachment", "prepare_image",
            "ACCEPTED_TYPES", "IMAGE_SUFFIXES", "discord_media_url"]
@@ -99,7 +99,7 @@ def discord_media_url(url: str, api_base: str = "") -> bool:
 
 
 def _mb(n: int) -> str:
-    return render.format_bytes(n)
+    return words.format_bytes(n)
 
 
 def check_attachment(label: str, filename: str, content_type: str | None, size: int, width: int | None,

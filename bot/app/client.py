@@ -36,20 +36,20 @@ from discord import app_commands
 from nst_core.pool.base import WorkerPool, WorkerStartError
 from nst_core.pool.local import LocalPool
 
-from .commands import StyleCommands
-from .config import Config
-from .delivery import Messenger
-from .errors import answer_error
-from .health import HealthServer, Metrics
-from .library import StyleLibrary
-from .jobs import Ledger, job_params
-from .recovery import recover
-from .scheduler import Scheduler
-from .settings import ServerSettings
-from .store import JobStore, StoreError
-from .uploads import UploadChecker
-from .play import Play
-from .views import CancelButton, ResultButton
+from bot.ui.commands import StyleCommands
+from bot.config import Config
+from bot.delivery.messenger import Messenger
+from bot.ui.errors import answer_error
+from bot.health import HealthServer, Metrics
+from bot.intake.library import StyleLibrary
+from bot.core.job import Ledger, job_params
+from bot.app.recovery import recover
+from bot.service.scheduler import Scheduler
+from bot.service.server_settings import ServerSettings
+from bot.store.job_store import JobStore, StoreError
+from bot.intake.uploads import UploadChecker
+from bot.ui.buttons import Play
+from bot.render.views import CancelButton, ResultButton
 
 __all__ = ["StyleBot", "run", "make_pool", "point_discord_at", "setup_logging", "commands_digest", "sync_commands",
            "SYNC_STATE_FILE"]
