@@ -48,7 +48,8 @@ def _token_from_pipe() -> str | None:
 
 def _token_is_set() -> bool:
     """Whether a token reached this process, in the environment or (after the re-exec) on the pipe."""
-    from bot.config import ConfigError, read_token
+    from bot.config import ConfigError
+    from bot.config_loading import read_token
 
     try:  # the order main() reads them in
         if (_token_from_pipe() or "").strip():
@@ -78,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    from bot.config import TOKEN_ENV, ConfigError, load_config, read_token
+    from bot.config import ConfigError, TOKEN_ENV
+    from bot.config_loading import load_config, read_token
 
     path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     notes: list[str] = []
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import asyncio
 
-    from bot.app.client import run
+    from bot.app.run import run
 
     return asyncio.run(run(config, token, force_sync=args.sync, config_warnings=notes))
 

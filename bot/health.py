@@ -35,14 +35,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from nst_core.pool.base import FAILURE_KINDS
 
+from bot.core.job import ROUTES
+from bot.core.refusals import REASONS
+
 __all__ = ["Metrics", "HealthServer", "HealthCheck", "OUTCOMES", "PATHS", "REFUSALS"]
 
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("finished", *FAILURE_KINDS)
-PATHS = ("interaction", "channel", "dm")
-REFUSALS = ("user_limit", "server_limit", "line_full", "not_accepting", "workers_down", "storage", "channel",
-            "preset", "quota", "busy", "invalid_upload", "expired")
+PATHS = ROUTES
+REFUSALS = REASONS  # every refusal class's label, shown at 0 from the start
 _DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 

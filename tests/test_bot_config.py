@@ -15,9 +15,10 @@ import discord
 import pytest
 from discord import app_commands
 
-from bot.app import client as bot_app
+from bot.app import sync as command_sync
 from bot.ui.commands import StyleCommands
-from bot.config import Config, ConfigError, DeliveryConfig, PresetConfig, load_config, read_token
+from bot.config import Config, ConfigError, DeliveryConfig, PresetConfig
+from bot.config_loading import load_config, read_token
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -225,17 +226,17 @@ async def test_global_sync_only_when_definitions_change_or_forced(tmp_path, monk
     client = type("C", (), {"application_id": 1234})()
     tree = FakeTree()
     digest = {"value": "v1"}
-    monkeypatch.setattr(bot_app, "commands_digest", lambda t: digest["value"])
+    monkeypatch.setattr(command_sync, "commands_digest", lambda t: digest["value"])
 
-    assert await bot_app.sync_commands(client, tree, config) is True
+    assert await command_sync.sync_commands(client, tree, config) is True
     assert tree.synced == [42, None]
-    state = json.loads((tmp_path / "state" / bot_app.SYNC_STATE_FILE).read_text())
+    state = json.loads((tmp_path / "state" / command_sync.SYNC_STATE_FILE).read_text())
     assert state == {"1234": "v1"}
-    assert await bot_app.sync_commands(client, tree, config) is False  # unchanged: guild only
+    assert await command_sync.sync_commands(client, tree, config) is False  # unchanged: guild only
     assert tree.synced == [42, None, 42]
-    assert await bot_app.sync_commands(client, tree, config, force=True) is True
+    assert await command_sync.sync_commands(client, tree, config, force=True) is True
     digest["value"] = "v2"
-    assert await bot_app.sync_commands(client, tree, config) is True
+    assert await command_sync.sync_commands(client, tree, config) is True
     assert tree.synced.count(None) == 3
 
 
@@ -244,8 +245,9 @@ def test_command_digest_follows_the_definitions():
         client = discord.Client(intents=discord.Intents.none())
         tree = app_commands.CommandTree(client)
         scheduler = types.SimpleNamespace(per_guild_waiting=config.limits.per_guild_waiting)  # read by register()
-        StyleCommands(config, scheduler, None, None).register(tree)  # type: ignore[arg-type]
-        return bot_app.commands_digest(tree)
+        StyleCommands(config, scheduler=scheduler, starter=None, gatherer=None,  # type: ignore[arg-type]
+                      settings=None).register(tree)
+        return command_sync.commands_digest(tree)
 
     base = digest(Config())
     assert base == digest(Config())

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.core.job import TRANSITIONS, IllegalTransition, Job, JobState, Ledger
+from bot.core.job import IllegalTransition, Job, JobState, TRANSITIONS
+from bot.service.ledger import Ledger
 from bot.store.job_store import JobStore
 from nst_core.params import StylizeParams
 from nst_core.pool.base import Failed, Finished
@@ -111,9 +112,9 @@ def test_the_bot_process_never_imports_tensorflow_keras_or_ray():
     # (with [pool] backend = "ray" it imports Ray, once the pool starts: that is the point of it)
     script = (
         "import sys\n"
-        "from bot.config import load_config\n"
-        "import bot.app.client, bot.__main__\n"
-        "bot.app.client.make_pool(load_config(None, env={}))\n"
+        "from bot.config_loading import load_config\n"
+        "import bot.app.run, bot.__main__\n"
+        "bot.app.run.make_pool(load_config(None, env={}))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'ray')))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -137,7 +138,9 @@ async def test_a_database_made_by_the_previous_store_is_read_with_every_job_in_i
     store = JobStore(tmp_path / "data" / "jobs.sqlite3", tmp_path / "data" / "spool")
     await store.open()
     try:
-        states = {j.job_id: j.state for j in await store.all_jobs()}
+        ids = [f"{n:010d}" for n in range(1, 9)]
+        assert sum((await store.counts()).values()) == len(ids)  # no other job came from the old file
+        states = {job_id: (await store.get(job_id)).state for job_id in ids}
         assert states == {"0000000001": JobState.WAITING, "0000000002": JobState.RUNNING,
                           "0000000003": JobState.DONE, "0000000004": JobState.DELIVERING,
                           "0000000005": JobState.FAILED, "0000000006": JobState.NOTIFYING,

@@ -15,7 +15,7 @@ from PIL import Image
 
 from bot.config import StylesConfig
 from bot.intake.library import CATALOGUE, LibraryStyle, StyleLibrary, builtin_styles, parse_catalogue
-from bot.intake.uploads import UploadProblem
+from bot.core.refusals import UploadProblem
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.ui.commands import refusal_reason
-from bot.ui.buttons import PicturesExpired
+from bot.core.refusals import PicturesExpired
 from bot.core.remix import DoublePress, RemixRefused, next_preset, remix
 from bot.intake.uploads import discord_media_url
 from nst_core.params import StylizeParams
@@ -74,18 +73,17 @@ def test_a_stand_in_discord_is_trusted_only_at_its_own_address():
 
 
 def test_expired_pictures_are_counted_under_their_own_reason():
-    assert refusal_reason(PicturesExpired("gone")) == "expired"
+    assert PicturesExpired(3600).reason == "expired"
 
 
-def _play(reuse_s: float = 3600.0, allowed=ALL, max_strength: float = 5.0):
+def _views(reuse_s: float = 3600.0, allowed=ALL, max_strength: float = 5.0):
     from types import SimpleNamespace
 
-    from bot.ui.buttons import Play
+    from bot.ui.buttons import ResultViews
 
     rules = SimpleNamespace(allowed_presets=lambda: allowed)
-    commands = SimpleNamespace(store=SimpleNamespace(reuse_s=reuse_s), settings=SimpleNamespace(rules=lambda g: rules),
-                               config=SimpleNamespace(limits=SimpleNamespace(max_strength=max_strength)))
-    return Play(commands)
+    return ResultViews(store=SimpleNamespace(reuse_s=reuse_s), settings=SimpleNamespace(rules=lambda g: rules),
+                       max_strength=max_strength)
 
 
 def _buttons(view) -> list[str]:
@@ -101,9 +99,9 @@ async def test_the_buttons_under_a_result_leave_out_what_cannot_work():
                    content=b"", style=b"", style_label="s")
 
     everything = ["again", "more", "less", "colours", "sharper", "compare", "delete"]
-    assert _buttons(_play().result_view(result())) == everything
-    assert "sharper" not in _buttons(_play().result_view(result(preset="best")))  # nothing sharper
-    assert "sharper" not in _buttons(_play(allowed=("fast",)).result_view(result()))  # the server forbids it
-    assert "more" not in _buttons(_play(max_strength=2).result_view(result(strength=2.0)))
-    assert "less" not in _buttons(_play().result_view(result(strength=0.1)))
-    assert _buttons(_play(reuse_s=0).result_view(result())) == ["delete"]  # nothing kept to remix
+    assert _buttons(_views()(result())) == everything
+    assert "sharper" not in _buttons(_views()(result(preset="best")))  # nothing sharper
+    assert "sharper" not in _buttons(_views(allowed=("fast",))(result()))  # the server forbids it
+    assert "more" not in _buttons(_views(max_strength=2)(result(strength=2.0)))
+    assert "less" not in _buttons(_views()(result(strength=0.1)))
+    assert _buttons(_views(reuse_s=0)(result())) == ["delete"]  # nothing kept to remix

@@ -11,10 +11,10 @@ from PIL import Image
 
 from bot.render import drawings
 
-from bot.render import words
+from bot.render import embeds, words
 from bot.delivery.outbox import prepare_result
 from bot.delivery.status import StatusUpdater, token_usable
-from bot.service.scheduler import LineStatus
+from bot.core.line import LineStatus
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -58,7 +58,7 @@ def test_status_lines():
 
 
 def test_result_embed_reports_the_loss_summary():
-    embed = words.result_embed(SUMMARY, job_id="abc", preset="balanced", seed=42, strength=1.5,
+    embed = embeds.result_embed(SUMMARY, job_id="abc", preset="balanced", seed=42, strength=1.5,
                                 preserve_colors=True, style_label="waves.png", seconds=3.25)
     fields = {f.name: f.value for f in embed.fields}
     assert fields["Style loss"] == "2 → 0.5 (−75%)"
@@ -75,14 +75,14 @@ def test_result_embed_reports_the_loss_summary():
 
 
 def test_result_embed_names_both_styles_and_their_blend():
-    embed = words.result_embed(SUMMARY, job_id="abc", preset="fast", seed=1, strength=1.0, preserve_colors=False,
+    embed = embeds.result_embed(SUMMARY, job_id="abc", preset="fast", seed=1, strength=1.0, preserve_colors=False,
                                 style_label="starry.jpg", style2_label="wave.png", blend=0.3, seconds=48.2)
     fields = {f.name: f.value for f in embed.fields}
     assert fields["Styles"] == "starry.jpg 70% + wave.png 30%"
     assert fields["Time"] == "48.2 s (1.2 s/step)"  # 48.2 s over 40 steps
     assert fields["Style loss"] == "2 → 0.5 (−75%)"  # the loss summary is still there
     assert "starry.jpg" in embed.footer.text and "wave.png" in embed.footer.text
-    long = words.result_embed(SUMMARY, job_id="abc", preset="fast", seed=1, strength=1.0, preserve_colors=False,
+    long = embeds.result_embed(SUMMARY, job_id="abc", preset="fast", seed=1, strength=1.0, preserve_colors=False,
                                style_label="a" * 3000, style2_label="b" * 3000, blend=None)
     fields = {f.name: f.value for f in long.fields}
     assert len(long.footer.text) <= 100 and "…" in long.footer.text

@@ -7,9 +7,11 @@ import itertools
 
 import pytest
 
-from bot.core.job import Job, JobState, Ledger
+from bot.core.job import Job, JobState
+from bot.service.ledger import Ledger
 from bot.core.line import DurationStats, FairLine, estimate_start
-from bot.service.scheduler import LineFull, NotAccepting, Scheduler, UserLimitReached
+from bot.core.refusals import LineFull, NotAccepting, UserLimitReached
+from bot.service.scheduler import Scheduler
 from nst_core.params import StylizeParams
 from nst_core.pool.base import Failed, Finished, JobHandle, JobSpec, PoolStats, Progress, Queued, Started, WorkerPool
 
@@ -141,9 +143,14 @@ class FakePool(WorkerPool):
 class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
+        self.etas: dict[str, float | None] = {}
 
     def job_waiting(self, job, position, eta_s, note=None):
         self.calls.append(("waiting", job.job_id, position))
+        self.etas[job.job_id] = eta_s
+
+    def cancel_requested(self, job, by_user):
+        self.calls.append(("cancel", job.job_id, by_user))
 
     def job_started(self, job, worker=None):
         self.calls.append(("started", job.job_id))
@@ -261,7 +268,8 @@ async def test_progress_start_and_estimates_flow_to_the_listener():
     await settle()
     assert ("started", first.job_id) in rec.calls and ("progress", first.job_id, 5) in rec.calls
     assert first.progress == (5, 10) and first.state is JobState.RUNNING
-    assert s.estimate_for(second) is not None  # from the running job's own step rate
+    s.pump()  # the bot's once-a-second pump tells waiting jobs their new estimate
+    assert rec.etas[second.job_id] is not None  # from the running job's own step rate
     status = s.status()
     assert (status.waiting, status.running, status.capacity, status.pool_ready) == (1, 1, 1, True)
 
@@ -275,10 +283,10 @@ async def test_jobs_wait_until_the_pool_is_ready_and_shutdown_pauses_waiting_and
     assert pool.submitted == [] and rec.last_position(a.job_id) == 1
     s.set_pool_ready()
     assert pool.submitted == [a.job_id]
-    paused = s.stop_accepting("closed")
+    paused = s.stop_accepting()
     # paused, not failed: the job store keeps it for the next start
     assert paused == [b] and b.state.in_line and ("paused", b.job_id, False) in rec.calls
-    with pytest.raises(NotAccepting, match="closed"):
+    with pytest.raises(NotAccepting, match="shutting down"):
         s.submit(job(3))
     await pool.shutdown()
     assert await s.wait_running(5)

@@ -19,15 +19,19 @@ from aiohttp import web
 from packaging.version import Version
 
 from bot.intake import uploads
-from bot.config import LimitsConfig, load_config
-from bot.core.job import Job, JobState, Ledger
+from bot.config import LimitsConfig
+from bot.config_loading import load_config
+from bot.core.job import Job, JobState
+from bot.service.ledger import Ledger
 from bot.core.line import FairLine
-from bot.service.scheduler import WORKERS_DOWN_NOTE, LineFull, Scheduler, ServerLimitReached, WorkersUnavailable
-from bot.service.server_settings import (
-    QUOTA_WINDOW_S, GuildSettings, PresetNotAllowed, QuotaReached, ServerSettings, SettingRefused, effective_rules,
-)
+from bot.service.scheduler import Scheduler, WORKERS_DOWN_NOTE
+from bot.core.refusals import LineFull, ServerLimitReached, WorkersUnavailable
+from bot.core.rules import GuildSettings, SettingRefused, QUOTA_WINDOW_S, effective_rules
+from bot.core.refusals import PresetNotAllowed, QuotaReached
+from bot.service.server_settings import ServerSettings
 from bot.store.job_store import JobStore
-from bot.intake.uploads import ChecksBusy, UploadChecker, UploadProblem
+from bot.core.refusals import ChecksBusy, UploadProblem
+from bot.intake.uploads import UploadChecker
 from nst_core.params import StylizeParams
 from nst_core.pool.base import Failed, Finished, JobHandle, JobSpec, PoolStats, Queued, Started, WorkerPool
 

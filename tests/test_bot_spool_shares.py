@@ -14,9 +14,11 @@ import sqlite3
 
 import pytest
 
-from bot.core.job import Job, JobState, Ledger
+from bot.core.job import Job, JobState
+from bot.service.ledger import Ledger
 from bot.store.schema import SCHEMA_VERSION
-from bot.store.job_store import JobStore, PicturesGone, ServerSpoolFull, SpoolFull
+from bot.store.job_store import JobStore
+from bot.store.errors import PicturesGone, ServerSpoolFull, SpoolFull
 from nst_core.params import StylizeParams
 from nst_core.pool.base import Finished
 

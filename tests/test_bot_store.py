@@ -13,17 +13,21 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.delivery import outbox
 
-from bot.render import words
-from bot.config import ConfigError, DeliveryConfig, load_config
+from bot.render import embeds, words
+from bot.config import ConfigError, DeliveryConfig
+from bot.config_loading import load_config
 from bot.health import HealthServer, Metrics
-from bot.core.job import Job, JobState, Ledger
+from bot.core.job import Job, JobState
+from bot.service.ledger import Ledger
 from bot.delivery.outbox import Outbox, Sent, _Unchecked
 from bot.app.recovery import MAX_RESTARTS, old_order, recover
 from bot.core.line import FairLine
 from bot.service.scheduler import Scheduler
 from bot.delivery.status import StatusBoard
-from bot.store.job_store import JobStore, SpoolFull
-from bot.intake.uploads import UploadProblem, check_attachment
+from bot.store.job_store import JobStore
+from bot.store.errors import SpoolFull
+from bot.core.refusals import UploadProblem
+from bot.intake.uploads import check_attachment
 from nst_core.params import StylizeParams
 from nst_core.pool.base import Finished
 
@@ -174,7 +178,8 @@ async def test_purge_keeps_what_is_open_or_recent(tmp_path):
         clock.now += 7200
         await s.update(recent.job_id, state="cancelled")
         assert await s.purge() == 1
-        assert {r.job_id for r in await s.all_jobs()} == {old_owed.job_id, old_waiting.job_id, recent.job_id}
+        kept = {j.job_id for j in (old_done, old_owed, old_waiting, recent) if await s.get(j.job_id) is not None}
+        assert kept == {old_owed.job_id, old_waiting.job_id, recent.job_id}
         await s.ping()
     finally:
         await s.close()
@@ -278,7 +283,7 @@ async def test_recover_restores_the_line_and_resumes_deliveries(store):
     [crash_notice] = [c for c in calls if c[:2] == ("notice", crashy.job_id)]
     assert f"restarted {MAX_RESTARTS} times" in crash_notice[2]
     await store.flush()
-    rows = {r.job_id: r for r in await store.all_jobs()}
+    rows = {j.job_id: await store.get(j.job_id) for j in (running, crashy)}
     assert rows[running.job_id].state is JobState.WAITING and rows[running.job_id].restarts == 1
     assert rows[crashy.job_id].state is JobState.FAILED and not (store.spool_dir / crashy.job_id).exists()
 
@@ -293,7 +298,7 @@ def stamped(kwargs: dict, kind: str, job_id: str) -> list[dict]:
 
 def test_delivery_markers_tell_results_notices_and_status_messages_apart():
     result = stamped({"content": words.result_content(9, "ab12", late=True),
-                      "embed": words.result_embed({"final": {}}, job_id="ab12", preset="fast", seed=1, strength=1.0,
+                      "embed": embeds.result_embed({"final": {}}, job_id="ab12", preset="fast", seed=1, strength=1.0,
                                                    preserve_colors=False, style_label="waves")}, "result", "ab12")
     notice = stamped({"content": words.failure_notice(9, "ab12", "Oops.")}, "notice", "ab12")
     assert outbox.is_delivery_of(result, "ab12", "result") and not outbox.is_delivery_of(result, "ab12", "notice")

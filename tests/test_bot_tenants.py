@@ -19,12 +19,13 @@ import pytest
 from discord import app_commands
 from PIL import Image
 
-from bot.app.client import setup_logging
+from bot.app.logs import setup_logging
 from bot.service.checkpool import CheckPool
 from bot.ui.commands import servers_only
-from bot.core.job import Ledger
-from bot.service.scheduler import LineFull, ServerLimitReached, UserLimitReached
-from bot.intake.uploads import ChecksBusy, UploadChecker, UploadProblem, prepare_image
+from bot.service.ledger import Ledger
+from bot.core.refusals import LineFull, ServerLimitReached, UserLimitReached
+from bot.core.refusals import ChecksBusy, UploadProblem
+from bot.intake.uploads import UploadChecker, prepare_image
 from nst_core.pool.base import Failed
 
 from test_bot_servers import job, scheduler

@@ -119,8 +119,9 @@ async def test_without_ray_installed_start_says_how_to_get_it(monkeypatch):
 
 async def test_the_bot_builds_a_ray_pool_from_its_pool_settings():
     pytest.importorskip("discord")
-    from bot.app.client import make_pool
-    from bot.config import ConfigError, load_config
+    from bot.app.run import make_pool
+    from bot.config import ConfigError
+    from bot.config_loading import load_config
 
     env = {"NSTBOT_POOL__BACKEND": "ray", "NSTBOT_POOL__RAY_ADDRESS": "HEAD:6379",
            "NSTBOT_POOL__DEVICES": "cpu", "NSTBOT_POOL__RAY_ACTORS": "3", "NSTBOT_POOL__RETRIES": "2"}

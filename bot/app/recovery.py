@@ -9,7 +9,7 @@
   the old status message points to it.
 * results finished but not delivered are delivered. One found ``delivering`` (the bot
   stopped mid-send) is first looked for among the channel's messages, so a restart never
-  sends a result twice (:meth:`~bot.delivery.Messenger.deliver_result`).
+  sends a result twice (:meth:`~bot.delivery.outbox.Outbox.deliver_result`).
 * failure notices still owed are sent the same way.
 
 Interaction tokens have usually expired by then; the messenger then posts in the channel (or
@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 from bot.render import words
 from bot.delivery.messenger import Messenger
-from bot.core.job import Job, JobState, Ledger
+from bot.core.job import Job, JobState
+from bot.service.ledger import Ledger
 from bot.service.scheduler import Scheduler
 from bot.store.job_store import JobStore
 

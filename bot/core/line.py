@@ -1,8 +1,8 @@
-"""The waiting line's order and its time estimates; plain data structures, no jobs, no Discord.
+"""The waiting line's order, its time estimates and what it shows; plain data, no jobs, no Discord.
 
 :class:`FairLine` takes servers in turn, then members in turn within a server, then each
 member's items in order; :class:`DurationStats` and :func:`estimate_start` say when an item
-will start.
+will start; :class:`LineStatus` and :class:`GuildLine` are what ``/stylebot status`` shows.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import collections
 import itertools
 import statistics
+from dataclasses import dataclass
 from typing import Generic, Hashable, Iterable, TypeVar
 
-__all__ = ["FairLine", "DurationStats", "estimate_start"]
+__all__ = ["FairLine", "DurationStats", "estimate_start", "LineStatus", "GuildLine"]
 
 T = TypeVar("T")
 
@@ -145,10 +146,6 @@ class FairLine(Generic[T]):
                 return i
         return None
 
-    def peek(self) -> T | None:
-        order = self.order()
-        return order[0] if order else None
-
     def pop(self) -> T:
         if self._front:
             return self._front.popleft()[2]
@@ -221,3 +218,30 @@ def estimate_start(ahead: Iterable[float], running_left: Iterable[float], worker
         free.sort()
         free[0] += duration
     return min(free)
+
+
+# --------------------------------------------------------------------------- what the line shows
+
+
+@dataclass(frozen=True)
+class LineStatus:
+    waiting: int
+    queue_max: int
+    running: int
+    capacity: int
+    workers_alive: int
+    average_s: float | None  # recent jobs, all presets
+    recent_jobs: int
+    accepting: bool
+    pool_ready: bool
+    workers_down: bool = False  # no worker could start; jobs wait (and new ones are refused) until one does
+
+
+@dataclass(frozen=True)
+class GuildLine:
+    """One server's part of the line, for ``/stylebot status`` there."""
+
+    waiting: int
+    running: int
+    positions: tuple[int, ...]  # places in the whole line of this server's waiting jobs
+    per_guild_waiting: int

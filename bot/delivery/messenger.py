@@ -1,8 +1,8 @@
 """What follows each recorded event in a job's life: its status message, then its result or notice.
 
-:class:`Messenger` is the :class:`~bot.jobs.Ledger`'s watcher. It shows each event on the
-job's status message (:class:`~bot.status.StatusBoard`) and, when the job ends, has the
-:class:`~bot.outbox.Outbox` deliver the result or the failure notice exactly once. The work
+:class:`Messenger` is the :class:`~bot.service.ledger.Ledger`'s watcher. It shows each event on the
+job's status message (:class:`~bot.delivery.status.StatusBoard`) and, when the job ends, has the
+:class:`~bot.delivery.outbox.Outbox` deliver the result or the failure notice exactly once. The work
 runs in background tasks that :meth:`Messenger.drain` waits for at shutdown; a task's
 failure is logged, never left unread.
 """
@@ -20,7 +20,8 @@ from nst_core.pool.base import Failed, Finished, Progress, Retrying
 
 from bot.render import words
 from bot.config import DeliveryConfig
-from bot.core.job import Job, Ledger
+from bot.core.job import Job
+from bot.service.ledger import Ledger
 from bot.delivery.outbox import Outbox, Sent
 from bot.delivery.status import StatusBoard, log_failure
 from bot.render.views import cancel_view
@@ -70,8 +71,11 @@ class Messenger:
     def job_waiting(self, job: Job, position: int, eta_s: float | None, note: str | None = None) -> None:
         self.board.show(job, words.waiting_line(position, eta_s, note))
 
-    def job_started(self, job: Job) -> None:
+    def job_started(self, job: Job, worker: str | None) -> None:
         self.board.show(job, words.starting_line())
+
+    def cancel_requested(self, job: Job, by_user: int) -> None:
+        pass  # the status changes when the job ends (cancelled, or finished first)
 
     def job_progress(self, job: Job, event: Progress) -> None:
         elapsed = time.time() - job.started_at if job.started_at is not None else 0.0

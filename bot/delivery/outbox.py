@@ -46,9 +46,10 @@ from nst_core.pool.base import Finished
 
 from bot.render import drawings
 
-from bot.render import words
+from bot.render import embeds, words
 from bot.config import DeliveryConfig
-from bot.core.job import Job, Ledger
+from bot.core.job import ROUTES, Job
+from bot.service.ledger import Ledger
 from bot.delivery.status import StatusBoard
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ __all__ = ["Outbox", "Sent", "Outcome", "marker", "is_delivery_of", "prepare_res
 log = logging.getLogger(__name__)
 
 RESULT_BASENAME = "stylized"
-COMPARE_BASENAME = "before-after"
 _ENVELOPE = 64 * 1024  # room for the JSON payload and multipart framing in an upload
 _HISTORY_LIMIT = 50  # messages searched for an earlier delivery (Discord allows 100 per request)
 _MAX_REDELIVER_S = 3600.0
@@ -175,7 +175,7 @@ class Outbox:
         self.metrics = metrics
         self.retention_s = retention_s
         self._spawn = spawn
-        self.result_view = result_view  # the buttons under a result (bot.play)
+        self.result_view = result_view  # the buttons under a result (bot.ui.buttons.ResultViews)
         self._timers: set[asyncio.TimerHandle] = set()
         self._redeliveries: dict[str, int] = {}  # job id -> chains that failed for a passing reason
 
@@ -185,6 +185,10 @@ class Outbox:
         self._timers.clear()
 
     # -- what is sent
+
+    def _routes(self, job: Job) -> list[str]:
+        """The routes to try, in order: the interaction's reply while its token lasts."""
+        return [r for r in ROUTES if r != "interaction" or self.board.token_usable(job)]
 
     async def deliver_result(self, job: Job, event: Finished, *, unsure_route: str | None = None,
                              before: bytes | None = None) -> Sent | None:
@@ -218,9 +222,9 @@ class Outbox:
             if chart is not None:
                 files.append(discord.File(io.BytesIO(chart), words.CHART_FILENAME))
             if compare is not None:
-                files.append(discord.File(io.BytesIO(compare[0]), f"{COMPARE_BASENAME}.{compare[1]}"))
+                files.append(discord.File(io.BytesIO(compare[0]), f"{drawings.BEFORE_AFTER_BASENAME}.{compare[1]}"))
             made = {"content": words.result_content(job.user_id, job.job_id, late=route != "interaction"),
-                    "embed": words.result_embed(summary, chart=chart is not None, **embed_args), "files": files}
+                    "embed": embeds.result_embed(summary, chart=chart is not None, **embed_args), "files": files}
             if view is not None and route != "dm":  # the buttons work in the server, not in a DM
                 made["view"] = view
             return made
@@ -237,8 +241,7 @@ class Outbox:
 
     async def _deliver(self, job: Job, make: Make, kind: Kind, unsure_route: str | None = None) -> Sent | None:
         """Deliver by the first route that works; then record it, retry later, or give up."""
-        chain = _Chain(routes=(["interaction"] if self.board.token_usable(job) else []) + ["channel", "dm"],
-                       unsure=unsure_route)
+        chain = _Chain(routes=self._routes(job), unsure=unsure_route)
         sent = await self._run(job, make, kind, chain)
         if sent is not None:
             self._redeliveries.pop(job.job_id, None)
@@ -294,7 +297,7 @@ class Outbox:
             await self.ledger.sending(job, route)
         except Exception:  # a broken disk must not keep the result from its requester
             log.exception("could not record a delivery attempt; sending anyway", extra={"job_id": job.job_id})
-        mentions = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
+        mentions = _requester_only(job)
         try:
             kwargs = {**_stamp(make(route), kind, job.job_id), "allowed_mentions": mentions}
             message_id = await asyncio.wait_for(self._send(job, route, kwargs), self.delivery.timeout_s)
@@ -377,9 +380,8 @@ class Outbox:
         ``make(route)`` builds fresh keyword arguments for each attempt (files are consumed
         by a send).
         """
-        mentions = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
-        routes = (["interaction"] if self.board.token_usable(job) else []) + ["channel", "dm"]
-        for route in routes:
+        mentions = _requester_only(job)
+        for route in self._routes(job):
             try:
                 kwargs = {**make(route), "allowed_mentions": mentions}
                 message_id = await asyncio.wait_for(self._send(job, route, kwargs), self.delivery.timeout_s)
@@ -388,3 +390,8 @@ class Outbox:
                 continue
             return Sent(route, message_id)
         return None
+
+
+def _requester_only(job: Job) -> discord.AllowedMentions:
+    """A message may ping its requester, and no one else."""
+    return discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])

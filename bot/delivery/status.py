@@ -3,7 +3,7 @@
 :class:`StatusBoard` keeps each job's message current through a :class:`StatusUpdater` (the
 latest text wins, at most one edit per ``edit_interval_s``, because Discord rate-limits
 edits). An edit goes through the interaction's webhook while its token is valid, then through
-the channel (the bot may edit its own message there). Texts come from :mod:`bot.render`.
+the channel (the bot may edit its own message there). Texts come from :mod:`bot.render.words`.
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.render import drawings
-from bot.intake.uploads import IMAGE_SUFFIXES, UploadProblem
+from bot.intake.uploads import IMAGE_SUFFIXES
+from bot.core.refusals import UploadProblem
 
 __all__ = ["LibraryStyle", "StyleLibrary", "CatalogueError", "CATALOGUE", "builtin_styles", "parse_catalogue"]
 

@@ -8,7 +8,7 @@ the bot down for everyone else. So:
 * :meth:`Admission.download` streams an attachment and stops at the byte limit (a lying
   ``size`` costs at most the limit);
 * :meth:`Admission.prepare` decodes the picture once, on the checker's own threads
-  (:class:`bot.checkpool.CheckPool`: fair between servers by the CPU time their checks used,
+  (:class:`bot.service.checkpool.CheckPool`: fair between servers by the CPU time their checks used,
   each server within its share), and returns the PNG the bot keeps instead: the worker,
   before | after and the remixes read that, never the stranger's file again. Decoding
   itself is bounded by :mod:`nst_core.images` (pixel limit read from the header, the decode
@@ -25,7 +25,6 @@ the bot down for everyone else. So:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import time
@@ -39,12 +38,12 @@ from nst_core.images import decode_to_png, image_info
 
 from bot.render import words
 from bot.service.checkpool import CheckPool, Ticket
-from bot.service.scheduler import Refused
+from bot.core.refusals import ChecksBusy, NotAccepting, UploadProblem
 
 if TYPE_CHECKING:
     from bot.config import LimitsConfig
 
-__all__ = ["UploadProblem", "ChecksBusy", "UploadChecker", "Admission", "check_attachment", "prepare_image",
+__all__ = ["UploadChecker", "Admission", "check_attachment", "prepare_image",
            "ACCEPTED_TYPES", "IMAGE_SUFFIXES", "discord_media_url"]
 
 log = logging.getLogger(__name__)
@@ -53,31 +52,8 @@ ACCEPTED_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/b
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")  # file names of those types
 _ACCEPTED_TEXT = "PNG, JPEG, WebP, GIF or BMP"
 _CHUNK = 64 * 1024
-_STOPPING = "The bot is shutting down. Please try again in a few minutes."
 
 
-class UploadProblem(Exception):
-    """Something the requester has to fix; ``str()`` says what, politely and exactly."""
-
-
-class ChecksBusy(Refused):
-    """Too many uploads are being checked right now, or this server used its share of check time."""
-
-
-_BUSY = "The bot is checking a lot of pictures right now. Please try again in a minute."
-
-
-def _server_share_used(wait_s: float) -> str:
-    minutes = max(1, round(wait_s / 60))
-    return (f"This server's members have sent a lot of pictures to check in the last few minutes, and the bot "
-            f"shares its time between servers. Please try again in about {minutes} minute{'s' if minutes > 1 else ''}.")
-
-
-# --------------------------------------------------------------------------- plain checks
-
-# Where Discord keeps attachments and proxies embedded pictures. Pictures taken from a message
-# (the message commands) are fetched only from these: an embed's own URL may point anywhere,
-# the bot's network included, so only its Discord proxy copy is used.
 _DISCORD_MEDIA_HOSTS = ("cdn.discordapp.com", "media.discordapp.net")
 _DISCORD_PROXY_SUFFIX = ".discordapp.net"  # images-ext-1.discordapp.net and the like
 
@@ -215,11 +191,10 @@ class UploadChecker:
         ``waiting_max`` requests are being checked."""
         queued = self._queued.get(user_id, 0)
         if queued >= self.per_member:  # what the line's per_user_waiting allows (jobs are also held there)
-            raise ChecksBusy(f"You already have {queued} requests being checked. Please wait for their answers "
-                             "before sending another.")
+            raise ChecksBusy.member(queued)
         free = self.waiting_max - self._admitted
         if free <= 0 or (self._servers.get(guild_id, 0) >= self.reserve and free <= self.reserve):
-            raise ChecksBusy(_BUSY)
+            raise ChecksBusy.everyone()
         self._count(guild_id, +1)
         admission: Admission | None = None
         try:
@@ -315,11 +290,11 @@ class Admission:
         pool = self.checker.pool
         wait = pool.back_under_share_in(self.guild_id)
         if wait > self._left():  # its server used its share: say so now rather than hold a place meanwhile
-            raise ChecksBusy(_server_share_used(wait))
+            raise ChecksBusy.server_share_used(wait)
         try:
             ticket = pool.submit(self.guild_id, lambda: prepare_image(label, filename, data, **limits))  # type: ignore[arg-type]
         except RuntimeError:  # the pool was shut down: the bot is stopping
-            raise ChecksBusy(_STOPPING) from None
+            raise NotAccepting() from None
         self._running.add(ticket)
 
         def done(_: asyncio.Future) -> None:
@@ -338,13 +313,13 @@ class Admission:
             if not started:  # it waited behind other checks: not the picture's fault
                 pool.withdraw(ticket)
                 if pool.over_share(self.guild_id):
-                    raise ChecksBusy(_server_share_used(pool.back_under_share_in(self.guild_id))) from None
-                raise ChecksBusy(_BUSY) from None
+                    raise ChecksBusy.server_share_used(pool.back_under_share_in(self.guild_id)) from None
+                raise ChecksBusy.everyone() from None
             raise UploadProblem(f"Checking the {label} `{filename}` took too long. Please send a smaller or "
                                 "simpler picture (a normal JPEG or PNG).") from None
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if ticket.result.cancelled() and not (current is not None and current.cancelling()):
-                raise ChecksBusy(_STOPPING) from None  # the checker closed under it: the bot is stopping
+                raise NotAccepting() from None  # the checker closed under it: the bot is stopping
             pool.withdraw(ticket)
             raise

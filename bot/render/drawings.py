@@ -16,13 +16,14 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from nst_core.images import fit_to_bytes, to_rgb  # Pillow only: no TensorFlow in the bot
 
-__all__ = ["loss_chart_png", "before_after_png", "contact_sheet_png"]
+__all__ = ["BEFORE_AFTER_BASENAME", "loss_chart_png", "before_after_png", "contact_sheet_png"]
 
 _CHART_COLOURS = {"content": (31, 119, 180), "style": (255, 127, 14), "tv": (44, 160, 44), "total": (30, 30, 30)}
 _SCALE_MARK = (148, 103, 189)  # the dashed lines where a scale began
 _WHITE, _AXIS, _GRID, _TEXT, _MUTED = (255, 255, 255), (110, 110, 110), (232, 232, 232), (60, 60, 60), (120, 120, 120)
 _PANEL, _UNREADABLE = (242, 242, 242), (190, 190, 190)
 _MAX_DECODE_PIXELS = 50_000_000  # pictures drawn here were validated already; this is a backstop
+BEFORE_AFTER_BASENAME = "before-after"  # the file's name, wherever it is sent
 _BEFORE_AFTER_SIDE = 2048
 _SEPARATOR = 4  # px of white between "before" and "after"
 _SHEET_PAD, _SHEET_LABEL_H = 12, 46  # contact sheet: gap between cells, room for three label lines

@@ -1,16 +1,36 @@
 """The buttons under the bot's messages; each carries its state in its custom id, so it keeps
-working after a restart (discord.py's dynamic items)."""
+working after a restart (discord.py's dynamic items). A press goes to the client's
+``buttons`` (:class:`ButtonHandlers`, :class:`bot.ui.buttons.ResultButtons` in the bot)."""
 
 from __future__ import annotations
 
 import re
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Protocol, Sequence
 
 import discord
 
-__all__ = ["CancelButton", "cancel_view", "ResultButton", "result_view", "StylePicker", "SAVED_STYLE_VALUE"]
+from bot.core.remix import ACTIONS
+
+__all__ = ["ButtonHandlers", "ButtonClient", "CancelButton", "cancel_view", "ResultButton", "result_view",
+           "StylePicker", "SAVED_STYLE_VALUE"]
 
 _STARTING = "The bot is starting up; please try again in a moment."
+
+
+class ButtonHandlers(Protocol):
+    async def cancel(self, interaction: discord.Interaction, job_id: str) -> None: ...
+    async def press(self, interaction: discord.Interaction, action: str, job_id: str) -> None: ...
+
+
+class ButtonClient(discord.Client):
+    """A client whose buttons' presses go to :attr:`buttons` (None until it is wired)."""
+
+    buttons: ButtonHandlers | None = None
+
+
+def _handlers(interaction: discord.Interaction) -> ButtonHandlers | None:
+    client = interaction.client
+    return client.buttons if isinstance(client, ButtonClient) else None
 
 
 class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"nstbot:cancel:(?P<job_id>[0-9a-f]{4,32})"):
@@ -27,11 +47,11 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"nstbot:
         return cls(match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        commands = getattr(interaction.client, "style_commands", None)  # bot.commands.StyleCommands
-        if commands is None:
+        handlers = _handlers(interaction)
+        if handlers is None:
             await interaction.response.send_message(_STARTING, ephemeral=True)
             return
-        await commands.cancel_job(interaction, self.job_id)
+        await handlers.cancel(interaction, self.job_id)
 
 
 def cancel_view(job_id: str) -> discord.ui.View:
@@ -42,20 +62,21 @@ def cancel_view(job_id: str) -> discord.ui.View:
 
 # --------------------------------------------------------------------------- the buttons under a result
 
-# (action, label, emoji, row); the action names are bot.remix.ACTIONS
-_RESULT_BUTTONS = (
-    ("again", "Again", "🎲", 0), ("more", "More style", "➕", 0), ("less", "Less style", "➖", 0),
-    ("colours", "Colours", "🎨", 0), ("sharper", "Sharper", "⬆️", 0),
-    ("compare", "Before | after", "🔍", 1), ("delete", "Delete", "🗑️", 1),
-)
+# How each of bot.core.remix.ACTIONS looks: (label, emoji, row).
+_RESULT_BUTTONS = {
+    "again": ("Again", "🎲", 0), "more": ("More style", "➕", 0), "less": ("Less style", "➖", 0),
+    "colours": ("Colours", "🎨", 0), "sharper": ("Sharper", "⬆️", 0),
+    "compare": ("Before | after", "🔍", 1), "delete": ("Delete", "🗑️", 1),
+}
+assert tuple(_RESULT_BUTTONS) == ACTIONS, "every action has one button, in order"
 
 
 class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
-                   template=r"nstbot:(?P<action>again|more|less|colours|sharper|compare|delete):(?P<job_id>[0-9a-f]{4,32})"):
+                   template=rf"nstbot:(?P<action>{'|'.join(ACTIONS)}):(?P<job_id>[0-9a-f]{{4,32}})"):
     """One button under a result; the action and the result's job id live in the custom id."""
 
     def __init__(self, action: str, job_id: str) -> None:
-        label, emoji, row = next((l, e, r) for a, l, e, r in _RESULT_BUTTONS if a == action)
+        label, emoji, row = _RESULT_BUTTONS[action]
         style = discord.ButtonStyle.secondary if action == "delete" else discord.ButtonStyle.primary
         super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style, row=row,
                                            custom_id=f"nstbot:{action}:{job_id}"))
@@ -67,17 +88,17 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
         return cls(match["action"], match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        play = getattr(interaction.client, "play", None)  # bot.play.Play
-        if play is None:
+        handlers = _handlers(interaction)
+        if handlers is None:
             await interaction.response.send_message(_STARTING, ephemeral=True)
             return
-        await play.press(interaction, self.action, self.job_id)
+        await handlers.press(interaction, self.action, self.job_id)
 
 
 def result_view(job_id: str, *, hide: Sequence[str] = ()) -> discord.ui.View:
     """The buttons under ``job_id``'s result, less those in ``hide``."""
     view = discord.ui.View(timeout=None)
-    for action, *_ in _RESULT_BUTTONS:
+    for action in ACTIONS:
         if action not in hide:
             view.add_item(ResultButton(action, job_id))
     return view

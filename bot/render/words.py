@@ -1,25 +1,23 @@
 """What users read: status lines, progress bars and the result embed (the pictures the bot
-draws are in :mod:`bot.pictures`).
+draws are in :mod:`bot.render.drawings`).
 
 Pure functions of plain data (job fields, pool events, the loss summary dict), so every
-wording is testable without Discord. The loss summary arrives as ``LossSummary.to_dict()``;
-it is read here as a dict because the class lives in the engine module, which the bot
-process must not import (it loads TensorFlow).
+wording is testable without Discord. The loss summary arrives from the worker as
+``LossSummary.to_dict()`` (:mod:`nst_core.summary`), and a result kept in the job store is
+read back as that same dict, so it is read here as a dict.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
-import discord
-
-from bot.service.scheduler import GuildLine, LineStatus
+from bot.core.line import GuildLine, LineStatus
 
 __all__ = [
     "format_duration", "format_bytes", "progress_bar", "time_left", "status_header", "waiting_line",
     "starting_line", "progress_line", "retrying_line", "done_line", "failed_line", "cancelled_line",
-    "result_content", "failure_notice", "result_embed", "line_status_text", "loss_change",
+    "result_content", "failure_notice", "line_status_text", "loss_change",
     "restart_note", "moved_line", "remix_line", "CHART_FILENAME", "LOSS_LABELS", "seconds_per_step", "styles_text",
     "clip",
 ]
@@ -27,7 +25,6 @@ __all__ = [
 CHART_FILENAME = "losses.png"
 LOSS_LABELS = {"content": "Content loss", "style": "Style loss", "tv": "TV loss", "total": "Total loss"}
 _BAR_FULL, _BAR_EMPTY = "█", "░"
-_EMBED_COLOUR = 0x7B5CD6
 
 
 # --------------------------------------------------------------------------- small formats
@@ -181,54 +178,6 @@ def styles_text(style_label: str, style2_label: str | None = None, blend: float 
     share = 0.5 if blend is None or not math.isfinite(blend) else min(1.0, max(0.0, float(blend)))
     second = round(share * 100)
     return f"{clip(style_label, limit)} {100 - second}% + {clip(style2_label, limit)} {second}%"
-
-
-def result_embed(
-    summary: Mapping[str, Any],
-    *,
-    job_id: str,
-    preset: str,
-    seed: int,
-    strength: float,
-    preserve_colors: bool,
-    style_label: str,
-    seconds: float | None = None,
-    chart: bool = True,
-    notes: Sequence[str] = (),
-    style2_label: str | None = None,
-    blend: float | None = None,
-) -> discord.Embed:
-    """The loss summary: final losses and how far each fell, steps, scales, size, time and
-    seconds per step, seed; with ``style2_label``, both styles and their blend."""
-    initial, final = summary.get("initial", {}), summary.get("final", {})
-    description = "\n".join(str(n) for n in (notes or summary.get("notes") or ()))
-    embed = discord.Embed(title="Style transfer result", colour=_EMBED_COLOUR, description=description or None)
-    if style2_label is not None:
-        embed.add_field(name="Styles", value=styles_text(style_label, style2_label, blend), inline=False)
-    for name in ("content", "style", "tv"):
-        if name in final:
-            embed.add_field(name=LOSS_LABELS[name], value=loss_change(initial.get(name, 0.0), final[name]))
-    iterations = summary.get("iterations")
-    embed.add_field(name="Iterations", value=str(iterations if iterations is not None else "?"))
-    scales = summary.get("scales") or []
-    embed.add_field(name="Scales", value=" → ".join(f"{w}×{h}" for w, h in scales) or "?")
-    resolution = summary.get("resolution")
-    embed.add_field(name="Resolution", value=f"{resolution[0]}×{resolution[1]}" if resolution else "?")
-    took = seconds if seconds is not None else summary.get("seconds")
-    speed = seconds_per_step(took, iterations)
-    embed.add_field(name="Time", value=(f"{took:.1f} s" + (f" ({speed})" if speed else "")) if took is not None else "?")
-    embed.add_field(name="Seed", value=str(seed))
-    extras = [f"strength {strength:g}"] + (["colours preserved"] if preserve_colors else [])
-    embed.add_field(name="Preset", value=f"{preset} ({', '.join(extras)})")
-    # the outbox puts the job's marker before the footer: keep it short
-    footer = (f"style {clip(style_label, 80)}" if style2_label is None
-              else f"styles {styles_text(style_label, style2_label, blend, limit=40)}")
-    embed.set_footer(text=footer)
-    if chart:
-        embed.set_image(url=f"attachment://{CHART_FILENAME}")
-    return embed
-
-
 
 
 # --------------------------------------------------------------------------- /stylebot status

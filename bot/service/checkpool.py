@@ -11,7 +11,7 @@ check can start at once however many costly pictures the first one sent. A serve
 ``share_s`` of CPU in the window waits until its older checks leave the window, even when
 nobody else is waiting: its share is what it may use, not a priority.
 
-No Discord here; the caller (:class:`bot.uploads.UploadChecker`) decides what to tell whom.
+No Discord here; the caller (:class:`bot.intake.uploads.UploadChecker`) decides what to tell whom.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The bot's own waiting line: fair between servers and users, feeding the worker pool as slots free up.
 
-No Discord here. :class:`FairLine` decides the order (round-robin between servers, then
-between users, first come first served per user); :class:`Scheduler` keeps the jobs in line
-or running, admits or refuses them, hands them to a :class:`~nst_core.pool.base.WorkerPool`
-whenever ``pool.free_slots > 0`` and reports what happens to a :class:`JobListener` (the
-:class:`~bot.jobs.Ledger`, which alone changes a job's state).
+No Discord here. :class:`~bot.core.line.FairLine` decides the order (round-robin between
+servers, then between users, first come first served per user); :class:`Scheduler` keeps
+the jobs in line or running, admits or refuses them, hands them to a
+:class:`~nst_core.pool.base.WorkerPool` whenever ``pool.free_slots > 0`` and reports what
+happens as :class:`~bot.core.events.JobEvents` (to the
+:class:`~bot.service.ledger.Ledger`, which alone changes a job's state).
 
 Keeping the pool's own queue empty means the positions the line reports are exact.
 """
@@ -13,69 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable
 
 from nst_core.pool.base import Failed, Finished, JobHandle, PoolError, Progress, Queued, Retrying, Started, WorkerPool
 
+from bot.core.events import JobEvents
 from bot.core.job import Job, JobState
-from bot.core.line import DurationStats, FairLine, estimate_start
+from bot.core.line import DurationStats, FairLine, GuildLine, LineStatus, estimate_start
+from bot.core.refusals import LineFull, NotAccepting, ServerLimitReached, UserLimitReached, WorkersUnavailable
 
-__all__ = [
-    "Scheduler", "Hold", "JobListener", "Refused", "UserLimitReached", "ServerLimitReached", "LineFull", "NotAccepting",
-    "WorkersUnavailable", "WORKERS_DOWN_NOTE", "LineStatus", "GuildLine",
-]
+__all__ = ["Scheduler", "Hold", "WORKERS_DOWN_NOTE"]
 
 log = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------- refusals
-
-
-class Refused(Exception):
-    """A job the line will not take; ``str()`` is a polite sentence for the user."""
-
-
-class UserLimitReached(Refused):
-    def __init__(self, waiting: int) -> None:
-        self.waiting = waiting
-        jobs = "job" if waiting == 1 else "jobs"
-        super().__init__(f"You already have {waiting} {jobs} waiting (or being checked). Please wait until one of "
-                         "them starts (or cancel one) before adding another.")
-
-
-class ServerLimitReached(Refused):
-    def __init__(self, waiting: int) -> None:
-        self.waiting = waiting
-        super().__init__(f"This server already has {waiting} jobs waiting, its share of the line. Please try again "
-                         "when one of them has started.")
-
-
-class LineFull(Refused):
-    def __init__(self, waiting: int, eta_s: float | None) -> None:
-        self.waiting, self.eta_s = waiting, eta_s
-        minutes = max(1, math.ceil(eta_s / 60)) if eta_s is not None else 0
-        work = f", about {minutes} minute{'s' if minutes > 1 else ''} of work" if eta_s is not None else ""
-        super().__init__(f"The queue is full ({waiting} jobs waiting{work}). Please try again in a little while.")
-
-
-class NotAccepting(Refused):
-    def __init__(self, reason: str = "The bot is shutting down and is not taking new jobs. "
-                                     "Please try again in a few minutes.") -> None:
-        super().__init__(reason)
-
-
-class WorkersUnavailable(Refused):
-    def __init__(self) -> None:
-        super().__init__("The bot cannot run jobs right now: its workers could not start. The operator can see why "
-                         "in the bot's logs. Please try again later.")
-
-
 WORKERS_DOWN_NOTE = "The workers could not start; this job will run as soon as they do."
-
-
-# --------------------------------------------------------------------------- scheduler
 
 
 class Hold:
@@ -96,50 +49,13 @@ class Hold:
         self.release()
 
 
-class JobListener(Protocol):
-    """What the scheduler reports; called on the event loop, must not block."""
-
-    def job_waiting(self, job: Job, position: int, eta_s: float | None, note: str | None) -> None: ...
-    def job_started(self, job: Job, worker: str | None) -> None: ...
-    def job_progress(self, job: Job, event: Progress) -> None: ...
-    def cancel_requested(self, job: Job, by_user: int) -> None: ...
-    def job_retrying(self, job: Job, event: Retrying) -> None: ...
-    def job_finished(self, job: Job, event: Finished) -> None: ...
-    def job_failed(self, job: Job, event: Failed) -> None: ...
-    def job_paused(self, job: Job, was_running: bool) -> None: ...
-
-
-@dataclass(frozen=True)
-class LineStatus:
-    waiting: int
-    queue_max: int
-    running: int
-    capacity: int
-    workers_alive: int
-    average_s: float | None  # recent jobs, all presets
-    recent_jobs: int
-    accepting: bool
-    pool_ready: bool
-    workers_down: bool = False  # no worker could start; jobs wait (and new ones are refused) until one does
-
-
-@dataclass(frozen=True)
-class GuildLine:
-    """One server's part of the line, for ``/stylebot status`` there."""
-
-    waiting: int
-    running: int
-    positions: tuple[int, ...]  # places in the whole line of this server's waiting jobs
-    per_guild_waiting: int
-
-
 class Scheduler:
     """Admits jobs into the fair line and runs them on ``pool`` as slots free up."""
 
     def __init__(
         self,
         pool: WorkerPool,
-        listener: JobListener,
+        events: JobEvents,
         *,
         per_user_waiting: int,
         queue_max: int,
@@ -149,7 +65,7 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.pool = pool
-        self.listener = listener
+        self.events = events
         self.per_user_waiting = per_user_waiting
         self.queue_max = queue_max
         self.per_guild_waiting = min(per_guild_waiting or queue_max, queue_max)  # a share of the line, at most all
@@ -159,7 +75,6 @@ class Scheduler:
         self.line: FairLine[Job] = FairLine()
         self.durations = DurationStats()
         self.accepting = True
-        self.refusal = NotAccepting().args[0]  # what new requests hear once accepting is False
         self.pool_ready = False
         self.workers_down = False
         self._jobs: dict[str, Job] = {}  # waiting and running
@@ -196,12 +111,6 @@ class Scheduler:
         running = sum(1 for j in self.running() if j.guild_id == guild_id)
         return GuildLine(len(positions), running, positions, self.per_guild_waiting)
 
-    def estimate_for(self, job: Job) -> float | None:
-        """Seconds until ``job`` (waiting) starts; None until some job has finished."""
-        order = self.line.order()
-        ahead = order[: order.index(job)] if job in order else order
-        return self._estimate(ahead)
-
     def _estimate(self, ahead: list[Job]) -> float | None:
         if not self.pool_ready:
             return None  # workers still starting: no honest guess
@@ -230,7 +139,7 @@ class Scheduler:
         """Raise :class:`Refused` if ``user_id`` may not add a job in ``guild_id`` now (cheap; call it
         early). Requests still being checked (:meth:`hold`) count as the places they will take."""
         if not self.accepting:
-            raise NotAccepting(self.refusal)
+            raise NotAccepting()
         if self.workers_down:
             raise WorkersUnavailable()
         waiting = self.line.waiting_of(user_id) + sum(1 for h in self._held if h.user_id == user_id)
@@ -327,7 +236,7 @@ class Scheduler:
             eta_key = None if eta is None else round(eta / 5.0) * 5.0  # ignore jitter below 5 s
             if self._announced.get(job.job_id) != (i + 1, eta_key, note):
                 self._announced[job.job_id] = (i + 1, eta_key, note)
-                self._notify("job_waiting", job, i + 1, eta, note)
+                self._report(self.events.job_waiting, job, i + 1, eta, note)
 
     async def _follow(self, job: Job, handle: JobHandle) -> None:
         try:
@@ -337,12 +246,12 @@ class Scheduler:
                 if isinstance(event, Started):
                     log.info("job started", extra={"job_id": job.job_id, "worker": event.worker,
                                                    "pid": event.pid, "attempt": event.attempt})
-                    self._notify("job_started", job, event.worker)
+                    self._report(self.events.job_started, job, event.worker)
                 elif isinstance(event, Progress):
-                    self._notify("job_progress", job, event)
+                    self._report(self.events.job_progress, job, event)
                 elif isinstance(event, Retrying):
                     log.warning("job retrying", extra={"job_id": job.job_id, "kind": event.kind})
-                    self._notify("job_retrying", job, event)
+                    self._report(self.events.job_retrying, job, event)
                 elif isinstance(event, Failed) and event.kind == "shutdown" and not self.accepting:
                     self._pause(job, was_running=True)
                 elif isinstance(event, (Finished, Failed)):
@@ -367,10 +276,10 @@ class Scheduler:
                 self.durations.add(job.preset, self.clock() - job.started_at)
             log.info("job finished", extra={"job_id": job.job_id, "seconds": round(event.seconds, 2),
                                             "worker": event.worker})
-            self._notify("job_finished", job, event)
+            self._report(self.events.job_finished, job, event)
         else:
             log.info("job ended", extra={"job_id": job.job_id, "kind": event.kind, "reason": event.reason})
-            self._notify("job_failed", job, event)
+            self._report(self.events.job_failed, job, event)
 
     def _pause(self, job: Job, was_running: bool) -> None:
         """The bot is stopping before ``job`` is done: it leaves the line unfinished (not failed),
@@ -378,13 +287,13 @@ class Scheduler:
         self._jobs.pop(job.job_id, None)
         self._announced.pop(job.job_id, None)
         log.info("job paused for the restart", extra={"job_id": job.job_id, "was_running": was_running})
-        self._notify("job_paused", job, was_running)
+        self._report(self.events.job_paused, job, was_running)
 
-    def _notify(self, method: str, *args: Any) -> None:
+    def _report(self, event: Callable[..., None], *args: Any) -> None:
         try:
-            getattr(self.listener, method)(*args)
-        except Exception:
-            log.exception("job listener failed", extra={"method": method})
+            event(*args)
+        except Exception:  # a bug in whoever listens must not leave the job hanging in the line
+            log.exception("job event failed", extra={"event": event.__name__})
 
     # -- cancelling
 
@@ -398,7 +307,7 @@ class Scheduler:
         job = self._jobs.get(job_id)
         if job is None:
             return False
-        self._notify("cancel_requested", job, by_user)
+        self._report(self.events.cancel_requested, job, by_user)
         if self.line.remove(job):
             self._end(job, Failed(job_id, "The job was cancelled.", "cancelled"))
             self._announce()
@@ -415,12 +324,11 @@ class Scheduler:
 
     # -- shutting down
 
-    def stop_accepting(self, refusal: str) -> list[Job]:
-        """Take no new jobs (``refusal`` tells new requests why); pause every waiting job and
+    def stop_accepting(self) -> list[Job]:
+        """Take no new jobs (new requests hear :class:`NotAccepting`); pause every waiting job and
         return them. From now on a running job that the pool stops (``Failed(kind="shutdown")``)
         is paused too: paused jobs stay open in the job store, so the next start runs them."""
         self.accepting = False
-        self.refusal = refusal
         paused = self.line.clear()
         for job in paused:
             self._pause(job, was_running=False)

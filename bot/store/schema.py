@@ -1,12 +1,12 @@
 """The job store's SQLite schema, its version, and the upgrades from older versions.
 
 Version 1: jobs. Version 2: per-server settings and the daily quota's count. Version 3: one
-lifecycle (:mod:`bot.jobs`): the old ``queued`` state and a failed job's ``notice`` column
+lifecycle (:mod:`bot.core.job`): the old ``queued`` state and a failed job's ``notice`` column
 (pending, sending, sent, unsent) folded into ``state``. Version 4: playing with results: a
 job's parent (the result whose button made it) and second style, how long a delivered job's
 pictures are kept for remixes, and members' saved styles. Version 5: the bytes each job's spool
 folder and each saved style hold, so one server's part of the spool is a cheap sum (its share,
-:class:`bot.store.JobStore`'s ``server_share``). An older database gets the columns at 0; the
+:class:`bot.store.job_store.JobStore`'s ``server_share``). An older database gets the columns at 0; the
 store fills them from the files on disk when it opens (it measures the spool at every open).
 """
 

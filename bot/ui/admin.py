@@ -2,7 +2,7 @@
 
 Shown to members with Manage Server by default (the command's default member permissions,
 which a server may change) and checked again when run. The rules themselves, and the
-operator's ceilings they stay within, are :mod:`bot.settings`.
+operator's ceilings they stay within, are :mod:`bot.core.rules` and :mod:`bot.service.server_settings`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from nst_core.schedule import PRESETS
 
 from bot.config import LimitsConfig
 from bot.ui.errors import answer_error
-from bot.service.server_settings import MAX_CHANNELS, ServerSettings, SettingRefused
-from bot.store.job_store import StoreError
+from bot.core.rules import SettingRefused, MAX_CHANNELS
+from bot.service.server_settings import ServerSettings
+from bot.store.errors import StoreError
 
 __all__ = ["SettingsGroup"]
 
