@@ -1,32 +1,33 @@
 """The Discord bot that serves :mod:`nst_core` style transfer. No TensorFlow in this process.
 
-Modules, in the order a request travels through them:
+Packages from the top down; each imports only those below it (``lint-imports`` checks it):
 
-* ``__main__``: ``python -m bot``: settings, the token moved out of the environment, then ``app.run``.
-* ``config``: the TOML settings and ``NSTBOT_*`` environment overrides, validated (pydantic-settings).
-* ``app``: the client, startup (store, pool and upload checker made outside it and passed in,
-  command sync, recovery), the background loops, shutdown.
-* ``commands``: ``/stylize`` (and the one way every job starts), ``/stylebot status|styles|cancel``;
-  ``admin``: ``/stylebot-settings``; ``views``: the buttons and the style picker; ``errors``: how
-  a failed command is answered.
-* ``play``: the buttons under a result and the message commands ("Stylize this image", "Use as
-  my style"); ``remix``: what each button asks for, as plain functions.
-* ``settings``: each server's rules (channels, largest preset, daily quota) within the operator's ceilings.
-* ``uploads``: attachments from strangers: metadata checks, size-limited downloads, bounded decoding.
-* ``library``: the built-in paintings (``styles/``) and the operator's folder of style images.
-* ``jobs``: the job record, its one lifecycle, and the ledger, the only writer of a job's state.
-* ``scheduler``: admission and the line's limits, feeding the pool; ``line``: the fair order
-  (servers in turn, then members) and time estimates.
-* ``delivery``: what follows each recorded event; ``status``: the status messages;
-  ``outbox``: results and notices delivered exactly once.
-* ``store``: SQLite (jobs, server settings, quota counts) and the spool; ``schema``: its tables
-  and upgrades; ``spool``: its files.
-* ``recovery``: at start, jobs from before a restart back in line, undelivered results sent.
-* ``health``: ``/healthz`` and Prometheus ``/metrics`` on a small aiohttp server.
-* ``render``: every text and the result embed; ``pictures``: the loss chart, before | after and the
-  library's contact sheet (Pillow).
+* ``__main__``: ``python -m bot``; ``config_loading``: the TOML file and ``NSTBOT_*`` overrides.
+* ``app``: the client that makes and joins every part (``client``), ``run`` (process, pool,
+  signals), ``recovery`` after a restart, ``sync`` of the commands, ``logs``.
+* ``ui``: what members touch. ``commands`` (/stylize, /stylebot), ``admin`` (/stylebot-settings),
+  ``buttons`` (Cancel, the remixes, before | after, Delete), ``message_commands``; all start
+  jobs through ``job_start`` with pictures from ``gather``; ``access``: who may do what.
+* ``delivery``: the ``messenger`` follows each job event, ``status`` edits status messages,
+  ``outbox`` sends results and notices exactly once.
+* ``intake``: ``uploads`` (strangers' pictures: bounded downloads and one bounded decode),
+  ``library`` (the built-in paintings and the operator's folder).
+* ``render``: ``words`` (every text), ``drawings`` (loss chart, before | after, contact sheet),
+  ``embeds``, ``views`` (buttons and the style picker).
+* ``service``: the ``ledger`` (the only writer of job state), the ``scheduler`` (the line's
+  limits, feeding the pool), ``server_settings``, ``checkpool`` (check CPU shared by server).
+* ``store``: SQLite (``job_store``, ``database``, ``schema``), the spool's files (``spool``)
+  and room (``room``: shares per server), ``saved_styles``.
+* ``health``: ``/healthz`` and Prometheus ``/metrics``.
+* ``core``: the vocabulary, no Discord and no I/O: the ``job`` and its lifecycle, its
+  ``events``, ``refusals`` (each with its metric reason), server ``rules``, the fair ``line``,
+  the ``remix`` arithmetic.
+* ``config``: the operator's settings as frozen dataclasses.
 
-Start it with ``python -m bot --config config.toml`` (``__main__``).
+Where a change goes: a new refusal → ``core.refusals``; a new button → ``core.remix`` (what it
+asks) and ``ui.buttons`` (what it does); a new text → ``render.words``; a new stored field →
+``store.schema`` and ``store.job_store``; a new server rule → ``core.rules`` and
+``service.server_settings``.
 """
 
 __all__: list[str] = []
