@@ -74,6 +74,8 @@ from .common import (
     _no_content,
     log,
 )
+from .faults import FaultsMixin
+from .recording import RecordingMixin
 
 _ALLOWED_CALLBACKS = {
     2: {4, 5, 9},  # application command
@@ -91,9 +93,6 @@ _MENTION_RE = re.compile(r"<@!?(\d+)>")
 #: message type of an interaction's response, by application command type
 #: (1 chat input → 20 CHAT_INPUT_COMMAND; 2 user / 3 message → 23 CONTEXT_MENU_COMMAND)
 _COMMAND_MESSAGE_TYPE = {1: 20, 2: 23, 3: 23}
-
-WaitPredicate = Callable[[], Any]
-
 
 class _GatewayConnection:
     """One websocket connection to /gateway."""
@@ -163,7 +162,7 @@ class GatewaySession:
         return self.seq
 
 
-class FakeDiscord:
+class FakeDiscord(RecordingMixin, FaultsMixin):
     """A Discord API + gateway double for discord.py. See the package docstring."""
 
     def __init__(
@@ -489,115 +488,6 @@ class FakeDiscord:
         return AttachmentRecord(id=aid, filename=filename, data=sf.data, content_type=ctype, url=url,
                                 proxy_url=url + "?proxy=1", description=description, width=width, height=height)
 
-    # ======================================================================
-    # failure injection
-    # ======================================================================
-    def inject_fault(self, path: str, *, method: Optional[str] = None, status: Optional[int] = 500,
-                     times: Optional[int] = 1, delay: float = 0.0, body: Any = None,
-                     retry_after: float = 0.1) -> Fault:
-        """The next *times* requests whose path matches regex *path* (``re.search``) get *status*.
-
-        The path is relative to the API base for API routes (``/channels/123/messages``,
-        ``/webhooks/<app>/<token>``, ``/interactions/<id>/<token>/callback``) and the raw
-        path otherwise (``/attachments/x.png``). ``method=None`` matches any method.
-        ``delay`` sleeps first; ``status=None`` with a delay only delays, then serves normally.
-        ``times=None`` = forever. ``status=429`` answers a proper rate-limit (``Via`` header,
-        ``retry_after`` body) that discord.py retries.
-        """
-        headers: Dict[str, str] = {}
-        if status == 429:
-            headers["Via"] = "1.1 google"
-            headers["Retry-After"] = str(retry_after)
-            if body is None:
-                body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False,
-                        "code": 0}
-        fault = Fault(method=method, pattern=re.compile(path), status=status, times=times, delay=delay,
-                      body=body, headers=headers)
-        self.faults.append(fault)
-        return fault
-
-    def clear_faults(self) -> None:
-        self.faults.clear()
-
-    def refuse_channel(self, channel: Any, *, status: int = 403, code: int = MISSING_ACCESS,
-                       message: str = "Missing Access") -> None:
-        """Make message POST/PATCH in *channel* answer ``status`` with Discord error ``code``."""
-        self._refused_channels[as_id(channel)] = (status, code, message)
-
-    def allow_channel(self, channel: Any) -> None:
-        self._refused_channels.pop(as_id(channel), None)
-
-    def block_dms(self, user: Any) -> None:
-        """Messages to this user's DM channel answer 403 / 50007 ("Cannot send messages to this user")."""
-        self._blocked_dm_users.add(self.user(user).id)
-
-    def unblock_dms(self, user: Any) -> None:
-        self._blocked_dm_users.discard(self.user(user).id)
-
-    def expire_token(self, interaction: InteractionRecord) -> None:
-        """Expire an interaction's token now (webhook routes then answer 401 / 50027)."""
-        interaction.expires_t = time.monotonic() - 0.001
-
-    # ======================================================================
-    # recording / waiting
-    # ======================================================================
-    def _record(self, kind: str, data: Any = None) -> Event:
-        ev = Event(kind=kind, t=time.monotonic(), data=data)
-        self.events.append(ev)
-        self._wake()
-        return ev
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
-
-    async def wait_for(self, predicate: WaitPredicate, timeout: float = 10.0, *, what: Optional[str] = None) -> Any:
-        """Wait until ``predicate()`` (no arguments) returns something truthy; return it.
-
-        Re-evaluated after every recorded event (request, gateway op, message...) and at
-        least every 0.1 s. Raises ``asyncio.TimeoutError`` with a description on timeout.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                desc = what or getattr(predicate, "__name__", repr(predicate))
-                raise asyncio.TimeoutError(f"timed out after {timeout}s waiting for {desc}; "
-                                           f"last events: {self.events[-8:]!r}")
-            fut = loop.create_future()
-            self._waiters.append(fut)
-            await asyncio.wait({fut}, timeout=min(remaining, 0.1))
-
-    async def wait_for_event(self, kind: Optional[str] = None, predicate: Optional[Callable[[Event], Any]] = None,
-                             timeout: float = 10.0, *, since: Optional[float] = None) -> Event:
-        """Wait for an :class:`Event` of *kind* (and matching ``predicate(event)``).
-
-        Events already recorded count unless ``since`` (a monotonic time) excludes them.
-        """
-        def find():
-            for ev in self.events:
-                if since is not None and ev.t < since:
-                    continue
-                if kind is not None and ev.kind != kind:
-                    continue
-                if predicate is None or predicate(ev):
-                    return ev
-            return None
-        return await self.wait_for(find, timeout, what=f"event {kind!r}")
-
-    def events_of(self, kind: str) -> List[Event]:
-        return [e for e in self.events if e.kind == kind]
-
-    def requests_to(self, path: str, method: Optional[str] = None) -> List[RequestRecord]:
-        """Recorded requests whose path matches regex *path* (``re.search``)."""
-        rx = re.compile(path)
-        return [r for r in self.requests if rx.search(r.path) and (method is None or r.method == method.upper())]
 
     # -- message views ----------------------------------------------------
     def messages_in(self, channel: Any, *, include_ephemeral: bool = False,
