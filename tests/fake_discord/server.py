@@ -72,6 +72,7 @@ from .common import (
     _no_content,
     log,
 )
+from .attachments import AttachmentsMixin
 from .faults import FaultsMixin
 from .gateway import GatewayMixin, GatewaySession, _GatewayConnection
 from .guilds import GuildsMixin
@@ -95,7 +96,7 @@ _MENTION_RE = re.compile(r"<@!?(\d+)>")
 _COMMAND_MESSAGE_TYPE = {1: 20, 2: 23, 3: 23}
 
 
-class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin):
+class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin, AttachmentsMixin):
     """A Discord API + gateway double for discord.py. See the package docstring."""
 
     def __init__(
@@ -239,41 +240,6 @@ class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin):
         }
 
 
-    # -- attachments -------------------------------------------------------
-    def add_attachment(self, name: str, data: bytes, content_type: Optional[str] = None, *,
-                       description: Optional[str] = None) -> Dict[str, Any]:
-        """Register downloadable bytes; returns a Discord attachment object (dict).
-
-        The bytes are served at ``GET /attachments/<name>`` (the attachment's ``url``
-        and ``proxy_url``). Width/height are filled in when Pillow can read the data.
-        """
-        data = bytes(data)
-        ctype = content_type or sniff_content_type(name, data)
-        quoted = urllib.parse.quote(name)
-        self._files[name] = (data, ctype)
-        width, height = image_size(data) if (ctype or "").startswith("image/") or ctype is None else (None, None)
-        att = AttachmentRecord(id=snowflake(), filename=name.rsplit("/", 1)[-1], data=data, content_type=ctype,
-                               url=f"{self.base_url}/attachments/{quoted}",
-                               proxy_url=f"{self.base_url}/attachments/{quoted}?proxy=1",
-                               description=description, ephemeral=True, width=width, height=height)
-        self._attachments_by_name[name] = att
-        return att.to_json()
-
-    def _store_upload(self, channel_id: int, sf: StoredFile, filename: Optional[str],
-                      description: Optional[str]) -> AttachmentRecord:
-        aid = snowflake()
-        filename = (filename or sf.filename or "file").replace(" ", "_")
-        ctype = sniff_content_type(filename, sf.data)
-        if ctype is None and sf.content_type not in (None, "application/octet-stream"):
-            ctype = sf.content_type
-        key = f"{channel_id}/{aid}/{filename}"
-        self._files[key] = (sf.data, ctype)
-        url = f"{self.base_url}/attachments/{channel_id}/{aid}/{urllib.parse.quote(filename)}"
-        width, height = image_size(sf.data) if (ctype or "").startswith("image/") else (None, None)
-        return AttachmentRecord(id=aid, filename=filename, data=sf.data, content_type=ctype, url=url,
-                                proxy_url=url + "?proxy=1", description=description, width=width, height=height)
-
-
     # -- message views ----------------------------------------------------
     def messages_in(self, channel: Any, *, include_ephemeral: bool = False,
                     include_deleted: bool = False, author: Any = None) -> List[MessageRecord]:
@@ -316,50 +282,7 @@ class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin):
         return await self.wait_for(find, timeout, what="message")
 
     # -- members' messages -------------------------------------------------
-    def _message_attachment(self, ref: Any) -> AttachmentRecord:
-        if isinstance(ref, AttachmentRecord):
-            src = ref
-        elif isinstance(ref, str) and ref in self._attachments_by_name:
-            src = self._attachments_by_name[ref]
-        elif isinstance(ref, dict):
-            src = next((a for a in self._attachments_by_name.values() if str(a.id) == str(ref.get("id"))), None)
-            if src is None:
-                raise FakeDiscordError(f"attachment {ref.get('filename')!r} was not made with add_attachment()")
-        else:
-            raise FakeDiscordError(f"attachments take add_attachment() dicts or names, got {ref!r}")
-        # a message's attachment: its own id, not ephemeral, same bytes and URL
-        return AttachmentRecord(id=snowflake(), filename=src.filename, data=src.data, content_type=src.content_type,
-                                url=src.url, proxy_url=src.proxy_url, description=src.description,
-                                ephemeral=False, width=src.width, height=src.height)
 
-    def _complete_embed(self, embed: Dict[str, Any]) -> Dict[str, Any]:
-        """Fill what Discord adds to an embed's media (proxy_url, width, height, content_type)
-        when its URL is served by the fake; ``type`` defaults to "rich"."""
-        out = dict(embed)
-        out.setdefault("type", "rich")
-        for key in ("image", "thumbnail", "video"):
-            media = out.get(key)
-            if not isinstance(media, dict) or not media.get("url"):
-                continue
-            media = dict(media)
-            url = str(media["url"])
-            prefix = f"{self.base_url}/attachments/"
-            file_key = urllib.parse.unquote(url[len(prefix):].split("?", 1)[0]) if url.startswith(prefix) else None
-            entry = self._files.get(file_key) if file_key is not None else None
-            if entry is not None:
-                data, ctype = entry
-                width, height = image_size(data)
-                media.setdefault("proxy_url", url.split("?", 1)[0] + "?proxy=1")
-                if width is not None:
-                    media.setdefault("width", width)
-                    media.setdefault("height", height)
-                if ctype:
-                    media.setdefault("content_type", ctype)
-            else:
-                media.setdefault("proxy_url", url)
-            media.setdefault("flags", 0)
-            out[key] = media
-        return out
 
     async def post_user_message(self, channel: Any = None, *, user: Any = None, content: str = "",
                                 attachments: Iterable[Any] = (), embeds: Iterable[Dict[str, Any]] = (),
@@ -830,7 +753,7 @@ class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin):
         r = app.router
         a = API_PREFIX
         self._add_gateway_routes(r)
-        r.add_get("/attachments/{key:.+}", self._get_attachment)
+        self._add_attachment_routes(r)
         self._add_guild_routes(r)
         for prefix in ("/applications/{app_id}/commands", "/applications/{app_id}/guilds/{guild_id}/commands"):
             r.add_get(a + prefix, self._get_commands)
@@ -959,20 +882,6 @@ class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin):
             self.unhandled.append(rec)
         log.warning("fake discord: unhandled %s %s", request.method, request.path)
         return _error(404, 0, "404: Not Found")
-
-    # ======================================================================
-    # REST handlers: misc
-    # ======================================================================
-
-
-    async def _get_attachment(self, request: web.Request) -> web.Response:
-        key = urllib.parse.unquote(request.match_info["key"])
-        entry = self._files.get(key)
-        if entry is None:
-            return web.Response(status=404, text="Not Found")
-        data, ctype = entry
-        self._record("attachment_download", {"key": key, "size": len(data)})
-        return web.Response(body=data, content_type=ctype or "application/octet-stream")
 
 
     # ======================================================================
@@ -1169,36 +1078,6 @@ class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin):
             return _error(400, CANNOT_SEND_EMPTY_MESSAGE, "Cannot send an empty message")
         return None
 
-    def _resolve_attachments(self, channel_id: int, payload: Dict[str, Any], files: List[StoredFile],
-                             existing: List[AttachmentRecord], *, editing: bool) -> List[AttachmentRecord]:
-        by_index: Dict[int, StoredFile] = {}
-        for pos, sf in enumerate(files):
-            m = re.fullmatch(r"files?\[(\d+)\]", sf.field)
-            by_index[int(m.group(1)) if m else pos] = sf
-        existing_by_id = {a.id: a for a in existing}
-        result: List[AttachmentRecord] = []
-        used: set = set()
-        spec = payload.get("attachments")
-        if spec is not None:
-            for a in spec:
-                try:
-                    aid = int(a.get("id"))
-                except (TypeError, ValueError):
-                    continue
-                if aid in existing_by_id:
-                    result.append(existing_by_id[aid])
-                elif aid in by_index and aid not in used:
-                    used.add(aid)
-                    result.append(self._store_upload(channel_id, by_index[aid], a.get("filename"),
-                                                     a.get("description")))
-            for idx in sorted(by_index):
-                if idx not in used:
-                    result.append(self._store_upload(channel_id, by_index[idx], None, None))
-        else:
-            result = list(existing) if editing else []
-            for idx in sorted(by_index):
-                result.append(self._store_upload(channel_id, by_index[idx], None, None))
-        return result
 
     def _add_message(self, msg: MessageRecord) -> MessageRecord:
         self.messages[msg.id] = msg
