@@ -1,86 +1,60 @@
-"""The fake Discord server (REST + gateway + attachment files) on aiohttp.
+"""The fake Discord server: ``FakeDiscord`` assembled from one mixin per concern, its state and
+lifecycle, and the HTTP core (routing, auth, request recording, fault injection, body parsing).
 
-See the package docstring (``tests/fake_discord/__init__.py``) for the test-facing API.
+See the package docstring (``tests/fake_discord/__init__.py``) for the test-facing API. Layout:
+
+* ``common.py``: error codes, JSON/error responses, the parsed request body
+* ``recording.py``: the event log, ``wait_for`` and friends (``RecordingMixin``)
+* ``faults.py``: ``inject_fault``, refused channels, blocked DMs, expired tokens (``FaultsMixin``)
+* ``guilds.py``: guilds, channels, roles, members, users, DMs, their REST reads (``GuildsMixin``)
+* ``attachments.py``: the attachment CDN and stored uploads (``AttachmentsMixin``)
+* ``messages.py``: channel messages, members' messages, message storage (``MessagesMixin``)
+* ``commands.py``: the application-command registry the bot syncs (``CommandsMixin``)
+* ``interactions.py``: interactions sent to the bot (``InteractionsMixin``)
+* ``webhooks.py``: the bot's callbacks, followups, webhook edits (``InteractionWebhooksMixin``)
+* ``gateway.py``: the websocket, sessions, READY, RESUME (``GatewayMixin``, ``GatewaySession``)
+
+Each mixin keeps its state on the one ``FakeDiscord`` instance (created in ``__init__`` below) and
+registers its own routes (``_add_*_routes``, called from ``_setup_routes``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import secrets
 import socket
 import time
-import urllib.parse
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from aiohttp import web
 
-from .models import (
-    ApplicationFlags,
-    AttachmentRecord,
-    CallbackRecord,
-    Channel,
-    Event,
-    Fault,
-    Guild,
-    Intents,
-    InteractionRecord,
-    Member,
-    MessageFlags,
-    MessageRecord,
-    Permissions,
-    RequestRecord,
-    Role,
-    StoredFile,
-    User,
-    as_id,
-    image_size,
-    iso_now,
-    snowflake,
-    sniff_content_type,
-)
-
-from .common import (
-    API_PREFIX,
-    CANNOT_EDIT_OTHERS_MESSAGE,
-    CANNOT_EXECUTE_ON_DM,
-    CANNOT_SEND_EMPTY_MESSAGE,
-    CANNOT_SEND_TO_USER,
-    INTERACTION_ALREADY_ACKNOWLEDGED,
-    INVALID_FORM_BODY,
-    INVALID_RECIPIENTS,
-    INVALID_WEBHOOK_TOKEN,
-    MISSING_ACCESS,
-    MISSING_PERMISSIONS,
-    REQUEST_TOO_LARGE,
-    UNKNOWN_CHANNEL,
-    UNKNOWN_COMMAND,
-    UNKNOWN_GUILD,
-    UNKNOWN_INTERACTION,
-    UNKNOWN_MEMBER,
-    UNKNOWN_MESSAGE,
-    UNKNOWN_USER,
-    UNKNOWN_WEBHOOK,
-    FakeDiscordError,
-    _BODY_KEY,
-    _RECORD_KEY,
-    _Body,
-    _error,
-    _form_error,
-    _json,
-    _no_content,
-    log,
-)
 from .attachments import AttachmentsMixin
 from .commands import CommandsMixin
+from .common import API_PREFIX, _BODY_KEY, _RECORD_KEY, FakeDiscordError, _Body, _error, _json, log
 from .faults import FaultsMixin
 from .gateway import GatewayMixin, GatewaySession, _GatewayConnection
 from .guilds import GuildsMixin
 from .interactions import InteractionsMixin
 from .messages import MessagesMixin
+from .models import (
+    AttachmentRecord,
+    Channel,
+    Event,
+    Fault,
+    Guild,
+    InteractionRecord,
+    MessageRecord,
+    Permissions,
+    RequestRecord,
+    StoredFile,
+    User,
+    snowflake,
+)
 from .recording import RecordingMixin
 from .webhooks import InteractionWebhooksMixin
+
+__all__ = ["FakeDiscord", "FakeDiscordError", "GatewaySession"]
 
 
 class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin, AttachmentsMixin, MessagesMixin,
@@ -227,20 +201,18 @@ class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin, Attach
             f"{prefix}GUILD_ID": str(self.guild.id) if self.guild else "",
         }
 
-
     # ======================================================================
-    # HTTP plumbing
+    # HTTP core: routes, auth, recording, faults, bodies
     # ======================================================================
     def _setup_routes(self, app: web.Application) -> None:
         r = app.router
-        a = API_PREFIX
         self._add_gateway_routes(r)
         self._add_attachment_routes(r)
         self._add_guild_routes(r)
         self._add_command_routes(r)
         self._add_interaction_webhook_routes(r)
         self._add_message_routes(r)
-        r.add_route("*", "/{tail:.*}", self._unhandled)
+        r.add_route("*", "/{tail:.*}", self._unhandled)  # last: anything else is recorded as unhandled
 
     @staticmethod
     def _rel_path(request: web.Request) -> str:
@@ -346,5 +318,3 @@ class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin, Attach
             self.unhandled.append(rec)
         log.warning("fake discord: unhandled %s %s", request.method, request.path)
         return _error(404, 0, "404: Not Found")
-
-
