@@ -213,6 +213,10 @@ predicate=None, dm_to=None, from_bot=True)`` (the bot's messages unless ``from_b
 Rate-limit headers are never sent (discord.py copes: it only reads them when
 ``X-Ratelimit-Remaining`` is present). JSON bodies are sent with ``Content-Type:
 application/json`` exactly — discord.py ignores JSON labelled ``...; charset=utf-8``.
+
+Code layout: ``server.py`` assembles ``FakeDiscord`` from one mixin module per concern (its
+docstring lists them: gateway, guilds, messages, attachments, commands, interactions, webhooks,
+recording, faults); records and bit constants live in ``models.py``.
 """
 
 from .models import (
