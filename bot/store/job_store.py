@@ -65,10 +65,10 @@ class JobStore(SavedStyles):
     def __init__(self, db_path: str | Path, spool_dir: str | Path, *, spool_max_bytes: int = 2 << 30,
                  retention_s: float = 7 * 86400.0, reuse_s: float = 86400.0, server_share: float = 1.0,
                  clock: Callable[[], float] = time.time) -> None:
-        super().__init__(db_path, spool_dir, spool_max_bytes=spool_max_bytes, server_share=server_share)
+        super().__init__(db_path, spool_dir, spool_max_bytes=spool_max_bytes, server_share=server_share,
+                         clock=clock)
         self.retention_s = retention_s
         self.reuse_s = reuse_s  # a delivered job's pictures are kept this long for remixes
-        self.clock = clock
 
     # ------------------------------------------------------------------ opening
 

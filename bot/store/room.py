@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Callable
 
 from bot.core.job import OPEN_STATES, JobState
 from bot.store.database import Database
@@ -64,8 +65,9 @@ class SpoolRoom(Database):
     """The spool under ``spool_dir``, at most ``spool_max_bytes``, ``server_share`` of it per server."""
 
     def __init__(self, db_path: str | Path, spool_dir: str | Path, *, spool_max_bytes: int,
-                 server_share: float) -> None:
+                 server_share: float, clock: Callable[[], float]) -> None:
         super().__init__(db_path)
+        self.clock = clock  # when files were set aside, and when saved styles expire
         if not 0.0 < server_share <= 1.0:
             raise ValueError(f"server_share must be more than 0 and at most 1, not {server_share!r}")
         self.spool_dir = Path(spool_dir).expanduser()
