@@ -274,20 +274,20 @@ class LocalPool(QueueingPool):
         kind = message[0]
         if kind == "ready":
             worker.said_ready = True
-            self._worker_ready(worker, pid=message[1])
+            self.worker_ready(worker, pid=message[1])
         elif kind == "init_failed":
             worker.init_error = message[1]
         elif kind == "event":
             _, seq, event = message
-            self._job_event(worker, seq, event)
+            self.job_event(worker, seq, event)
             if isinstance(event, (Finished, Failed)):
-                self._worker_idle(worker)  # it reads its next message now
+                self.worker_idle(worker)  # it reads its next message now
 
     def _on_exit(self, worker: _Process, exitcode: int | None) -> None:
         if worker.said_ready:
-            self._worker_lost(worker, _exit_text(exitcode))
+            self.worker_lost(worker, _exit_text(exitcode))
         else:
-            self._worker_start_failed(
+            self.worker_start_failed(
                 worker, worker.init_error or f"its process exited while starting ({_exit_text(exitcode)})")
 
 

@@ -183,7 +183,8 @@ class QueueingPool(SlotPool):
         """``job`` is still running under dispatch ``seq`` (not ended, not re-dispatched)."""
         return job.state == "running" and job.seq == seq
 
-    def _job_event(self, worker: Worker, seq: int, event: Event) -> None:
+    def job_event(self, worker: Worker, seq: int, event: Event) -> None:
+        """A report (:class:`~nst_core.pool.protocol.WorkerReports`): an event of ``worker``'s job."""
         job = worker.slot.job
         if worker.slot.worker is not worker or job is None or not self._current(job, seq):
             return  # from a job that already ended (cancelled, timed out, shut down)
@@ -194,7 +195,8 @@ class QueueingPool(SlotPool):
         else:
             job.handle.deliver(event)
 
-    def _worker_idle(self, worker: Worker) -> None:
+    def worker_idle(self, worker: Worker) -> None:
+        """A report: ``worker`` is free for the next job."""
         slot = worker.slot
         if slot.worker is not worker or slot.state != "busy" or slot.job is not None:
             return

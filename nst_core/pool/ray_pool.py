@@ -167,8 +167,10 @@ class RayPool(QueueingPool):
     def _start_worker(self, slot: Slot, previous: Worker | None) -> Worker:
         """A new actor for ``slot``, or (after a loss) the same actor, which Ray restarts."""
         if isinstance(previous, RayWorker):
-            return RayWorker(self, slot, previous.handle, previous)
-        return RayWorker(self, slot, self._new_actor(slot.name), None)
+            handle = previous.handle
+        else:
+            handle, previous = self._new_actor(slot.name), None
+        return RayWorker(self, slot, handle, previous, ray=self._ray, spawn=self._spawn, new_actor=self._new_actor)
 
     def _new_actor(self, name: str) -> Any:
         return self._actor_class.remote(name, self._worker_config)
