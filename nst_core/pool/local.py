@@ -30,7 +30,6 @@ import subprocess
 import threading
 from typing import Any, Callable, Literal, Sequence
 
-from ..params import StylizeParams
 from .base import Failed, Finished
 from .protocol import PoolJob, Slot, Worker
 from .queueing import QueueingPool
@@ -96,17 +95,12 @@ class LocalPool(QueueingPool):
     ``devices``: ``"auto"`` (one worker per GPU found, else ``cpu_workers`` on the CPU),
     ``"cpu"`` (``cpu_workers`` workers, GPUs hidden) or a list of GPU ids (one worker each).
     ``cpu_threads``: TensorFlow threads per CPU worker (default: cores / workers).
-    ``warm_params``: ``StylizeParams.to_dict()`` used to load and trace the model at start;
-    jobs with another backbone, weights, layers or precision build theirs on first use.
-    ``timeout_s``: default job time limit (``JobSpec.timeout_s`` overrides; None: none).
-    ``retries``: default reruns of a job whose worker died (``JobSpec.retries`` overrides).
-    ``progress_interval_s``: at most one progress event per interval, besides previews and
-    the last step. ``oom_retries``: reruns at 0.75x the size after GPU out-of-memory.
-    ``cancel_grace_s``: how long a running job may take to honour a cancel before its
-    worker is killed. ``worker_init``: ``"module:function"`` called with each new Engine.
     ``start_timeout_s``: how long a worker may take to become ready before it is killed and
     counts as a failed start. ``max_start_backoff_s``: the longest wait before a worker slot
     whose worker failed to start tries again (2 s after the first failure, then 4, 8 ...).
+    The other arguments (``warm_params``, ``timeout_s``, ``retries``, ``progress_interval_s``,
+    ``oom_retries``, ``cancel_grace_s``, ``worker_init``) are
+    :class:`~nst_core.pool.queueing.QueueingPool`'s.
 
     ``start`` returns once every worker became ready or failed its first start; if none is
     ready it raises :class:`WorkerStartError`, but the pool keeps trying in the background
@@ -136,19 +130,14 @@ class LocalPool(QueueingPool):
     ) -> None:
         if cpu_workers < 1:
             raise ValueError("cpu_workers must be at least 1")
-        if warm_params is not None:
-            StylizeParams.from_dict(warm_params)  # fail here, not in every worker
-        super().__init__(timeout_s=timeout_s, retries=retries, cancel_grace_s=cancel_grace_s,
+        super().__init__(warm_params=warm_params, worker_init=worker_init, progress_interval_s=progress_interval_s,
+                         oom_retries=oom_retries, timeout_s=timeout_s, retries=retries, cancel_grace_s=cancel_grace_s,
                          max_start_backoff_s=max_start_backoff_s, worker_start_timeout_s=start_timeout_s)
         self._devices = devices
         self._cpu_workers = cpu_workers
         self._cpu_threads = cpu_threads
         self._stop_grace_s = _STOP_GRACE_S + cancel_grace_s  # a busy worker first stops its job
         self._reap_wait_s = _REAP_TIMEOUT_S + 5
-        self._worker_config = {
-            "warm_params": warm_params, "worker_init": worker_init,
-            "progress_interval_s": progress_interval_s, "oom_retries": oom_retries,
-        }
         self._ctx = multiprocessing.get_context("spawn")
         self._sender: concurrent.futures.ThreadPoolExecutor | None = None
         self._setups: list[tuple[dict[str, str], int | None]] = []  # by slot: environment, CPU threads

@@ -33,7 +33,6 @@ import socket
 import threading
 from typing import Any, Coroutine, Literal, Mapping
 
-from ..params import StylizeParams
 from .base import WorkerStartError
 from .protocol import Slot, Worker
 from .queueing import QueueingPool
@@ -65,7 +64,7 @@ class RayPool(QueueingPool):
     actor is live before they fail. ``rescan_interval_s``: how often the cluster's GPU count
     is checked for new nodes. ``max_start_backoff_s``: the longest wait before an actor that
     failed to start is replaced (2 s after the first failure, then 4, 8 ...). The other
-    arguments are as for :class:`LocalPool`.
+    arguments are :class:`~nst_core.pool.queueing.QueueingPool`'s.
 
     ``start`` returns once every actor became ready or failed its first start (or after
     ``start_timeout_s``, while some wait for room on the cluster); if none is ready it raises
@@ -110,9 +109,8 @@ class RayPool(QueueingPool):
             raise ValueError("devices must be 'auto', 'gpu' or 'cpu'")
         if cpu_actors < 1 or cpus_per_actor < 1:
             raise ValueError("cpu_actors and cpus_per_actor must be at least 1")
-        if warm_params is not None:
-            StylizeParams.from_dict(warm_params)  # fail here, not in every actor
-        super().__init__(timeout_s=timeout_s, retries=retries, cancel_grace_s=cancel_grace_s,
+        super().__init__(warm_params=warm_params, worker_init=worker_init, progress_interval_s=progress_interval_s,
+                         oom_retries=oom_retries, timeout_s=timeout_s, retries=retries, cancel_grace_s=cancel_grace_s,
                          max_start_backoff_s=max_start_backoff_s, start_wait_s=start_timeout_s,
                          no_capacity_timeout_s=no_capacity_timeout_s)
         self._address = address
@@ -123,10 +121,6 @@ class RayPool(QueueingPool):
         self._rescan_interval_s = rescan_interval_s
         self._max_restarts = max_restarts
         self._ray_init = dict(ray_init or {})
-        self._worker_config: dict[str, Any] = {
-            "warm_params": warm_params, "worker_init": worker_init,
-            "progress_interval_s": progress_interval_s, "oom_retries": oom_retries,
-        }
         self._ray: Any = None  # the ray module, once imported
         self._actor_class: Any = None
         self._owns_ray = False  # this pool called ray.init, so shutdown calls ray.shutdown
