@@ -7,7 +7,7 @@ not stop, a worker that cannot start) is the shared pool's (``queueing`` and ``s
 Workers are ``spawn``ed (never forked: TensorFlow and the bot's event loop do not survive a
 fork), each with ``CUDA_VISIBLE_DEVICES`` naming only its GPU before TensorFlow loads. Each
 loads TensorFlow and the backbone once and keeps an :class:`~nst_core.engine.Engine`, so
-its compiled step and style-target cache serve every later job (:func:`~nst_core.pool.worker.worker_main`).
+its compiled step and style-target cache serve every later job (:mod:`nst_core.pool.local_child`).
 
 The event loop never blocks on a worker: one reader thread per worker does the blocking
 ``recv`` and hands messages to the loop with ``call_soon_threadsafe``; sends go through a
@@ -33,7 +33,7 @@ from typing import Any, Callable, Literal, Sequence
 from .base import Failed, Finished
 from .protocol import PoolJob, Slot, Worker
 from .queueing import QueueingPool
-from .worker import worker_main
+from .local_child import child_main
 
 __all__ = ["LocalPool", "detect_gpus"]
 
@@ -61,8 +61,8 @@ def detect_gpus() -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip().isdigit()]
 
 
-class _Process(Worker):
-    """A worker process: the protocol over its pipe and its shared cancel value."""
+class _ProcessWorker(Worker):
+    """A worker that is a child process: the protocol over its pipe and its shared cancel value."""
 
     def __init__(self, pool: "LocalPool", slot: Slot, process: Any, conn: Any, cancel_seq: Any) -> None:
         super().__init__(slot)
@@ -154,7 +154,7 @@ class LocalPool(QueueingPool):
     def worker_pids(self) -> list[int]:
         """Process ids of the current workers (starting ones included), by slot."""
         return [s.worker.process.pid for s in self._slots
-                if isinstance(s.worker, _Process) and s.worker.process.pid]
+                if isinstance(s.worker, _ProcessWorker) and s.worker.process.pid]
 
     # ------------------------------------------------------------------ the protocol, over processes
 
@@ -188,10 +188,10 @@ class LocalPool(QueueingPool):
         cancel_seq = self._ctx.RawValue("q", 0)  # shared memory, no lock: one writer, aligned 64-bit
         config = {**self._worker_config, "intra_threads": threads}
         process = self._ctx.Process(
-            target=worker_main, args=(child_conn, cancel_seq, slot.name, env, config),
+            target=child_main, args=(child_conn, cancel_seq, slot.name, env, config),
             name=f"nst-worker-{slot.name}", daemon=True,  # daemon: multiprocessing ends it if we exit
         )
-        worker = _Process(self, slot, process, parent_conn, cancel_seq)
+        worker = _ProcessWorker(self, slot, process, parent_conn, cancel_seq)
         # The environment is inherited at exec time, so the child sees its device before any
         # import (even one made by re-importing the parent's __main__).
         with _ENV_LOCK:
@@ -217,7 +217,7 @@ class LocalPool(QueueingPool):
         if self._sender is not None:
             self._sender.shutdown(wait=False)
 
-    def _read(self, worker: _Process) -> None:
+    def _read(self, worker: _ProcessWorker) -> None:
         """Reader thread: forward every message to the loop, then reap the process."""
         conn = worker.conn
         while True:
@@ -244,7 +244,7 @@ class LocalPool(QueueingPool):
         except RuntimeError:  # the loop is closed: nothing left to notify
             pass
 
-    def _send(self, worker: _Process, message: tuple) -> None:
+    def _send(self, worker: _ProcessWorker, message: tuple) -> None:
         """Send off the loop: a large image would otherwise block it while the pipe drains."""
         assert self._sender is not None and self._loop is not None
 
@@ -259,7 +259,7 @@ class LocalPool(QueueingPool):
         except RuntimeError:  # executor shut down
             pass
 
-    def _on_message(self, worker: _Process, message: tuple) -> None:
+    def _on_message(self, worker: _ProcessWorker, message: tuple) -> None:
         kind = message[0]
         if kind == "ready":
             worker.said_ready = True
@@ -272,7 +272,7 @@ class LocalPool(QueueingPool):
             if isinstance(event, (Finished, Failed)):
                 self.worker_idle(worker)  # it reads its next message now
 
-    def _on_exit(self, worker: _Process, exitcode: int | None) -> None:
+    def _on_exit(self, worker: _ProcessWorker, exitcode: int | None) -> None:
         if worker.said_ready:
             self.worker_lost(worker, _exit_text(exitcode))
         else:

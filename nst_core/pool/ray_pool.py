@@ -1,7 +1,7 @@
 """The Ray backend: warm workers as Ray actors, one per GPU of a Ray cluster (or N on CPUs).
 
 :class:`RayPool` connects to the cluster, plans the actors and keeps their number up with the
-cluster's GPUs; each actor is a :class:`~nst_core.pool.ray_actor.StyleWorker` and each of its
+cluster's GPUs; each actor is a :class:`~nst_core.pool.ray_actor.StyleActor` and each of its
 lives a :class:`~nst_core.pool.ray_worker.RayWorker`, which translates the worker protocol
 (:mod:`nst_core.pool.protocol`) to Ray calls. What happens on a fault is the shared pool's
 (``queueing`` and ``slots``), as for the local backend: a job whose actor is lost runs again on
@@ -36,10 +36,10 @@ from typing import Any, Coroutine, Literal, Mapping
 from .base import WorkerStartError
 from .protocol import Slot, Worker
 from .queueing import QueueingPool
-from .ray_actor import StyleWorker
+from .ray_actor import StyleActor
 from .ray_worker import RayWorker
 
-__all__ = ["RayPool", "StyleWorker"]
+__all__ = ["RayPool"]
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ class RayPool(QueueingPool):
         else:
             config.update(cpu_only=True, intra_threads=self._cpus_per_actor)
         self._worker_config = config
-        self._actor_class = self._ray.remote(StyleWorker).options(**options)
+        self._actor_class = self._ray.remote(StyleActor).options(**options)
         target = gpus if self._gpu else self._cpu_actors
         log.info("ray pool: planned actors", extra={"actors": target, "gpu": self._gpu, "cluster": _describe(resources)})
         return [f"{'gpu' if self._gpu else 'cpu'}{index}" for index in range(target)]
