@@ -20,11 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, PngImagePlugin
 
-from nst_core.decode_cost import MAX_JPEG_SCAN_MEGAPIXELS
+from nst_core.decode_cost import MAX_JPEG_SCAN_MEGAPIXELS, MAX_JPEG_SCANS
 from nst_core.errors import ImageError
 from nst_core.images import (
     DEFAULT_MAX_PIXELS,
-    MAX_JPEG_SCANS,
     decode_image,
     image_info,
     validate_image,

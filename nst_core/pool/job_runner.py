@@ -20,7 +20,8 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
-from .. import images
+from ..images import decode_image
+from ..pixels import encode_png, from_array
 from ..errors import Cancelled, ImageError, NSTError, ParamsError
 from ..params import StylizeParams
 from ..quiet import import_tensorflow, verbose_from_env
@@ -109,13 +110,13 @@ def run_job(
     except (ParamsError, TypeError, ValueError) as exc:
         return fail("invalid_input", str(exc) if isinstance(exc, NSTError) else f"Invalid parameters: {exc}.")
     try:
-        content = images.decode_image(spec.content, max_pixels=spec.max_pixels)
+        content = decode_image(spec.content, max_pixels=spec.max_pixels)
     except ImageError as exc:
         return fail("invalid_input", f"Content image: {exc}")
     styles = []
     for i, data in enumerate(spec.style):
         try:
-            styles.append(images.decode_image(data, max_pixels=spec.max_pixels))
+            styles.append(decode_image(data, max_pixels=spec.max_pixels))
         except ImageError as exc:
             label = "Style image" if len(spec.style) == 1 else f"Style image {i + 1}"
             return fail("invalid_input", f"{label}: {exc}")
@@ -131,7 +132,7 @@ def run_job(
 
         def on_progress(event: "ProgressEvent") -> None:
             if throttle.allow(event):
-                preview = None if event.preview is None else images.encode_png(images.from_array(event.preview))
+                preview = None if event.preview is None else encode_png(from_array(event.preview))
                 emit(Progress(job_id, event.step, event.total, event.scale, event.scales, tuple(event.size),
                               dict(event.losses), preview))
 
@@ -164,6 +165,6 @@ def run_job(
     result.summary.notes.extend(notes)
     summary = result.summary.to_dict()
     emit(Finished(
-        job_id, images.encode_png(result.image), summary, tuple(summary["notes"]), worker,
+        job_id, encode_png(result.image), summary, tuple(summary["notes"]), worker,
         time.perf_counter() - started, engine.style_cache_hits - hits_before,
     ))
