@@ -33,8 +33,8 @@ from typing import Callable
 import pytest
 from PIL import Image
 
-from nst_core.decode_cost import MAX_JPEG_SCAN_MEGAPIXELS
 from nst_core.images import decode_image, image_info
+from nst_core.jpeg_cost import MAX_JPEG_SCAN_MEGAPIXELS
 from test_image_bombs import (
     SOS,
     arithmetic_jpeg,

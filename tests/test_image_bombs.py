@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, PngImagePlugin
 
-from nst_core.decode_cost import MAX_JPEG_SCAN_MEGAPIXELS, MAX_JPEG_SCANS
 from nst_core.errors import ImageError
 from nst_core.images import (
     DEFAULT_MAX_PIXELS,
@@ -28,6 +27,7 @@ from nst_core.images import (
     image_info,
     validate_image,
 )
+from nst_core.jpeg_cost import MAX_JPEG_SCAN_MEGAPIXELS, MAX_JPEG_SCANS
 
 SOS, EOI = b"\xff\xda", b"\xff\xd9"
 
