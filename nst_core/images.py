@@ -33,7 +33,6 @@ __all__ = [
     "decode_image",
     "decode_to_png",
     "image_info",
-    "validate_image",
     "to_rgb",
     "fit_to_bytes",
 ]
@@ -84,68 +83,6 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     scans than its size allows, say), refused before any pixel is decoded. Memory
     beyond the decoded image and the RGB result stays a few MiB whatever the mode.
     """
-    rgb, img, _ = _decode(data, max_pixels)
-    if rgb is img:
-        # Detach from the file object so the upload's bytes are not kept alive with it.
-        rgb = img.copy()
-        img.close()
-    return rgb
-
-
-def decode_to_png(data: bytes, *, max_pixels: int, longer_side: int) -> bytes:
-    """Decode an upload once and return what is kept of it: an 8-bit RGB PNG (orientation
-    applied, transparency over white), shrunk so its longer side is at most ``longer_side``.
-
-    Refuses exactly what :func:`decode_image` refuses. Everything after this reads the PNG
-    written here, never the stranger's file again. Fast PNG compression: the decode and
-    resize already cost far more, and the file lives only as long as the job's pictures.
-    """
-    img = decode_image(data, max_pixels=max_pixels)
-    if max(img.size) > longer_side:
-        img = resize_longer_side(img, longer_side)
-    buf = io.BytesIO()
-    img.save(buf, "PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def validate_image(data: bytes, *, max_pixels: int) -> tuple[str, int, int]:
-    """``(format, width, height)`` of an upload, after decoding it fully.
-
-    Refuses exactly what :func:`decode_image` refuses, with the same messages, but opens
-    the file only once and keeps nothing: for a caller that wants to know an upload is
-    usable without holding its pixels. The format is named as by :func:`image_info`; the
-    size is that of the decoded image, EXIF orientation applied.
-    """
-    rgb, img, fmt = _decode(data, max_pixels)
-    size = rgb.size
-    rgb.close()
-    img.close()
-    return fmt, size[0], size[1]
-
-
-def image_info(data: bytes) -> tuple[str, int, int]:
-    """``(format, width, height)`` read from the header alone; no pixel is decoded.
-
-    The format is Pillow's name (``"PNG"``, ``"JPEG"``, ``"WEBP"``, ``"GIF"``,
-    ``"BMP"``). Width and height are those :func:`decode_image` would return: an EXIF
-    orientation found in the header swaps them. The pixel limit is not applied here,
-    so a caller can report how large a refused image is. Raises :class:`ImageError`
-    when the bytes are not an image of an accepted format, or when their structure would
-    make :func:`decode_image` refuse them as too costly to decode.
-    """
-    _check_bytes(data)
-    img = _open(data)
-    width, height = img.size
-    if width <= 0 or height <= 0:
-        raise ImageError(_EMPTY_PIXELS_MESSAGE)
-    check_decode_cost(img)
-    if _header_orientation(img) in (5, 6, 7, 8):  # the four that turn by 90 degrees
-        width, height = height, width
-    return _format_name(img), width, height
-
-
-def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, Any, str]:
-    """``(rgb, img, format)``: the loaded upload ``img`` and ``rgb``, which may be ``img``."""
     _check_bytes(data)
     if max_pixels <= 0:
         raise ValueError("max_pixels must be positive")
@@ -170,7 +107,48 @@ def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, Any, str]:
         raise
     except Exception as exc:
         raise ImageError(_corrupt_message(img.format)) from exc
-    return rgb, img, _format_name(img)
+    if rgb is img:
+        # Detach from the file object so the upload's bytes are not kept alive with it.
+        rgb = img.copy()
+        img.close()
+    return rgb
+
+
+def decode_to_png(data: bytes, *, max_pixels: int, longer_side: int) -> bytes:
+    """Decode an upload once and return what is kept of it: an 8-bit RGB PNG (orientation
+    applied, transparency over white), shrunk so its longer side is at most ``longer_side``.
+
+    Refuses exactly what :func:`decode_image` refuses. Everything after this reads the PNG
+    written here, never the stranger's file again. Fast PNG compression: the decode and
+    resize already cost far more, and the file lives only as long as the job's pictures.
+    """
+    img = decode_image(data, max_pixels=max_pixels)
+    if max(img.size) > longer_side:
+        img = resize_longer_side(img, longer_side)
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def image_info(data: bytes) -> tuple[str, int, int]:
+    """``(format, width, height)`` read from the header alone; no pixel is decoded.
+
+    The format is Pillow's name (``"PNG"``, ``"JPEG"``, ``"WEBP"``, ``"GIF"``,
+    ``"BMP"``). Width and height are those :func:`decode_image` would return: an EXIF
+    orientation found in the header swaps them. The pixel limit is not applied here,
+    so a caller can report how large a refused image is. Raises :class:`ImageError`
+    when the bytes are not an image of an accepted format, or when their structure would
+    make :func:`decode_image` refuse them as too costly to decode.
+    """
+    _check_bytes(data)
+    img = _open(data)
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageError(_EMPTY_PIXELS_MESSAGE)
+    check_decode_cost(img)
+    if _header_orientation(img) in (5, 6, 7, 8):  # the four that turn by 90 degrees
+        width, height = height, width
+    return _format_name(img), width, height
 
 
 def _check_bytes(data: Any) -> None:

@@ -140,7 +140,7 @@ def test_crafted_file(row):
         if row.scans is not None:  # within the budget
             assert row.scans * row.size[0] * row.size[1] <= MAX_JPEG_SCAN_MEGAPIXELS * 10**6
     else:
-        assert row.verdict in refused(data)  # image_info, decode_image and validate_image agree
+        assert row.verdict in refused(data)  # image_info, decode_image and decode_to_png agree
 
 
 def test_the_smallest_accepted_progressive_jpeg_decodes():

@@ -154,5 +154,4 @@ class StartRetry:
     """A slot whose worker failed to start, until one starts there again."""
 
     failures: int = 0  # failed starts in a row
-    reason: str = ""  # why the latest one failed
     timer: asyncio.TimerHandle | None = None  # the next attempt, while it is waited for

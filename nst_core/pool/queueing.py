@@ -42,7 +42,7 @@ from .base import (
 from .protocol import CANCELLED_REASON, SHUTDOWN_REASON, PoolJob, Slot, Worker
 from .slots import SlotPool
 
-__all__ = ["QueueingPool", "PoolJob", "CANCELLED_REASON", "SHUTDOWN_REASON"]
+__all__ = ["QueueingPool"]
 
 log = logging.getLogger(__name__)
 

@@ -267,7 +267,7 @@ class SlotPool(WorkerPool):
             slot.first.set_result(reason)
         retry = self._start_retries.setdefault(slot.index, StartRetry())
         retry.failures += 1
-        retry.reason = self._start_error = reason
+        self._start_error = reason
         if self._closing:
             return
         delay = min(self._max_start_backoff_s, 2.0 ** min(retry.failures, 30))
