@@ -50,7 +50,7 @@ def hooks_importable():
 
 
 def actor_processes() -> list[psutil.Process]:
-    """Live StyleActor actor processes on this machine (Ray names them ray::StyleActor...)."""
+    """Live StyleActor processes on this machine (Ray names them ray::StyleActor...)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:

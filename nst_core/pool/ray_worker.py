@@ -1,7 +1,7 @@
 """One Ray actor as a pool worker: the worker protocol translated to Ray calls and Ray errors.
 
-:class:`RayWorker` is one life of a :class:`~nst_core.pool.ray_actor.StyleActor` actor in a
-slot of a ``RayPool``. Ray restarts an actor whose process or node died (``max_restarts``),
+:class:`RayWorker` is one life of a :class:`~nst_core.pool.ray_actor.StyleActor` in a slot of
+a ``RayPool``. Ray restarts an actor whose process or node died (``max_restarts``),
 so a lost worker's replacement usually watches the same actor handle until a new process
 answers; only an actor that is gone for good is replaced by a new one.
 
