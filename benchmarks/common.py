@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nst_core.images import decode_image, resize_longer_side, to_array
+from nst_core.images import decode_image
+from nst_core.pixels import resize_longer_side, to_array
 
 SHARED_IMAGES = Path(os.environ.get("NST_SHARED_IMAGES", Path(__file__).resolve().parents[2] / "shared" / "images"))
 CONTENT = SHARED_IMAGES / "content" / "Tuebingen_Neckarfront.jpg"

@@ -20,7 +20,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from nst_core.decode_cost import MAX_JPEG_SCAN_MEGAPIXELS, MAX_JPEG_SCANS
+from nst_core.jpeg_cost import MAX_JPEG_SCAN_MEGAPIXELS, MAX_JPEG_SCANS
 from nst_core.images import image_info
 
 SOS, EOI = b"\xff\xda", b"\xff\xd9"

@@ -42,10 +42,9 @@ def _inputs() -> tuple[bytes, bytes]:
     from PIL import Image
 
     from conftest import make_content, make_style
-    from nst_core import images
+    from nst_core.pixels import encode_png
 
-    return (images.encode_png(Image.fromarray(make_content())),
-            images.encode_png(Image.fromarray(make_style())))
+    return encode_png(Image.fromarray(make_content())), encode_png(Image.fromarray(make_style()))
 
 
 async def _cold_start(workers: int, params: dict, threads: int | None = None) -> tuple[object, float]:

@@ -23,7 +23,7 @@ from common import CONTENT, OUT, SHARED_IMAGES, load, rgb_at, styles
 from imagenet_vgg16 import vgg16_weights_path
 from nst_core import PRESETS, StylizeParams
 from nst_core.engine import Engine
-from nst_core.images import from_array, resize_longer_side
+from nst_core.pixels import from_array, resize_longer_side
 from original_gatys import full_model, run_original
 from quality_metrics import EVAL_SIZE, QualityMeter
 

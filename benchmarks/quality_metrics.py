@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from nst_core.backbone import build_feature_model
-from nst_core.images import resize_longer_side, resize_to, to_array
+from nst_core.pixels import resize_longer_side, resize_to, to_array
 from nst_core.losses import gram_matrix
 
 EVAL_SIZE = 256

@@ -20,7 +20,7 @@ from common import CONTENT, OUT, SHARED_IMAGES, rgb_at
 from imagenet_vgg16 import vgg16_weights_path
 from nst_core import Cancelled, StylizeParams
 from nst_core.engine import Engine
-from nst_core.images import from_array
+from nst_core.pixels import from_array
 from original_gatys import (CONTENT_LAYER, CONTENT_WEIGHT, STYLE_LAYERS, STYLE_WEIGHT, TV_WEIGHT, full_model,
                             run_original)
 

@@ -1,8 +1,10 @@
 """Neural style transfer engine (Gatys et al. 2015) on TensorFlow 2 + Keras. No Discord here.
 
-Modules: ``images`` (decode, validate, encode, fit to a byte budget) · ``backbone`` (VGG
-feature models and weights) · ``losses`` · ``schedule`` (presets, coarse-to-fine sizes) ·
-``params`` (validated options) · ``engine`` (``stylize``) · ``cli`` (the ``nst`` command).
+Modules: ``images`` (check and decode uploads; ``decode_cost`` finds the costly ones) ·
+``pixels`` (colour modes, arrays, resizing, encoding, fit to a byte budget) · ``backbone``
+(VGG feature models and weights) · ``losses`` · ``schedule`` (presets, coarse-to-fine sizes) ·
+``params`` (validated options) · ``engine`` (``stylize``) · ``cli`` (the ``nst`` command) ·
+``pool`` (warm worker processes).
 
 TensorFlow is imported lazily: ``import nst_core`` stays cheap for processes (like the
 bot) that only need images, params or errors.

@@ -137,7 +137,7 @@ def _output_format(path: Path) -> str:
 
 
 def _encode(img, fmt: str) -> bytes:
-    from .images import encode_png, to_rgb
+    from .pixels import encode_png, to_rgb
 
     if fmt == "PNG":
         return encode_png(img)

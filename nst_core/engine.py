@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from . import images
+from .pixels import from_array, image_hash, resize_longer_side, resize_to, to_array
 from .backbone import FeatureExtractor, build_feature_model, configure_devices, resolve_precision
 from .errors import Cancelled, ImageError, ParamsError
 from .losses import content_loss, gram_matrix, layer_norms, style_loss, tv_loss
@@ -171,7 +171,7 @@ class Engine:
         scale_starts: list[int] = []  # the 1-based step at which each scale began
         for index, ((width, height), n_steps) in enumerate(zip(shapes, steps_per_scale)):
             scale_starts.append(step + 1)
-            content_px = _tensor(images.resize_to(content_img, width, height))
+            content_px = _tensor(resize_to(content_img, width, height))
             if x is None:
                 noise = rng.normal(0.0, params.init_noise, content_px.shape).astype(np.float32)
                 x = tf.clip_by_value(content_px + noise, 0.0, 255.0)
@@ -193,7 +193,7 @@ class Engine:
             x = ema if n_steps else x
 
         final = dict(zip(LOSS_NAMES, (float(l) for l in objective.losses(x, *targets, weights).numpy())))
-        output = images.from_array(np.round(x[0].numpy()))
+        output = from_array(np.round(x[0].numpy()))
         if params.preserve_colors:
             output = _keep_colors(output, content_img)
         summary = LossSummary(
@@ -220,12 +220,12 @@ class Engine:
 
     def _style_grams(self, objective: _Objective, img: Image.Image, longer_side: int) -> list[tf.Tensor]:
         """Gram matrices of a style image at a size, cached by pixel hash (styles repeat a lot)."""
-        key = (id(objective), images.image_hash(img), longer_side)
+        key = (id(objective), image_hash(img), longer_side)
         if key in self._style_cache:
             self._style_cache.move_to_end(key)
             self.style_cache_hits += 1
             return self._style_cache[key]
-        pixels = _tensor(images.resize_longer_side(img, longer_side))
+        pixels = _tensor(resize_longer_side(img, longer_side))
         grams = [gram_matrix(f) for f in objective.features(pixels)[objective.n_content:]]
         self._style_cache[key] = grams
         if len(self._style_cache) > STYLE_CACHE_ENTRIES:
@@ -278,23 +278,23 @@ def _as_image(value: ImageInput) -> Image.Image:
     if isinstance(value, Image.Image):
         return value.convert("RGB") if value.mode != "RGB" else value
     if isinstance(value, np.ndarray):
-        return images.from_array(value)
+        return from_array(value)
     raise ParamsError(f"images must be PIL images or uint8 arrays, not {type(value).__name__}")
 
 
 def _tensor(img: Image.Image) -> tf.Tensor:
-    return tf.constant(images.to_array(img)[None].astype(np.float32))
+    return tf.constant(to_array(img)[None].astype(np.float32))
 
 
 def _preview(x: tf.Tensor) -> np.ndarray:
-    img = images.from_array(np.round(x[0].numpy()))
-    return images.to_array(images.resize_longer_side(img, min(PREVIEW_SIZE, max(img.size))))
+    img = from_array(np.round(x[0].numpy()))
+    return to_array(resize_longer_side(img, min(PREVIEW_SIZE, max(img.size))))
 
 
 def _keep_colors(output: Image.Image, content: Image.Image) -> Image.Image:
     """Luminance from the stylised output, chroma (Cb, Cr) from the content."""
     y, _, _ = output.convert("YCbCr").split()
-    _, cb, cr = images.resize_to(content, *output.size).convert("YCbCr").split()
+    _, cb, cr = resize_to(content, *output.size).convert("YCbCr").split()
     return Image.merge("YCbCr", (y, cb, cr)).convert("RGB")
 
 

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_content, make_style
-from nst_core import LossSummary, StylizeParams, images
+from nst_core import LossSummary, StylizeParams, images, pixels
 from nst_core.pool import (
     Failed, Finished, JobHandle, JobSpec, PoolClosed, PoolError, Progress, Queued, Retrying, Started,
 )
@@ -69,7 +69,7 @@ def fail_start_while_marked(engine) -> None:
 
 
 def png(array) -> bytes:
-    return images.encode_png(Image.fromarray(array))
+    return pixels.encode_png(Image.fromarray(array))
 
 
 CONTENT = png(make_content())

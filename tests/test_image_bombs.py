@@ -20,15 +20,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, PngImagePlugin
 
-from nst_core.decode_cost import MAX_JPEG_SCAN_MEGAPIXELS
 from nst_core.errors import ImageError
 from nst_core.images import (
     DEFAULT_MAX_PIXELS,
-    MAX_JPEG_SCANS,
     decode_image,
+    decode_to_png,
     image_info,
-    validate_image,
 )
+from nst_core.jpeg_cost import MAX_JPEG_SCAN_MEGAPIXELS, MAX_JPEG_SCANS
 
 SOS, EOI = b"\xff\xda", b"\xff\xd9"
 
@@ -39,16 +38,26 @@ def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
     return buf.getvalue()
 
 
+KEEP_ALL = 1 << 16  # a longer side no test picture reaches: decode_to_png keeps the full size
+
+
 def refused(data: bytes) -> str:
     """The message, after checking that the cheap header check and the decoders agree."""
     with pytest.raises(ImageError) as header:
         image_info(data)
     with pytest.raises(ImageError) as decoding:
         decode_image(data)
-    with pytest.raises(ImageError) as validation:
-        validate_image(data, max_pixels=DEFAULT_MAX_PIXELS)
-    assert str(header.value) == str(decoding.value) == str(validation.value)
+    with pytest.raises(ImageError) as keeping:
+        decode_to_png(data, max_pixels=DEFAULT_MAX_PIXELS, longer_side=KEEP_ALL)
+    assert str(header.value) == str(decoding.value) == str(keeping.value)
     return str(header.value)
+
+
+def kept_size(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """The size of the PNG the bot keeps of an upload (:func:`decode_to_png`, not shrunk)."""
+    with Image.open(io.BytesIO(decode_to_png(data, max_pixels=max_pixels, longer_side=KEEP_ALL))) as img:
+        assert img.format == "PNG" and img.mode == "RGB"
+        return img.size
 
 
 def pillow_decodes(data: bytes) -> None:
@@ -299,7 +308,7 @@ def test_real_jpeg_metadata_fill_bytes_and_mpo_are_still_accepted():
     mpo = encode(photo, "MPO", save_all=True, append_images=[photo.rotate(180)])
     for data in (rich, filled, mpo):
         assert image_info(data) == ("JPEG", 64, 48)
-        assert validate_image(data, max_pixels=10**7) == ("JPEG", 64, 48)
+        assert kept_size(data, max_pixels=10**7) == (64, 48)
         assert decode_image(data).size == (64, 48)
 
 
@@ -387,9 +396,9 @@ def test_real_pngs_with_metadata_many_data_chunks_or_frames_are_still_accepted()
     assert apng.count(b"fcTL") == 600  # and 599 fdAT: frame chunks are not metadata
     for data in (rich, chunked):
         assert image_info(data) == ("PNG", 80, 64)
-        assert validate_image(data, max_pixels=10**7) == ("PNG", 80, 64)
+        assert kept_size(data, max_pixels=10**7) == (80, 64)
         assert np.array_equal(np.asarray(decode_image(data)), np.asarray(photo))
-    assert image_info(apng) == validate_image(apng, max_pixels=10**7) == ("PNG", 8, 6)
+    assert image_info(apng) == ("PNG", 8, 6) and kept_size(apng, max_pixels=10**7) == (8, 6)
     assert decode_image(apng).getpixel((4, 3)) == (0, 255, 0)  # the first frame
 
 
@@ -532,7 +541,7 @@ def test_real_exif_is_still_accepted_and_applied(fmt):
     photo = Image.new("RGB", (64, 48), (200, 30, 40))
     data = encode(photo, fmt, exif=camera_exif())
     assert image_info(data) == (fmt, 48, 64)  # orientation 6 swaps the sides
-    assert validate_image(data, max_pixels=10**7) == (fmt, 48, 64)
+    assert kept_size(data, max_pixels=10**7) == (48, 64)
     assert decode_image(data).size == (48, 64)
 
 
@@ -566,7 +575,7 @@ def test_pillow_size_limit_holds_without_touching_the_process_warning_filters(mo
             with pytest.raises(ImageError, match="10000×10000"):
                 decode_image(big, max_pixels=10**9)
             with pytest.raises(ImageError, match="10000×10000"):
-                validate_image(big, max_pixels=10**9)
+                decode_to_png(big, max_pixels=10**9, longer_side=KEEP_ALL)
             assert decode_image(encode(Image.new("RGB", (2, 2)), "PNG")).size == (2, 2)
         finally:
             monkeypatch.undo()  # pytest needs them back before it reports anything

@@ -12,17 +12,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from nst_core.errors import ImageError, NSTError
-from nst_core.images import (
-    decode_image,
-    encode_png,
-    fit_to_bytes,
-    from_array,
-    image_hash,
-    image_info,
-    resize_longer_side,
-    to_array,
-    to_rgb,
-)
+from nst_core.images import decode_image, fit_to_bytes, image_info, to_rgb
+from nst_core.pixels import encode_png, from_array, image_hash, resize_longer_side, to_array
 
 ACCEPTED_WORDING = "PNG, JPEG, WebP, GIF or BMP"
 

@@ -22,7 +22,7 @@ from nst_core import LossSummary, images
 from nst_core.pool import (
     Failed, Finished, JobHandle, JobSpec, LocalPool, PoolError, Progress, Queued, Retrying, Started, WorkerStartError,
 )
-from nst_core.pool.worker import ProgressThrottle
+from nst_core.pool.job_runner import ProgressThrottle
 from pool_contract import (  # the backend-neutral contract tests run here on the local pool
     LONG, OOM_SIZE, PARAMS, START_MARKER_ENV, STUCK_SIZE, _gone, assert_well_formed, collect, spec, until,
     worker_hooks,  # noqa: F401

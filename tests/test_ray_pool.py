@@ -50,11 +50,11 @@ def hooks_importable():
 
 
 def actor_processes() -> list[psutil.Process]:
-    """Live StyleWorker actor processes on this machine (Ray names them ray::StyleWorker...)."""
+    """Live StyleActor processes on this machine (Ray names them ray::StyleActor...)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if "StyleWorker" in " ".join(proc.info["cmdline"] or ()) and proc.status() != psutil.STATUS_ZOMBIE:
+            if "StyleActor" in " ".join(proc.info["cmdline"] or ()) and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except psutil.Error:
             pass

@@ -6,9 +6,9 @@ small worker protocol (``protocol``: start, run, cancel, kill): ``slots`` keeps 
 lives (start, failed starts with backoff, lost workers replaced, shutdown) and ``queueing``
 the jobs' (the pool's own line, dispatch, time limits, cancel, retries, terminal events).
 Backends only translate the protocol: ``local`` is the default (:class:`LocalPool`: spawned
-processes on this host, running ``worker``); ``ray_pool`` with ``ray_worker`` is the Ray
-backend (:class:`RayPool`: actors on a Ray cluster, an optional extra) and ``ray_actor`` the
-actor class. Importing this package imports neither TensorFlow nor Ray.
+processes on this host, each running ``local_child``); ``ray_pool`` with ``ray_worker`` is the
+Ray backend (:class:`RayPool`: actors on a Ray cluster, an optional extra) and ``ray_actor`` the
+actor class. Either runs its jobs with ``job_runner``. Importing this package imports neither TensorFlow nor Ray.
 
     pool = LocalPool(devices="auto", warm_params=params.to_dict())
     await pool.start()

@@ -7,7 +7,7 @@ not stop, a worker that cannot start) is the shared pool's (``queueing`` and ``s
 Workers are ``spawn``ed (never forked: TensorFlow and the bot's event loop do not survive a
 fork), each with ``CUDA_VISIBLE_DEVICES`` naming only its GPU before TensorFlow loads. Each
 loads TensorFlow and the backbone once and keeps an :class:`~nst_core.engine.Engine`, so
-its compiled step and style-target cache serve every later job (:func:`~nst_core.pool.worker.worker_main`).
+its compiled step and style-target cache serve every later job (:mod:`nst_core.pool.local_child`).
 
 The event loop never blocks on a worker: one reader thread per worker does the blocking
 ``recv`` and hands messages to the loop with ``call_soon_threadsafe``; sends go through a
@@ -30,11 +30,10 @@ import subprocess
 import threading
 from typing import Any, Callable, Literal, Sequence
 
-from ..params import StylizeParams
 from .base import Failed, Finished
 from .protocol import PoolJob, Slot, Worker
 from .queueing import QueueingPool
-from .worker import worker_main
+from .local_child import child_main
 
 __all__ = ["LocalPool", "detect_gpus"]
 
@@ -62,8 +61,8 @@ def detect_gpus() -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip().isdigit()]
 
 
-class _Process(Worker):
-    """A worker process: the protocol over its pipe and its shared cancel value."""
+class _ProcessWorker(Worker):
+    """A worker that is a child process: the protocol over its pipe and its shared cancel value."""
 
     def __init__(self, pool: "LocalPool", slot: Slot, process: Any, conn: Any, cancel_seq: Any) -> None:
         super().__init__(slot)
@@ -96,17 +95,12 @@ class LocalPool(QueueingPool):
     ``devices``: ``"auto"`` (one worker per GPU found, else ``cpu_workers`` on the CPU),
     ``"cpu"`` (``cpu_workers`` workers, GPUs hidden) or a list of GPU ids (one worker each).
     ``cpu_threads``: TensorFlow threads per CPU worker (default: cores / workers).
-    ``warm_params``: ``StylizeParams.to_dict()`` used to load and trace the model at start;
-    jobs with another backbone, weights, layers or precision build theirs on first use.
-    ``timeout_s``: default job time limit (``JobSpec.timeout_s`` overrides; None: none).
-    ``retries``: default reruns of a job whose worker died (``JobSpec.retries`` overrides).
-    ``progress_interval_s``: at most one progress event per interval, besides previews and
-    the last step. ``oom_retries``: reruns at 0.75x the size after GPU out-of-memory.
-    ``cancel_grace_s``: how long a running job may take to honour a cancel before its
-    worker is killed. ``worker_init``: ``"module:function"`` called with each new Engine.
     ``start_timeout_s``: how long a worker may take to become ready before it is killed and
     counts as a failed start. ``max_start_backoff_s``: the longest wait before a worker slot
     whose worker failed to start tries again (2 s after the first failure, then 4, 8 ...).
+    The other arguments (``warm_params``, ``timeout_s``, ``retries``, ``progress_interval_s``,
+    ``oom_retries``, ``cancel_grace_s``, ``worker_init``) are
+    :class:`~nst_core.pool.queueing.QueueingPool`'s.
 
     ``start`` returns once every worker became ready or failed its first start; if none is
     ready it raises :class:`WorkerStartError`, but the pool keeps trying in the background
@@ -136,19 +130,14 @@ class LocalPool(QueueingPool):
     ) -> None:
         if cpu_workers < 1:
             raise ValueError("cpu_workers must be at least 1")
-        if warm_params is not None:
-            StylizeParams.from_dict(warm_params)  # fail here, not in every worker
-        super().__init__(timeout_s=timeout_s, retries=retries, cancel_grace_s=cancel_grace_s,
+        super().__init__(warm_params=warm_params, worker_init=worker_init, progress_interval_s=progress_interval_s,
+                         oom_retries=oom_retries, timeout_s=timeout_s, retries=retries, cancel_grace_s=cancel_grace_s,
                          max_start_backoff_s=max_start_backoff_s, worker_start_timeout_s=start_timeout_s)
         self._devices = devices
         self._cpu_workers = cpu_workers
         self._cpu_threads = cpu_threads
         self._stop_grace_s = _STOP_GRACE_S + cancel_grace_s  # a busy worker first stops its job
         self._reap_wait_s = _REAP_TIMEOUT_S + 5
-        self._worker_config = {
-            "warm_params": warm_params, "worker_init": worker_init,
-            "progress_interval_s": progress_interval_s, "oom_retries": oom_retries,
-        }
         self._ctx = multiprocessing.get_context("spawn")
         self._sender: concurrent.futures.ThreadPoolExecutor | None = None
         self._setups: list[tuple[dict[str, str], int | None]] = []  # by slot: environment, CPU threads
@@ -165,7 +154,7 @@ class LocalPool(QueueingPool):
     def worker_pids(self) -> list[int]:
         """Process ids of the current workers (starting ones included), by slot."""
         return [s.worker.process.pid for s in self._slots
-                if isinstance(s.worker, _Process) and s.worker.process.pid]
+                if isinstance(s.worker, _ProcessWorker) and s.worker.process.pid]
 
     # ------------------------------------------------------------------ the protocol, over processes
 
@@ -199,10 +188,10 @@ class LocalPool(QueueingPool):
         cancel_seq = self._ctx.RawValue("q", 0)  # shared memory, no lock: one writer, aligned 64-bit
         config = {**self._worker_config, "intra_threads": threads}
         process = self._ctx.Process(
-            target=worker_main, args=(child_conn, cancel_seq, slot.name, env, config),
+            target=child_main, args=(child_conn, cancel_seq, slot.name, env, config),
             name=f"nst-worker-{slot.name}", daemon=True,  # daemon: multiprocessing ends it if we exit
         )
-        worker = _Process(self, slot, process, parent_conn, cancel_seq)
+        worker = _ProcessWorker(self, slot, process, parent_conn, cancel_seq)
         # The environment is inherited at exec time, so the child sees its device before any
         # import (even one made by re-importing the parent's __main__).
         with _ENV_LOCK:
@@ -228,7 +217,7 @@ class LocalPool(QueueingPool):
         if self._sender is not None:
             self._sender.shutdown(wait=False)
 
-    def _read(self, worker: _Process) -> None:
+    def _read(self, worker: _ProcessWorker) -> None:
         """Reader thread: forward every message to the loop, then reap the process."""
         conn = worker.conn
         while True:
@@ -255,7 +244,7 @@ class LocalPool(QueueingPool):
         except RuntimeError:  # the loop is closed: nothing left to notify
             pass
 
-    def _send(self, worker: _Process, message: tuple) -> None:
+    def _send(self, worker: _ProcessWorker, message: tuple) -> None:
         """Send off the loop: a large image would otherwise block it while the pipe drains."""
         assert self._sender is not None and self._loop is not None
 
@@ -270,24 +259,24 @@ class LocalPool(QueueingPool):
         except RuntimeError:  # executor shut down
             pass
 
-    def _on_message(self, worker: _Process, message: tuple) -> None:
+    def _on_message(self, worker: _ProcessWorker, message: tuple) -> None:
         kind = message[0]
         if kind == "ready":
             worker.said_ready = True
-            self._worker_ready(worker, pid=message[1])
+            self.worker_ready(worker, pid=message[1])
         elif kind == "init_failed":
             worker.init_error = message[1]
         elif kind == "event":
             _, seq, event = message
-            self._job_event(worker, seq, event)
+            self.job_event(worker, seq, event)
             if isinstance(event, (Finished, Failed)):
-                self._worker_idle(worker)  # it reads its next message now
+                self.worker_idle(worker)  # it reads its next message now
 
-    def _on_exit(self, worker: _Process, exitcode: int | None) -> None:
+    def _on_exit(self, worker: _ProcessWorker, exitcode: int | None) -> None:
         if worker.said_ready:
-            self._worker_lost(worker, _exit_text(exitcode))
+            self.worker_lost(worker, _exit_text(exitcode))
         else:
-            self._worker_start_failed(
+            self.worker_start_failed(
                 worker, worker.init_error or f"its process exited while starting ({_exit_text(exitcode)})")
 
 

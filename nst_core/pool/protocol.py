@@ -22,16 +22,8 @@ The pool calls (on its event loop):
   limit); it reports itself lost (or, before it was ready, a failed start) once it is gone.
 * :meth:`Worker.stop`: at shutdown, end it for good, gently where the backend can.
 
-The worker reports to the pool (its methods, called on the event loop; reports from a worker
-that is no longer its slot's current one are ignored):
-
-* ``_worker_ready(worker, pid, node)``: warm, it can take jobs.
-* ``_worker_start_failed(worker, reason)``: it could not start and is gone.
-* ``_job_event(worker, seq, event)``: an event of the job it runs under dispatch ``seq``;
-  a terminal event ends the job.
-* ``_worker_idle(worker)``: after its job's terminal event, it is free for the next job.
-* ``_worker_lost(worker, why)``: its process or actor is gone (``why`` is a short phrase such
-  as "killed by SIGKILL" that ends up in the job's message).
+The worker reports to the pool through :class:`WorkerReports`, which the pool implements
+(reports from a worker that is no longer its slot's current one are ignored).
 """
 
 from __future__ import annotations
@@ -39,11 +31,13 @@ from __future__ import annotations
 import abc
 import asyncio
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
-from .base import JobHandle, JobSpec
+from .base import Event, JobHandle, JobSpec
 
-__all__ = ["Worker", "Slot", "SlotState", "PoolJob", "StartRetry", "CANCELLED_REASON", "SHUTDOWN_REASON"]
+__all__ = [
+    "Worker", "WorkerReports", "Slot", "SlotState", "PoolJob", "StartRetry", "CANCELLED_REASON", "SHUTDOWN_REASON",
+]
 
 CANCELLED_REASON = "The job was cancelled."
 SHUTDOWN_REASON = "The stylisation service is shutting down, so this job was stopped. Please try again later."
@@ -81,6 +75,34 @@ class Worker(abc.ABC):
     def stop(self) -> None:
         """At shutdown: end the worker for good and report it lost once gone (by default: kill it)."""
         self.kill()
+
+
+class WorkerReports(Protocol):
+    """What a worker tells its pool, on the pool's event loop. The pool implements it.
+
+    A worker holds its pool only as this, so a backend's worker module never depends on the
+    pool module that creates its workers.
+    """
+
+    @property
+    def closed(self) -> bool:
+        """The pool is shutting down (or shut down): a worker killed now is not replaced, so it ends for good."""
+
+    def worker_ready(self, worker: Worker, pid: int | None = None, node: str | None = None) -> None:
+        """``worker`` is warm and can take jobs (``node``: its Ray node id, where there is one)."""
+
+    def worker_start_failed(self, worker: Worker, reason: str) -> None:
+        """``worker`` could not start and is gone."""
+
+    def job_event(self, worker: Worker, seq: int, event: Event) -> None:
+        """An event of the job ``worker`` runs under dispatch ``seq``; a terminal event ends the job."""
+
+    def worker_idle(self, worker: Worker) -> None:
+        """After its job's terminal event, ``worker`` is free for the next job."""
+
+    def worker_lost(self, worker: Worker, why: str) -> None:
+        """``worker``'s process or actor is gone; ``why`` is a short phrase such as "killed by SIGKILL"
+        that ends up in the job's message."""
 
 
 @dataclass(eq=False)
@@ -132,5 +154,4 @@ class StartRetry:
     """A slot whose worker failed to start, until one starts there again."""
 
     failures: int = 0  # failed starts in a row
-    reason: str = ""  # why the latest one failed
     timer: asyncio.TimerHandle | None = None  # the next attempt, while it is waited for

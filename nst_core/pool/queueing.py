@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from typing import Any
 
 from ..errors import ParamsError
 from ..params import StylizeParams
@@ -41,7 +42,7 @@ from .base import (
 from .protocol import CANCELLED_REASON, SHUTDOWN_REASON, PoolJob, Slot, Worker
 from .slots import SlotPool
 
-__all__ = ["QueueingPool", "PoolJob", "CANCELLED_REASON", "SHUTDOWN_REASON"]
+__all__ = ["QueueingPool"]
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +50,34 @@ log = logging.getLogger(__name__)
 class QueueingPool(SlotPool):
     """A :class:`WorkerPool` over the worker protocol, with its own line of admitted jobs.
 
-    ``timeout_s`` and ``retries`` are the defaults for jobs that do not set their own;
-    ``cancel_grace_s`` is how long a running job may take to honour a cancel;
-    ``no_capacity_timeout_s``: see the module docstring (None: never). The other arguments
-    are :class:`~nst_core.pool.slots.SlotPool`'s.
+    What every worker starts with (``_worker_config``, checked here once rather than in each
+    worker): ``warm_params``, ``StylizeParams.to_dict()`` used to load and trace the model at
+    start (jobs with another backbone, weights, layers or precision build theirs on first
+    use); ``worker_init``, ``"module:function"`` called with each new Engine;
+    ``progress_interval_s``, at most one progress event per interval, besides previews and
+    the last step; ``oom_retries``, reruns at 0.75x the size after GPU out-of-memory.
+
+    ``timeout_s`` (None: no limit) and ``retries`` (reruns of a job whose worker died) are the
+    defaults for jobs that do not set their own (``JobSpec.timeout_s``, ``JobSpec.retries``);
+    ``cancel_grace_s`` is how long a running job may take to honour a cancel before its
+    worker is killed; ``no_capacity_timeout_s``: see the module docstring (None: never). The
+    other arguments are :class:`~nst_core.pool.slots.SlotPool`'s.
     """
 
-    def __init__(self, *, timeout_s: float | None, retries: int, cancel_grace_s: float,
+    def __init__(self, *, warm_params: dict[str, Any] | None, worker_init: str | None, progress_interval_s: float,
+                 oom_retries: int, timeout_s: float | None, retries: int, cancel_grace_s: float,
                  max_start_backoff_s: float = 300.0, worker_start_timeout_s: float | None = None,
                  start_wait_s: float | None = None, no_capacity_timeout_s: float | None = None) -> None:
+        if warm_params is not None:
+            StylizeParams.from_dict(warm_params)  # fail here, not in every worker
         if retries < 0:
             raise ValueError("retries must not be negative")
         super().__init__(max_start_backoff_s=max_start_backoff_s, worker_start_timeout_s=worker_start_timeout_s,
                          start_wait_s=start_wait_s)
+        self._worker_config: dict[str, Any] = {
+            "warm_params": warm_params, "worker_init": worker_init,
+            "progress_interval_s": progress_interval_s, "oom_retries": oom_retries,
+        }
         self._timeout_s = timeout_s
         self._retries = retries
         self._cancel_grace_s = cancel_grace_s
@@ -183,7 +199,8 @@ class QueueingPool(SlotPool):
         """``job`` is still running under dispatch ``seq`` (not ended, not re-dispatched)."""
         return job.state == "running" and job.seq == seq
 
-    def _job_event(self, worker: Worker, seq: int, event: Event) -> None:
+    def job_event(self, worker: Worker, seq: int, event: Event) -> None:
+        """A report (:class:`~nst_core.pool.protocol.WorkerReports`): an event of ``worker``'s job."""
         job = worker.slot.job
         if worker.slot.worker is not worker or job is None or not self._current(job, seq):
             return  # from a job that already ended (cancelled, timed out, shut down)
@@ -194,7 +211,8 @@ class QueueingPool(SlotPool):
         else:
             job.handle.deliver(event)
 
-    def _worker_idle(self, worker: Worker) -> None:
+    def worker_idle(self, worker: Worker) -> None:
+        """A report: ``worker`` is free for the next job."""
         slot = worker.slot
         if slot.worker is not worker or slot.state != "busy" or slot.job is not None:
             return

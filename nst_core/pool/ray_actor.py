@@ -3,7 +3,7 @@
 This module is what runs inside each Ray actor process; the pool side is ``ray_pool`` and
 ``ray_worker``. It is a plain class (``RayPool`` makes it a Ray actor with ``ray.remote`` when
 it starts), so importing it imports neither Ray nor TensorFlow: the bot process names the
-class without loading either. Jobs run with the same :func:`~nst_core.pool.worker.run_job`
+class without loading either. Jobs run with the same :func:`~nst_core.pool.job_runner.run_job`
 as the local backend, in one job thread, so the compiled step and the style-target cache
 serve every later job.
 """
@@ -21,10 +21,10 @@ from typing import Any, AsyncIterator
 from ..errors import NSTError
 from .base import Event, JobSpec
 
-__all__ = ["StyleWorker"]
+__all__ = ["StyleActor"]
 
 
-class StyleWorker:
+class StyleActor:
     """The Ray actor (an async actor): a warm Engine and one thread that runs its jobs.
 
     ``ready`` answers once the engine is warm, with the process id, the Ray node id and why
@@ -39,7 +39,7 @@ class StyleWorker:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         if config.get("cpu_only"):
             os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # before TensorFlow loads
-        from .worker import load_engine
+        from .job_runner import load_engine
 
         self._name = name
         self._config = config
@@ -66,7 +66,7 @@ class StyleWorker:
 
     async def run(self, spec: JobSpec, attempt: int) -> AsyncIterator[Event]:
         """Run one job; yields Started, Progress..., then Finished or Failed."""
-        from .worker import run_job
+        from .job_runner import run_job
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()

@@ -1,7 +1,7 @@
 """The Ray backend: warm workers as Ray actors, one per GPU of a Ray cluster (or N on CPUs).
 
 :class:`RayPool` connects to the cluster, plans the actors and keeps their number up with the
-cluster's GPUs; each actor is a :class:`~nst_core.pool.ray_actor.StyleWorker` and each of its
+cluster's GPUs; each actor is a :class:`~nst_core.pool.ray_actor.StyleActor` and each of its
 lives a :class:`~nst_core.pool.ray_worker.RayWorker`, which translates the worker protocol
 (:mod:`nst_core.pool.protocol`) to Ray calls. What happens on a fault is the shared pool's
 (``queueing`` and ``slots``), as for the local backend: a job whose actor is lost runs again on
@@ -33,14 +33,13 @@ import socket
 import threading
 from typing import Any, Coroutine, Literal, Mapping
 
-from ..params import StylizeParams
 from .base import WorkerStartError
 from .protocol import Slot, Worker
 from .queueing import QueueingPool
-from .ray_actor import StyleWorker
+from .ray_actor import StyleActor
 from .ray_worker import RayWorker
 
-__all__ = ["RayPool", "StyleWorker"]
+__all__ = ["RayPool"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ class RayPool(QueueingPool):
     actor is live before they fail. ``rescan_interval_s``: how often the cluster's GPU count
     is checked for new nodes. ``max_start_backoff_s``: the longest wait before an actor that
     failed to start is replaced (2 s after the first failure, then 4, 8 ...). The other
-    arguments are as for :class:`LocalPool`.
+    arguments are :class:`~nst_core.pool.queueing.QueueingPool`'s.
 
     ``start`` returns once every actor became ready or failed its first start (or after
     ``start_timeout_s``, while some wait for room on the cluster); if none is ready it raises
@@ -110,9 +109,8 @@ class RayPool(QueueingPool):
             raise ValueError("devices must be 'auto', 'gpu' or 'cpu'")
         if cpu_actors < 1 or cpus_per_actor < 1:
             raise ValueError("cpu_actors and cpus_per_actor must be at least 1")
-        if warm_params is not None:
-            StylizeParams.from_dict(warm_params)  # fail here, not in every actor
-        super().__init__(timeout_s=timeout_s, retries=retries, cancel_grace_s=cancel_grace_s,
+        super().__init__(warm_params=warm_params, worker_init=worker_init, progress_interval_s=progress_interval_s,
+                         oom_retries=oom_retries, timeout_s=timeout_s, retries=retries, cancel_grace_s=cancel_grace_s,
                          max_start_backoff_s=max_start_backoff_s, start_wait_s=start_timeout_s,
                          no_capacity_timeout_s=no_capacity_timeout_s)
         self._address = address
@@ -123,10 +121,6 @@ class RayPool(QueueingPool):
         self._rescan_interval_s = rescan_interval_s
         self._max_restarts = max_restarts
         self._ray_init = dict(ray_init or {})
-        self._worker_config: dict[str, Any] = {
-            "warm_params": warm_params, "worker_init": worker_init,
-            "progress_interval_s": progress_interval_s, "oom_retries": oom_retries,
-        }
         self._ray: Any = None  # the ray module, once imported
         self._actor_class: Any = None
         self._owns_ray = False  # this pool called ray.init, so shutdown calls ray.shutdown
@@ -167,8 +161,10 @@ class RayPool(QueueingPool):
     def _start_worker(self, slot: Slot, previous: Worker | None) -> Worker:
         """A new actor for ``slot``, or (after a loss) the same actor, which Ray restarts."""
         if isinstance(previous, RayWorker):
-            return RayWorker(self, slot, previous.handle, previous)
-        return RayWorker(self, slot, self._new_actor(slot.name), None)
+            handle = previous.handle
+        else:
+            handle, previous = self._new_actor(slot.name), None
+        return RayWorker(self, slot, handle, previous, ray=self._ray, spawn=self._spawn, new_actor=self._new_actor)
 
     def _new_actor(self, name: str) -> Any:
         return self._actor_class.remote(name, self._worker_config)
@@ -298,7 +294,7 @@ class RayPool(QueueingPool):
         else:
             config.update(cpu_only=True, intra_threads=self._cpus_per_actor)
         self._worker_config = config
-        self._actor_class = self._ray.remote(StyleWorker).options(**options)
+        self._actor_class = self._ray.remote(StyleActor).options(**options)
         target = gpus if self._gpu else self._cpu_actors
         log.info("ray pool: planned actors", extra={"actors": target, "gpu": self._gpu, "cluster": _describe(resources)})
         return [f"{'gpu' if self._gpu else 'cpu'}{index}" for index in range(target)]

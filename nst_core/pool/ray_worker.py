@@ -1,7 +1,7 @@
 """One Ray actor as a pool worker: the worker protocol translated to Ray calls and Ray errors.
 
-:class:`RayWorker` is one life of a :class:`~nst_core.pool.ray_actor.StyleWorker` actor in a
-slot of a ``RayPool``. Ray restarts an actor whose process or node died (``max_restarts``),
+:class:`RayWorker` is one life of a :class:`~nst_core.pool.ray_actor.StyleActor` in a slot of
+a ``RayPool``. Ray restarts an actor whose process or node died (``max_restarts``),
 so a lost worker's replacement usually watches the same actor handle until a new process
 answers; only an actor that is gone for good is replaced by a new one.
 
@@ -17,20 +17,19 @@ answers; only an actor that is gone for good is replaced by a new one.
   thread before it is free again.
 * kill: ``ray.kill`` (Ray restarts it, except at shutdown), reported lost at once.
 
-Ray is imported by the pool when it starts; this module only uses the pool's ``ray``.
+Ray is imported by the pool when it starts; this module only uses the ``ray`` it is given.
+A worker knows its pool only as :class:`~nst_core.pool.protocol.WorkerReports`, and the
+pool's other help (starting tasks, creating actors) as plain callables.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Coroutine
 
 from .base import Failed, Finished
-from .protocol import CANCELLED_REASON, PoolJob, Slot, Worker
-
-if TYPE_CHECKING:
-    from .ray_pool import RayPool
+from .protocol import CANCELLED_REASON, PoolJob, Slot, Worker, WorkerReports
 
 __all__ = ["RayWorker"]
 
@@ -41,12 +40,20 @@ _GONE_PROBE_S = 2.0  # one ready() probe of an actor killed at shutdown
 
 
 class RayWorker(Worker):
-    """One life of a Ray actor in a slot; ``previous`` is the life before it, which Ray restarts."""
+    """One life of a Ray actor in a slot; ``previous`` is the life before it, which Ray restarts.
 
-    def __init__(self, pool: "RayPool", slot: Slot, handle: Any, previous: "RayWorker | None") -> None:
+    ``ray`` is the ray module; ``spawn(coro, name)`` runs a task the pool cancels when it
+    closes; ``new_actor(name)`` creates a fresh actor, for one that is gone for good.
+    """
+
+    def __init__(self, pool: WorkerReports, slot: Slot, handle: Any, previous: "RayWorker | None", *, ray: Any,
+                 spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task],
+                 new_actor: Callable[[str], Any]) -> None:
         super().__init__(slot)
         self._pool = pool
-        self._ray = pool._ray
+        self._ray = ray
+        self._spawn = spawn
+        self._new_actor = new_actor
         self.handle = handle  # ray.actor.ActorHandle
         self.killed = False  # the pool killed this life (Ray restarts the actor)
         self._ended = False  # killed for good: nothing more to do
@@ -55,7 +62,7 @@ class RayWorker(Worker):
             start = self._await_new()
         else:
             start = self._await_restart((previous.pid, previous.node), previous.killed)
-        self._task: asyncio.Task | None = pool._spawn(start, f"nst-ray-start-{slot.name}")
+        self._task: asyncio.Task | None = spawn(start, f"nst-ray-start-{slot.name}")
 
     # ------------------------------------------------------------------ the protocol
 
@@ -64,9 +71,9 @@ class RayWorker(Worker):
             self._call = self.handle.run.remote(job.spec, job.attempt)
         except Exception as exc:  # noqa: BLE001 - the connection or the actor is gone
             log.error("ray pool: could not submit job %s to %s: %s", job.spec.job_id, self.slot.name, exc)
-            asyncio.get_running_loop().call_soon(self._pool._worker_lost, self, "its Ray actor could not be reached")
+            asyncio.get_running_loop().call_soon(self._pool.worker_lost, self, "its Ray actor could not be reached")
             return
-        self._task = self._pool._spawn(self._drive(job.spec.job_id, job.seq, self._call),
+        self._task = self._spawn(self._drive(job.spec.job_id, job.seq, self._call),
                                        f"nst-ray-job-{job.spec.job_id}")
 
     def cancel(self, job: PoolJob) -> None:
@@ -82,13 +89,13 @@ class RayWorker(Worker):
             return
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
-        if self._pool._closing:  # for good, and wait until Ray reports it dead
+        if self._pool.closed:  # for good, and wait until Ray reports it dead
             self._end()
-            self._task = self._pool._spawn(self._confirm_gone(), f"nst-ray-stop-{self.slot.name}")
+            self._task = self._spawn(self._confirm_gone(), f"nst-ray-stop-{self.slot.name}")
             return
         self.killed = True
         self._kill_actor(restart=True)
-        asyncio.get_running_loop().call_soon(self._pool._worker_lost, self, "its Ray actor was killed")
+        asyncio.get_running_loop().call_soon(self._pool.worker_lost, self, "its Ray actor was killed")
 
     # ------------------------------------------------------------------ starting
 
@@ -121,7 +128,7 @@ class RayWorker(Worker):
                 if died >= 3:  # gone for good (its restarts ran out, say): a new actor takes its place
                     log.error("ray pool: actor %s is gone for good; creating a new one", self.slot.name)
                     try:
-                        self.handle = self._pool._new_actor(self.slot.name)
+                        self.handle = self._new_actor(self.slot.name)
                     except Exception as exc:  # noqa: BLE001 - the connection is gone: try again later
                         self._start_failed(f"its Ray actor could not be created ({type(exc).__name__}: {exc})")
                         return
@@ -141,13 +148,13 @@ class RayWorker(Worker):
 
     def _answered(self, pid: int, node: str, error: str | None) -> None:
         if error is None:
-            self._pool._worker_ready(self, pid, node)
+            self._pool.worker_ready(self, pid, node)
         else:
             self._start_failed(error)
 
     def _start_failed(self, reason: str) -> None:
         self._end()  # (an actor killed while loading would be restarted by Ray as well)
-        self._pool._worker_start_failed(self, reason)
+        self._pool.worker_start_failed(self, reason)
 
     # ------------------------------------------------------------------ running a job
 
@@ -157,39 +164,39 @@ class RayWorker(Worker):
         try:
             async for ref in call:  # an ObjectRefGenerator: one object per event
                 event = await ref
-                pool._job_event(self, seq, event)
+                pool.job_event(self, seq, event)
                 if isinstance(event, (Finished, Failed)):
                     break
             else:
-                pool._job_event(self, seq, Failed(job_id, "The worker ended the job without a result. "
+                pool.job_event(self, seq, Failed(job_id, "The worker ended the job without a result. "
                                                           "Please try again.", "error"))
         except ray.exceptions.TaskCancelledError:
-            pool._job_event(self, seq, Failed(job_id, CANCELLED_REASON, "cancelled"))
+            pool.job_event(self, seq, Failed(job_id, CANCELLED_REASON, "cancelled"))
             await self._settle()
             return
         except _lost_errors(ray) as exc:
-            pool._worker_lost(self, _death_text(ray, exc))
+            pool.worker_lost(self, _death_text(ray, exc))
             return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug in the transport: keep the actor, tell the user little, log the rest
             log.error("ray pool: job %s failed in transport", job_id, exc_info=exc)
-            pool._job_event(self, seq, Failed(job_id, "The stylisation failed because of an internal error "
+            pool.job_event(self, seq, Failed(job_id, "The stylisation failed because of an internal error "
                                                       f"({type(exc).__name__}).", "error"))
             await self._settle()
             return
         self._call = None
-        pool._worker_idle(self)
+        pool.worker_idle(self)
 
     async def _settle(self) -> None:
         """After a cancel or an error: free the actor once its job thread stopped (the pool kills it if that is late)."""
         try:
             await self.handle.idle.remote()
         except _lost_errors(self._ray) as exc:
-            self._pool._worker_lost(self, _death_text(self._ray, exc))
+            self._pool.worker_lost(self, _death_text(self._ray, exc))
             return
         self._call = None
-        self._pool._worker_idle(self)
+        self._pool.worker_idle(self)
 
     # ------------------------------------------------------------------ ending
 
@@ -217,7 +224,7 @@ class RayWorker(Worker):
             except Exception:  # noqa: BLE001 - the connection itself is gone: nothing to wait for
                 break
             await asyncio.sleep(0.1)
-        self._pool._worker_lost(self, "its Ray actor was stopped")
+        self._pool.worker_lost(self, "its Ray actor was stopped")
 
 
 def _lost_errors(ray: Any) -> tuple[type[BaseException], ...]:

@@ -16,6 +16,10 @@ processes or Ray:
   ``_stop_workers`` stops every worker, kills what does not stop in time and waits until each
   is gone.
 
+The workers' reports about their lives (``worker_ready``, ``worker_start_failed``,
+``worker_lost`` of :class:`~nst_core.pool.protocol.WorkerReports`) are handled here, those
+about jobs (``job_event``, ``worker_idle``) in ``queueing``.
+
 What happens to jobs (the line, dispatch, time limits, cancel, retries) is ``queueing``'s part.
 """
 
@@ -228,7 +232,8 @@ class SlotPool(WorkerPool):
             slot.stop_reason = f"it did not become ready within {self._worker_start_timeout_s:g} seconds"
             self._kill(slot)
 
-    def _worker_ready(self, worker: Worker, pid: int | None = None, node: str | None = None) -> None:
+    def worker_ready(self, worker: Worker, pid: int | None = None, node: str | None = None) -> None:
+        """A report (:class:`~nst_core.pool.protocol.WorkerReports`): ``worker`` is warm."""
         slot = worker.slot
         if slot.worker is not worker or slot.state != "starting":
             return  # killed meanwhile (shutdown, start time limit)
@@ -247,7 +252,8 @@ class SlotPool(WorkerPool):
         log.info("worker ready", extra={"worker": slot.name, "pid": pid, "node": node})
         self._pump()
 
-    def _worker_start_failed(self, worker: Worker, reason: str) -> None:
+    def worker_start_failed(self, worker: Worker, reason: str) -> None:
+        """A report: ``worker`` could not start and is gone."""
         slot = worker.slot
         if slot.worker is worker:
             self._start_failed(slot, slot.stop_reason or reason)
@@ -261,7 +267,7 @@ class SlotPool(WorkerPool):
             slot.first.set_result(reason)
         retry = self._start_retries.setdefault(slot.index, StartRetry())
         retry.failures += 1
-        retry.reason = self._start_error = reason
+        self._start_error = reason
         if self._closing:
             return
         delay = min(self._max_start_backoff_s, 2.0 ** min(retry.failures, 30))
@@ -279,13 +285,13 @@ class SlotPool(WorkerPool):
             self._restarts += 1
             self._launch(slot, None)
 
-    def _worker_lost(self, worker: Worker, why: str) -> None:
-        """``worker`` is gone: retry or fail its job, and put a new worker in its slot."""
+    def worker_lost(self, worker: Worker, why: str) -> None:
+        """A report: ``worker`` is gone. Retry or fail its job, and put a new worker in its slot."""
         slot = worker.slot
         if slot.worker is not worker:
             return
         if not slot.was_ready:
-            self._worker_start_failed(worker, why)
+            self.worker_start_failed(worker, why)
             return
         job = slot.job
         self._vacate(slot)

@@ -1,12 +1,12 @@
-"""The worker side: run one job on a warm :class:`~nst_core.engine.Engine` and report events.
+"""Running jobs where a backend runs them: a warm :class:`~nst_core.engine.Engine` and one job's events.
 
-:func:`run_job` is transport-free (it takes an ``emit`` callback), so any backend can run
-it: :func:`worker_main` is the local backend's process entry point and talks to the pool
-over a pipe; the Ray actor (:mod:`nst_core.pool.ray_actor`) calls :func:`run_job` the same
-way and :func:`load_engine` to warm up.
+:func:`load_engine` warms an Engine up and :func:`run_job` runs one job on it, reporting
+through an ``emit`` callback, so they know no transport and every backend runs jobs the
+same way: the local backend's child processes (:mod:`nst_core.pool.local_child`, over a
+pipe) and the Ray actors (:mod:`nst_core.pool.ray_actor`).
 
-TensorFlow is imported only inside functions: the bot process imports this module (to name
-the process target) and must never load TensorFlow.
+TensorFlow is imported only inside functions: the bot process imports this module (through
+the local backend's process target) and must never load TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,26 +15,26 @@ import gc
 import importlib
 import math
 import os
-import signal
 import sys
 import time
 import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
-from .. import images
+from ..images import decode_image
+from ..pixels import encode_png, from_array
 from ..errors import Cancelled, ImageError, NSTError, ParamsError
 from ..params import StylizeParams
 from ..quiet import import_tensorflow, verbose_from_env
 from .base import Event, Failed, Finished, JobSpec, Progress, Retrying, Started
+from .protocol import CANCELLED_REASON
 
 if TYPE_CHECKING:
     from ..engine import Engine, ProgressEvent
 
-__all__ = ["run_job", "load_engine", "worker_main", "ProgressThrottle", "OOM_SHRINK", "MIN_OOM_SIZE"]
+__all__ = ["run_job", "load_engine", "ProgressThrottle", "OOM_SHRINK", "MIN_OOM_SIZE"]
 
 OOM_SHRINK = 0.75  # each out-of-memory retry runs at this fraction of the previous size
 MIN_OOM_SIZE = 16  # no retry below this longer side (the smallest size StylizeParams allows)
-CANCELLED_REASON = "The job was cancelled."
 
 
 class ProgressThrottle:
@@ -110,13 +110,13 @@ def run_job(
     except (ParamsError, TypeError, ValueError) as exc:
         return fail("invalid_input", str(exc) if isinstance(exc, NSTError) else f"Invalid parameters: {exc}.")
     try:
-        content = images.decode_image(spec.content, max_pixels=spec.max_pixels)
+        content = decode_image(spec.content, max_pixels=spec.max_pixels)
     except ImageError as exc:
         return fail("invalid_input", f"Content image: {exc}")
     styles = []
     for i, data in enumerate(spec.style):
         try:
-            styles.append(images.decode_image(data, max_pixels=spec.max_pixels))
+            styles.append(decode_image(data, max_pixels=spec.max_pixels))
         except ImageError as exc:
             label = "Style image" if len(spec.style) == 1 else f"Style image {i + 1}"
             return fail("invalid_input", f"{label}: {exc}")
@@ -132,7 +132,7 @@ def run_job(
 
         def on_progress(event: "ProgressEvent") -> None:
             if throttle.allow(event):
-                preview = None if event.preview is None else images.encode_png(images.from_array(event.preview))
+                preview = None if event.preview is None else encode_png(from_array(event.preview))
                 emit(Progress(job_id, event.step, event.total, event.scale, event.scales, tuple(event.size),
                               dict(event.losses), preview))
 
@@ -165,59 +165,6 @@ def run_job(
     result.summary.notes.extend(notes)
     summary = result.summary.to_dict()
     emit(Finished(
-        job_id, images.encode_png(result.image), summary, tuple(summary["notes"]), worker,
+        job_id, encode_png(result.image), summary, tuple(summary["notes"]), worker,
         time.perf_counter() - started, engine.style_cache_hits - hits_before,
     ))
-
-
-def worker_main(conn: Any, cancel_seq: Any, name: str, env: dict[str, str], config: dict[str, Any]) -> None:
-    """Process entry point of a local worker.
-
-    Protocol (plain tuples over ``conn``): the worker sends ``("ready", pid)`` once warm or
-    ``("init_failed", reason)``; then it receives ``("job", seq, spec, attempt)`` and answers
-    with ``("event", seq, event)`` messages ending in a terminal event; ``("stop",)`` or a
-    closed pipe ends it. ``cancel_seq`` (shared memory) holding ``seq`` cancels that job.
-    """
-    # Ctrl-C goes to the whole process group; the parent decides what happens to jobs.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.update(env)  # normally already set by the parent; must precede TensorFlow
-    parent = os.getppid()
-    code = 0
-    try:
-        try:
-            engine = load_engine(config.get("warm_params"), intra_threads=config.get("intra_threads"),
-                                 worker_init=config.get("worker_init"))
-        except BaseException as exc:  # noqa: BLE001 - report anything, then exit
-            if not isinstance(exc, NSTError):  # an NSTError's message already says it all
-                traceback.print_exc(file=sys.stderr)
-            reason = str(exc) if isinstance(exc, NSTError) else f"{type(exc).__name__}: {exc}"
-            conn.send(("init_failed", reason))
-            code = 1
-            return
-        conn.send(("ready", os.getpid()))
-        while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                break  # the pool is gone
-            if message[0] != "job":
-                break  # "stop"
-            _, seq, spec, attempt = message
-
-            def emit(event: Event, seq: int = seq) -> None:
-                conn.send(("event", seq, event))
-
-            def should_stop(seq: int = seq) -> bool:
-                # A dead parent also stops the job, so no worker outlives the pool.
-                return cancel_seq.value == seq or os.getppid() != parent
-
-            run_job(engine, spec, emit=emit, should_stop=should_stop, worker=name, attempt=attempt,
-                    progress_interval_s=config.get("progress_interval_s", 0.5),
-                    oom_retries=config.get("oom_retries", 3))
-    except (BrokenPipeError, EOFError, ConnectionError):
-        code = 0  # the pool went away mid-message: nothing left to tell anyone
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Skip interpreter teardown: TensorFlow's can take seconds, and nothing needs it.
-        os._exit(code)
