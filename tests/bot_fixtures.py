@@ -20,7 +20,7 @@ from PIL import Image
 
 from conftest import make_content, make_style
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -22,7 +22,7 @@ from bot.config_loading import load_config, read_token
 
 pytestmark = pytest.mark.timeout(60)
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 EXAMPLE = REPO / "config.example.toml"
 
 

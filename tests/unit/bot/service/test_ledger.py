@@ -17,7 +17,7 @@ from nst_core.pool.base import Failed, Finished
 
 pytestmark = pytest.mark.timeout(60)
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 FINISHED = Finished("x", b"\x89PNG result", {"final": {}, "history": []}, (), "cpu0", 1.0)
 
 

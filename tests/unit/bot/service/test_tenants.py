@@ -2,7 +2,7 @@
 member's requests wait their turn instead of being refused, upload checks are shared
 between servers by the CPU time they used, a stranger's picture is decoded once, and the
 smaller rules (a moderator's cancel, servers-only commands, library warnings in the log).
-No processes; see test_bot_tenants_e2e.py for the same through the real bot."""
+No processes; tests/scenarios/test_play_e2e.py has the same through the real bot."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from bot.core.refusals import ChecksBusy, UploadProblem
 from bot.intake.uploads import UploadChecker, prepare_image
 from nst_core.pool.base import Failed
 
-from test_bot_servers import job, scheduler
+from test_server_settings import job, scheduler
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -26,6 +26,7 @@ ray = pytest.importorskip("ray")
 
 from nst_core.pool import Failed, Finished, PoolError, Progress, Retrying, Started, WorkerStartError  # noqa: E402
 from nst_core.pool.ray_pool import RayPool  # noqa: E402
+from conftest import REPO  # noqa: E402
 from pool_contract import (  # noqa: E402
     LONG, PARAMS, START_MARKER_ENV, STUCK_SIZE, _gone, assert_well_formed, collect, spec, until,
 )
@@ -39,7 +40,7 @@ MB = 1024 * 1024
 def hooks_importable():
     """Ray's processes, started meanwhile, can import the test hooks (worker_init) as local workers can."""
     saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), saved) if p)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), str(REPO / "tests"), saved) if p)
     try:
         yield
     finally:

@@ -18,7 +18,7 @@ from conftest import make_content, make_style
 
 TINY = ["--weights", "random", "--size", "40", "--iterations", "4", "--precision", "float32", "-q"]
 QUICK = ["--weights", "random", "--size", "32", "--iterations", "2", "--precision", "float32", "-q"]
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 
 
 @pytest.fixture()

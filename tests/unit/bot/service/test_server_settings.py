@@ -37,7 +37,7 @@ from nst_core.pool.base import Failed, Finished, JobHandle, JobSpec, PoolStats, 
 
 pytestmark = pytest.mark.timeout(30)
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 _ids = itertools.count()
 
 
