@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Ray starts its worker processes (our actors) at nice 15 by default: beside other tests running
+# at the same time (pytest-xdist) they would get almost no CPU and Ray's tests crawl. The raylet
+# reads this when a test starts Ray, so actors compete like the local pool's workers do.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 import numpy as np
 import pytest
@@ -58,3 +62,4 @@ def tiny_params():
         weights="random", size=48, scales=2, min_scale_size=32, iterations=8, precision="float32",
         style_weight=1e3, tv_weight=1.0, learning_rate=6.0,
     )
+
