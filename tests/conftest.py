@@ -36,6 +36,23 @@ def make_style(width: int = 40, height: int = 40, seed: int = 1) -> np.ndarray:
     return img.clip(0, 255).astype(np.uint8)
 
 
+# Under pytest-xdist (pyproject: -n ... --dist loadscope) a file, or a test class, runs whole on
+# one worker, and the files are handed out in collection order. The long ones (mostly waiting:
+# worker start-ups, restarts, bots against the fake Discord) go first, so the short ones fill in
+# around them instead of the longest starting last. Within a file the order is kept.
+LONG_FIRST = (
+    "test_ray_pool.py", "test_pool.py", "test_bot_durability.py", "test_bot_play_e2e.py", "test_bot_e2e.py",
+    "test_cli.py", "test_bot_workers_down.py", "test_engine.py", "test_bot_servers_e2e.py", "test_image_bombs.py",
+    "test_bot_hostile.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a plain run keeps pytest's order
+        rank = {name: i for i, name in enumerate(LONG_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
+
 @pytest.fixture(scope="session")
 def content_rgb() -> np.ndarray:
     return make_content()
