@@ -6,6 +6,10 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Ray starts its worker processes (our actors) at nice 15 by default: beside other tests running
+# at the same time (pytest-xdist) they would get almost no CPU and Ray's tests crawl. The raylet
+# reads this when a test starts Ray, so actors compete like the local pool's workers do.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 REPO = Path(__file__).resolve().parent.parent  # the repository's root, wherever a test file lies
 
@@ -35,6 +39,23 @@ def make_style(width: int = 40, height: int = 40, seed: int = 1) -> np.ndarray:
     return img.clip(0, 255).astype(np.uint8)
 
 
+# Under pytest-xdist (pyproject: -n ... --dist loadscope) a file, or a test class, runs whole on
+# one worker, and the files are handed out in collection order. The long ones (mostly waiting:
+# worker start-ups, restarts, bots against the fake Discord) go first, so the short ones fill in
+# around them instead of the longest starting last. Within a file the order is kept.
+LONG_FIRST = (
+    "test_ray_pool.py", "test_pool.py", "test_bot_durability.py", "test_bot_play_e2e.py", "test_bot_e2e.py",
+    "test_cli.py", "test_bot_workers_down.py", "test_engine.py", "test_bot_servers_e2e.py", "test_image_bombs.py",
+    "test_bot_hostile.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a plain run keeps pytest's order
+        rank = {name: i for i, name in enumerate(LONG_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
+
 @pytest.fixture(scope="session")
 def content_rgb() -> np.ndarray:
     return make_content()
@@ -61,3 +82,4 @@ def tiny_params():
         weights="random", size=48, scales=2, min_scale_size=32, iterations=8, precision="float32",
         style_weight=1e3, tv_weight=1.0, learning_rate=6.0,
     )
+

@@ -228,7 +228,10 @@ class RayPool(QueueingPool):
         where = self._address or "a new local Ray instance"
         if self._address and self._address != "auto":
             await loop.run_in_executor(None, _check_reachable, self._address, min(10.0, self._connect_timeout_s))
-        kwargs: dict[str, Any] = {"address": self._address} if self._address else {"include_dashboard": False}
+        # "local", not None: ray.init() without an address joins the cluster recorded in
+        # /tmp/ray/ray_current_cluster (any `ray start` or cluster_utils head on this machine).
+        kwargs: dict[str, Any] = ({"address": self._address} if self._address
+                                  else {"address": "local", "include_dashboard": False})
         kwargs.update(self._ray_init)
         connected: asyncio.Future = loop.create_future()
 
