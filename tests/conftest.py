@@ -44,9 +44,9 @@ def make_style(width: int = 40, height: int = 40, seed: int = 1) -> np.ndarray:
 # worker start-ups, restarts, bots against the fake Discord) go first, so the short ones fill in
 # around them instead of the longest starting last. Within a file the order is kept.
 LONG_FIRST = (
-    "test_ray_pool.py", "test_pool.py", "test_bot_durability.py", "test_bot_play_e2e.py", "test_bot_e2e.py",
-    "test_cli.py", "test_bot_workers_down.py", "test_engine.py", "test_bot_servers_e2e.py", "test_image_bombs.py",
-    "test_bot_hostile.py",
+    "test_ray_pool.py", "test_pool.py", "test_durability_e2e.py", "test_play_e2e.py", "test_stylize_e2e.py",
+    "test_cli.py", "test_workers_down_e2e.py", "test_engine.py", "test_servers_e2e.py", "test_image_bombs.py",
+    "test_hostile_e2e.py",
 )
 
 
