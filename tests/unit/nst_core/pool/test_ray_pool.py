@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -311,3 +312,43 @@ async def test_a_node_removed_mid_job_the_job_completes_on_the_other_node(cluste
     finally:
         await pool.shutdown()
     assert not ray.is_initialized()
+
+
+_OWN_INSTANCE = """
+import asyncio, ray
+from nst_core.params import StylizeParams
+from nst_core.pool.ray_pool import RayPool
+
+async def main():
+    pool = RayPool(devices="cpu", cpu_actors=1, warm_params=StylizeParams(weights="random", size=32).to_dict(),
+                   ray_init={"num_cpus": 1, "object_store_memory": 100 * 2**20, "log_to_driver": False})
+    await pool.start()
+    print("GCS", ray.get_runtime_context().gcs_address, pool.workers_alive, flush=True)
+    await pool.shutdown()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_pool_without_an_address_starts_its_own_ray_even_beside_another_cluster():
+    # Without an address, ray.init() joins whatever cluster this machine last started (a
+    # `ray start`, or a test's cluster beside it): the pool then could not start at all.
+    port = 6390 + os.getpid() % 500
+    head = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+                             "--include-dashboard=false"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not Path("/tmp/ray/ray_current_cluster").exists() or \
+                f":{port}" not in Path("/tmp/ray/ray_current_cluster").read_text():
+            assert head.poll() is None and time.monotonic() < deadline, "the other cluster did not start"
+            time.sleep(0.5)
+        out = subprocess.run([sys.executable, "-c", _OWN_INSTANCE], cwd=REPO, capture_output=True, text=True,
+                             timeout=180)
+        assert out.returncode == 0, out.stderr[-2000:]
+        gcs, alive = out.stdout.split("GCS ")[-1].split()[:2]
+        assert not gcs.endswith(f":{port}") and int(alive) == 1  # its own instance, with its actor up
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # --block: the head's processes stop with it
+        head.wait(timeout=60)
