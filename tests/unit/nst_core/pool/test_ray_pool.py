@@ -331,7 +331,7 @@ asyncio.run(main())
 
 
 @pytest.mark.timeout(240)
-def test_a_pool_without_an_address_starts_its_own_ray_even_beside_another_cluster():
+async def test_a_pool_without_an_address_starts_its_own_ray_even_beside_another_cluster():
     # Without an address, ray.init() joins whatever cluster this machine last started (a
     # `ray start`, or a test's cluster beside it): the pool then could not start at all.
     port = 6390 + os.getpid() % 500
@@ -343,12 +343,12 @@ def test_a_pool_without_an_address_starts_its_own_ray_even_beside_another_cluste
         while not Path("/tmp/ray/ray_current_cluster").exists() or \
                 f":{port}" not in Path("/tmp/ray/ray_current_cluster").read_text():
             assert head.poll() is None and time.monotonic() < deadline, "the other cluster did not start"
-            time.sleep(0.5)
-        out = subprocess.run([sys.executable, "-c", _OWN_INSTANCE], cwd=REPO, capture_output=True, text=True,
-                             timeout=180)
+            await asyncio.sleep(0.5)
+        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", _OWN_INSTANCE], cwd=REPO,
+                                      capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stderr[-2000:]
         gcs, alive = out.stdout.split("GCS ")[-1].split()[:2]
         assert not gcs.endswith(f":{port}") and int(alive) == 1  # its own instance, with its actor up
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # --block: the head's processes stop with it
-        head.wait(timeout=60)
+        await asyncio.to_thread(head.wait, 60)
