@@ -110,5 +110,5 @@ async def _serve(bot: StyleBot, token: str) -> int:
         try:
             await asyncio.wait_for(runner, 10.0)
         except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
-            pass
+            pass  # the client's own ending no longer matters: the bot has shut down, its status is decided
     return status

@@ -4,6 +4,7 @@ on the event loop. Calls run in the order they were made, so a fire-and-forget
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import logging
@@ -21,7 +22,7 @@ T = TypeVar("T")
 DatabaseT = TypeVar("DatabaseT", bound="Database")
 
 
-class Database:
+class Database(abc.ABC):
     """One connection used from one thread; subclasses open it in :meth:`_open`."""
 
     def __init__(self, db_path: str | Path) -> None:
@@ -31,9 +32,9 @@ class Database:
         self._pending: set[concurrent.futures.Future] = set()
         self.last_error: str | None = None  # the latest failed write, for /healthz
 
+    @abc.abstractmethod
     def _open(self) -> None:
         """Connect (on the store's thread) and set ``self._db``."""
-        raise NotImplementedError
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:

@@ -43,4 +43,4 @@ async def cancel_job(scheduler: Scheduler, interaction: discord.Interaction, job
     try:
         await interaction.edit_original_response(content=note)
     except discord.HTTPException:
-        pass
+        pass  # only the private note is lost; the job's status message shows the outcome
