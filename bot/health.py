@@ -20,8 +20,9 @@ Metrics (all prefixed ``stylebot_``):
 * ``job_duration_seconds``: histogram of finished jobs, from start on a worker to the result;
 * ``deliveries_total{path}``: messages that reached a requester, by path (interaction,
   channel, dm); ``delivery_failures_total``: results or notices no path could deliver;
-* ``discord_calls_total{kind}``: REST calls sent to Discord (urgent, background: status
-  edits, callback: interaction answers, which Discord does not rate-limit globally);
+* ``discord_calls_total{kind}``: REST calls sent to Discord: ``urgent`` and ``background``
+  (status edits) took a slot in the call budget; ``interaction`` (answers through an
+  interaction's webhook) and ``callback`` (deferrals) are outside Discord's global limit;
   ``discord_rate_limited_total{route,scope}``: 429 answers; ``discord_calls_waiting``: calls
   waiting for a slot in the budget (:mod:`bot.service.call_budget`);
 * ``shard_connected{shard}``, ``shard_latency_seconds{shard}``, ``shard_guilds{shard}``: each
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 OUTCOMES = ("finished", *FAILURE_KINDS)
 PATHS = ROUTES
 REFUSALS = REASONS  # every refusal class's label, shown at 0 from the start
-DISCORD_CALL_KINDS = ("urgent", "background", "callback")
+DISCORD_CALL_KINDS = ("urgent", "background", "interaction", "callback")
 _DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 

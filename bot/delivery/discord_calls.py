@@ -1,12 +1,22 @@
 """Every REST call the bot sends to Discord passes here: it waits for its slot in the
-:class:`~bot.service.call_budget.CallBudget`, and a 429 answer is logged and counted.
+:class:`~bot.service.call_budget.CallBudget` when it must, and a 429 answer is logged and counted.
 
 It hooks into aiohttp's request tracing on the client's one HTTP session, which discord.py
 also uses for webhooks and interaction responses, so no call can go around the budget.
-Interaction callbacks (``POST /interactions/{id}/{token}/callback``: the deferrals and the
-first answers) are counted but never wait: Discord does not count them against the global
-limit, and the 3-second deadline must not depend on a backlog of edits. The gateway's
-websocket and downloads from Discord's CDN are not REST calls and pass untouched.
+
+Which calls wait for a slot follows Discord's global limit, which counts the requests made
+with the bot's token:
+
+* a call with the bot token (channel messages, commands, ...) always takes a slot;
+* an *interaction endpoint*, which Discord leaves out of the global limit, takes a slot only
+  when it is a background call (a progress or place-in-line edit through the interaction's
+  webhook): the edits that grow with the line stay paced whatever their route, while the
+  answers a member is waiting for (the "accepted" reply, the status message, the result,
+  a refusal) go at once;
+* an interaction callback (``POST /interactions/{id}/{token}/callback``: the deferral, the
+  first answer) never waits: the 3-second deadline must not depend on a backlog of edits.
+
+The gateway's websocket and downloads from Discord's CDN are not REST calls and pass untouched.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from typing import TYPE_CHECKING, Callable
 
 import aiohttp
 
-from bot.service.call_budget import CallBudget, current_caller
+from bot.service.call_budget import CallBudget, Priority, current_caller
 
 if TYPE_CHECKING:
     from bot.health import Metrics
@@ -81,9 +91,11 @@ class CallTracer:
         caller = current_caller()
         if is_interaction_callback(params.method, route):
             kind = "callback"
-        else:
+        elif "Authorization" in params.headers or caller.priority is Priority.BACKGROUND:
             await self.budget.take(caller)
             kind = caller.priority.name.lower()
+        else:
+            kind = "interaction"  # an answer through the interaction's webhook: not in the global limit
         if self.metrics is not None:
             self.metrics.discord_call(kind)
 

@@ -2,9 +2,10 @@
 window, whatever the length of the line, served by priority and then server by server.
 
 Discord allows a bot about 50 requests a second in all; past that it answers 429 and every
-call waits behind the penalty, results and refusals included. So every REST call takes a
-slot here first (:mod:`bot.delivery.discord_calls` does it for each request the client
-sends) and waits while the window is full:
+call waits behind the penalty, results and refusals included. So each call that counts
+toward that limit, and each status edit whatever its route, takes a slot here first
+(:mod:`bot.delivery.discord_calls` decides, for each request the client sends) and waits
+while the window is full:
 
 * ``URGENT`` calls (results, notices, refusals, replies to commands: the default) go first;
 * ``BACKGROUND`` calls (progress and place-in-line edits) fill what is left, and never take
@@ -12,8 +13,9 @@ sends) and waits while the window is full:
 
 Within a priority, servers take turns (round robin), then each server's calls go in order:
 a server with 200 waiting jobs delays another server's edit by one call, not by 200.
-Interaction callbacks (the 3-second deferrals) never come here: Discord does not count them
-against the global limit, and they must not wait behind anything.
+Interaction callbacks (the 3-second deferrals) and the answers sent through an
+interaction's webhook never wait here: Discord does not count them against the global limit,
+and a member is waiting for them.
 
 No Discord here; a call's priority and server come from the task that makes it
 (:func:`calls_as`), so the code that makes a call need not know about the budget.

@@ -13,7 +13,7 @@ from aiohttp import web
 from bot.delivery.discord_calls import CallTracer, route_of
 from bot.delivery.status import StatusUpdater
 from bot.health import Metrics
-from bot.service.call_budget import CallBudget, Caller, Priority
+from bot.service.call_budget import CallBudget, Caller, Priority, calls_as
 
 TOKEN = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5OnNlY3JldA"
 
@@ -36,7 +36,7 @@ async def serve(handler) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}/api/v10"
 
 
-async def test_rest_calls_wait_for_a_slot_but_an_interaction_answer_never_does(caplog):
+async def test_bot_token_calls_and_edits_wait_for_a_slot_but_answers_to_members_do_not(caplog):
     async def handler(request: web.Request) -> web.Response:
         if request.path.endswith("/limited"):
             return web.json_response({"message": "You are being rate limited.", "retry_after": 0.5, "global": False},
@@ -47,33 +47,39 @@ async def test_rest_calls_wait_for_a_slot_but_an_interaction_answer_never_does(c
     budget = CallBudget(2, reserve=0, window_s=0.6)
     metrics = Metrics()
     tracer = CallTracer(budget, api_base=lambda: base, metrics=metrics)
+    bot = {"Authorization": "Bot secret"}  # how discord.py sends a call that counts toward the global limit
+    webhook = f"{base}/webhooks/111111111111/{TOKEN}/messages/998877665544"
     try:
         async with aiohttp.ClientSession(trace_configs=[tracer.trace_config()]) as session:
             for _ in range(2):  # the window is now full
-                async with session.patch(f"{base}/channels/123456789012/messages/998877665544"):
+                async with session.patch(f"{base}/channels/123456789012/messages/998877665544", headers=bot):
                     pass
             started = time.monotonic()
             async with session.post(f"{base}/interactions/222222222222/{TOKEN}/callback"):
-                pass
-            assert time.monotonic() - started < 0.3  # a deferral does not wait behind the full window
+                pass  # a deferral
+            async with session.patch(webhook):
+                pass  # an answer through the interaction's webhook ("accepted", a result)
             async with session.get(f"http://{base.split('/')[2]}/attachments/x.png"):
-                pass  # not a REST call: not counted, no wait
-            assert time.monotonic() - started < 0.3
+                pass  # not a REST call
+            assert time.monotonic() - started < 0.3  # none of them waited behind the full window
+            with calls_as(Priority.BACKGROUND, 5):  # a progress edit through the same webhook waits
+                async with session.patch(webhook):
+                    pass
+            assert time.monotonic() - started >= 0.5
             with caplog.at_level(logging.WARNING, logger="bot.delivery.discord_calls"):
-                async with session.post(f"{base}/webhooks/111111111111/{TOKEN}/limited") as resp:
+                async with session.post(f"{base}/channels/123456789012/limited", headers=bot) as resp:
                     assert resp.status == 429
-            assert time.monotonic() - started >= 0.5  # the third REST call waited for the window
     finally:
         await runner.cleanup()
-    assert budget.granted[Priority.URGENT] == 3
+    assert budget.granted == {Priority.URGENT: 3, Priority.BACKGROUND: 1}
     assert tracer.rate_limited == 1
     record = next(r for r in caplog.records if "429" in r.getMessage())
-    assert record.route == "/webhooks/{id}/{token}/limited" and record.scope == "user"
+    assert record.route == "/channels/{id}/limited" and record.scope == "user"
     assert TOKEN not in caplog.text
     text = metrics.render().decode()
-    assert 'stylebot_discord_calls_total{kind="urgent"} 3.0' in text
-    assert 'stylebot_discord_calls_total{kind="callback"} 1.0' in text
-    assert 'stylebot_discord_rate_limited_total{route="POST /webhooks/{id}/{token}/limited",scope="user"} 1.0' in text
+    for kind, count in (("urgent", 3), ("background", 1), ("interaction", 1), ("callback", 1)):
+        assert f'stylebot_discord_calls_total{{kind="{kind}"}} {count}.0' in text
+    assert 'stylebot_discord_rate_limited_total{route="POST /channels/{id}/limited",scope="user"} 1.0' in text
 
 
 async def test_a_status_edit_that_waited_for_its_slot_sends_the_newest_text_and_skips_the_rest():
