@@ -238,11 +238,15 @@ from .models import (
     StoredFile,
     User,
 )
+from .ratelimits import RateLimitHit, RateLimits, RouteLimit, discord_route_limits
+from .recording import CallRate
 from .server import FakeDiscord, FakeDiscordError, GatewaySession
+from .shards import ShardIdentify
 
 __all__ = [
     "ApplicationFlags",
     "AttachmentRecord",
+    "CallRate",
     "CallbackRecord",
     "Channel",
     "Event",
@@ -257,8 +261,13 @@ __all__ = [
     "MessageFlags",
     "MessageRecord",
     "Permissions",
+    "RateLimitHit",
+    "RateLimits",
     "RequestRecord",
     "Role",
+    "RouteLimit",
+    "ShardIdentify",
     "StoredFile",
     "User",
+    "discord_route_limits",
 ]
