@@ -247,7 +247,8 @@ json, files, status, response, fault, authorized, api)``), ``requests_to(path_re
 request, fault, interaction_create, callback, followup, message_create, message_edit,
 message_delete, webhook_edit, token_rejected, commands_put, command_upsert, dm_channel,
 attachment_download, typing, reaction_add, gateway_connect, gateway_disconnect, gateway_op,
-gateway_dispatch, identify, ready, resumed, rate_limited, shard_down, shard_up), ``events_of(kind)``, ``messages`` (id → record),
+gateway_dispatch, identify, ready, resumed, rate_limited, shard_down, shard_up), ``events_of(kind)``,
+``messages`` (id → record),
 ``messages_in(channel, include_ephemeral=False, include_deleted=False, author=None)`` (every
 author's, oldest first; ``author=fake.bot_user`` or a username keeps one author's),
 ``dms_to(user)`` (the bot's DMs to *user*), ``interactions``, ``await wait_for(predicate,

@@ -1,8 +1,9 @@
 """The fake gateway: the ``/gateway`` websocket, sessions, READY/GUILD_CREATE, dispatch, RESUME.
 
 HELLO → IDENTIFY (token, intents, shard checked; closes 4004/4013/4014, 4010/4011 — see
-``shards.py``) → READY + one GUILD_CREATE per guild of the session's shard; heartbeats ACKed; RESUME replays the session's missed dispatches then RESUMED (unknown
-session → op 9); op 8 member requests answered with one GUILD_MEMBERS_CHUNK;
+``shards.py``) → READY + one GUILD_CREATE per guild of the session's shard; heartbeats ACKed;
+RESUME replays the session's missed dispatches then RESUMED (unknown session, or a shard taken
+down → op 9); op 8 member requests answered with one GUILD_MEMBERS_CHUNK;
 ``compress=zlib-stream`` honoured. Also ``GET /gateway`` and ``GET /gateway/bot``.
 """
 

@@ -130,8 +130,9 @@ def route_of(method: str, path: str) -> Tuple[str, str]:
 def counts_toward_global(method: str, path: str, authorized: Optional[bool], *,
                          interaction_webhooks: bool = False) -> bool:
     """Whether Discord counts this API request toward the bot's global limit: it carries the bot
-    token and is not an interaction endpoint (callbacks always exempt; interaction webhooks
-    unless *interaction_webhooks*)."""
+    token and is not an interaction endpoint. Callbacks are always exempt; webhook routes with a
+    token (interaction followups, @original edits) are made without the bot token and count only
+    with *interaction_webhooks*."""
     if path.startswith("/interactions/"):
         return False
     if path.startswith("/webhooks/") and path.count("/") >= 3:

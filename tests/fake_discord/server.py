@@ -53,7 +53,7 @@ from .models import (
     User,
     snowflake,
 )
-from .ratelimits import RateLimiter, RateLimitHit, RateLimits, counts_toward_global
+from .ratelimits import RateLimiter, RateLimitHit, RateLimits, counts_toward_global, route_of
 from .recording import RecordingMixin
 from .shards import ShardIdentify, ShardsMixin
 from .webhooks import InteractionWebhooksMixin
@@ -323,7 +323,7 @@ class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, ShardsMixin, Guilds
                         "message": f"{fault.status}: injected fault", "code": 0}
                     if fault.status == 429 and isinstance(payload, dict):
                         self._note_rate_limited(RateLimitHit(
-                            t=rec.t, method=rec.method, path=rel, route=rel, bucket=None,
+                            t=rec.t, method=rec.method, path=rel, route=route_of(rec.method, rel)[0], bucket=None,
                             is_global=bool(payload.get("global")), retry_after=float(payload.get("retry_after", 0)),
                             scope="shared"))
                     return _json(payload, status=fault.status, headers=fault.headers)

@@ -29,7 +29,8 @@ def _point_discord_py_at(fake: FakeDiscord, monkeypatch) -> None:
 
 
 def test_routes_are_keyed_like_discord():
-    assert route_of("PATCH", "/channels/12/messages/34") == ("PATCH /channels/{channel_id}/messages/{message_id}", "12")
+    assert route_of("PATCH", "/channels/12/messages/34") == (
+        "PATCH /channels/{channel_id}/messages/{message_id}", "12")
     assert route_of("PATCH", "/webhooks/1/tok/messages/@original") == (
         "PATCH /webhooks/{webhook_id}/{webhook_token}/messages/{message_id}", "1+tok")
     assert route_of("POST", "/interactions/5/tok/callback") == (
