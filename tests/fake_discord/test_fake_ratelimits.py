@@ -203,3 +203,13 @@ async def test_calls_per_second_peak_and_mean():
     assert (glob.peak, glob.total) == (10, 12)
     assert fake.calls_per_second(since=101.0, until=103.0).peak == 2
     assert fake.calls_per_second(since=200.0, until=201.0).total == 0
+
+
+async def test_an_injected_429_is_a_shared_limit_and_recorded():
+    async with FakeDiscord() as fake, aiohttp.ClientSession() as http:
+        fake.inject_fault(r"^/users/@me$", status=429, retry_after=0.25)
+        async with http.get(f"{fake.api_base}/users/@me", headers={"Authorization": f"Bot {fake.bot_token}"}) as r:
+            assert r.status == 429 and r.headers["X-RateLimit-Scope"] == "shared" and r.headers["Via"]
+            assert (await r.json())["retry_after"] == 0.25
+        [hit] = fake.rate_limited
+        assert (hit.route, hit.scope, hit.is_global, hit.retry_after) == ("GET /users/@me", "shared", False, 0.25)
