@@ -61,8 +61,8 @@ from .webhooks import InteractionWebhooksMixin
 __all__ = ["FakeDiscord", "FakeDiscordError", "GatewaySession"]
 
 
-class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, ShardsMixin, GuildsMixin, AttachmentsMixin, MessagesMixin,
-                  CommandsMixin, InteractionsMixin, InteractionWebhooksMixin):
+class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, ShardsMixin, GuildsMixin, AttachmentsMixin,
+                  MessagesMixin, CommandsMixin, InteractionsMixin, InteractionWebhooksMixin):
     """A Discord API + gateway double for discord.py. See the package docstring."""
 
     def __init__(
