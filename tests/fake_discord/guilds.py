@@ -1,7 +1,8 @@
 """Who and where: guilds, channels, roles, members, users, DMs, permissions, the application.
 
-Test-facing builders (``add_guild``, ``add_guilds`` (many at once), ``add_channel``, ``add_user``, ``set_overwrite``...) and
-lookups (``user``, ``dm_channel``, ``permissions_of``), plus the REST reads discord.py makes of them:
+Test-facing builders (``add_guild``, ``add_guilds`` (many at once), ``add_channel``, ``add_user``,
+``set_overwrite``...) and lookups (``user``, ``dm_channel``, ``permissions_of``), plus the REST reads
+discord.py makes of them:
 ``/users/@me``, ``/users/{id}``, ``POST /users/@me/channels`` (DMs), ``/applications/@me``,
 ``/channels/{id}``, ``/guilds/{id}`` (+ ``/channels``, ``/roles``, ``/members/{user}``).
 """

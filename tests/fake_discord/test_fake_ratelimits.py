@@ -52,7 +52,8 @@ async def test_route_bucket_headers_and_429():
 
             (s1, h1, _), (s2, h2, _), (s3, h3, b3) = [await post(fake.channel) for _ in range(3)]
             assert (s1, s2, s3) == (200, 200, 429)
-            assert (h1["X-RateLimit-Limit"], h1["X-RateLimit-Remaining"], h2["X-RateLimit-Remaining"]) == ("2", "1", "0")
+            assert h1["X-RateLimit-Limit"] == "2"
+            assert (h1["X-RateLimit-Remaining"], h2["X-RateLimit-Remaining"]) == ("1", "0")
             assert h1["X-RateLimit-Bucket"] == h2["X-RateLimit-Bucket"] == h3["X-RateLimit-Bucket"]
             reset_after = float(h2["X-RateLimit-Reset-After"])
             assert 0 < reset_after <= 1.0
