@@ -171,7 +171,7 @@ async def test_interaction_endpoints_skip_the_global_limit_and_webhooks_have_buc
                 assert r.status == 429
             inter = await fake.send_slash_command("burst", user="alice")
             cb = await inter.wait_for_callback(timeout=5)
-            assert cb.status == 200 and cb.at < 0.5, "the callback does not wait for the global limit"
+            assert cb.status == 200 and cb.at < 3.0, "the callback is not held back by the global limit"
             await inter.wait_for_followups(5, timeout=10)
             assert {h.path for h in fake.rate_limited} == {"/users/@me"}, "nothing of the interaction was refused"
             # discord.py's webhook adapter honoured the webhook bucket (2 per 0.3 s) from the headers
