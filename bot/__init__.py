@@ -9,19 +9,21 @@ Packages from the top down; each imports only those below it (``lint-imports`` c
   ``buttons`` (Cancel, the remixes, before | after, Delete), ``message_commands``; all start
   jobs through ``job_start`` with pictures from ``gather``; ``access``: who may do what.
 * ``delivery``: the ``messenger`` follows each job event, ``status`` edits status messages,
-  ``outbox`` sends results and notices exactly once.
+  ``outbox`` sends results and notices exactly once; ``discord_calls`` puts every REST call
+  through the call budget.
 * ``intake``: ``uploads`` (strangers' pictures: bounded downloads and one bounded decode),
   ``library`` (the built-in paintings and the operator's folder).
 * ``render``: ``words`` (every text), ``drawings`` (loss chart, before | after, contact sheet),
   ``embeds``, ``views`` (buttons and the style picker).
 * ``service``: the ``ledger`` (the only writer of job state), the ``scheduler`` (the line's
-  limits, feeding the pool), ``server_settings``, ``checkpool`` (check CPU shared by server).
+  limits, feeding the pool), ``server_settings``, ``checkpool`` (check CPU shared by server),
+  ``call_budget`` (Discord calls a second: urgent first, servers in turn).
 * ``store``: SQLite (``job_store``, ``database``, ``schema``), the spool's files (``spool``)
   and room (``room``: shares per server), ``saved_styles``.
 * ``health``: ``/healthz`` and Prometheus ``/metrics``.
 * ``core``: the vocabulary, no Discord and no I/O: the ``job`` and its lifecycle, its
   ``events``, ``refusals`` (each with its metric reason), server ``rules``, the fair ``line``,
-  the ``remix`` arithmetic.
+  the ``remix`` arithmetic, the gateway's ``shards``.
 * ``config``: the operator's settings as frozen dataclasses.
 
 Where a change goes: a new refusal → ``core.refusals``; a new button → ``core.remix`` (what it

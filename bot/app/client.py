@@ -239,6 +239,14 @@ class StyleBot(ButtonClient):
             store = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         return {"gateway": gateway, "workers": workers, "store": store}
 
+    async def close(self) -> None:
+        # AutoShardedClient.close() posts to its shards' queue, which exists only once the
+        # client has logged in; a bot shut down before that closes as a plain client.
+        if getattr(self, "_AutoShardedClient__queue", None) is None:
+            await discord.Client.close(self)
+        else:
+            await super().close()
+
     async def on_ready(self) -> None:
         log.info("connected", extra={"user": str(self.user), "guilds": len(self.guilds),
                                      "shards": self.shard_watch.shard_ids})
