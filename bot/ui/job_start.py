@@ -50,6 +50,9 @@ class JobRequest:
     parent: Job | None = None  # a remix: the job whose result's button was pressed
     remix: str | None = None
     notes: list[str] = field(default_factory=list)  # lines for the "accepted" reply
+    # Post the status message and the result in this channel, never through the interaction
+    # (a style event's entries go to its thread); None: where the command was used.
+    channel_id: int | None = None
 
 
 # Gathers a request's pictures once its turn to be checked came.
@@ -94,13 +97,14 @@ class JobStarter:
             return None
         # From here on the job is in line: a failed message must not lose it, only its status display.
         text = self.messenger.current_text(job)
-        accepted = [f"✅ Job `{job.job_id}` accepted. Its progress is shown below, and you will be mentioned "
+        where = f"in <#{job.channel_id}>" if request.channel_id is not None else "below"
+        accepted = [f"✅ Job `{job.job_id}` accepted. Its progress is shown {where}, and you will be mentioned "
                     "when the result is ready.", *request.notes]
         try:
             await interaction.edit_original_response(content="\n".join(accepted))
         except discord.HTTPException:
             pass  # only the private acknowledgement is lost
-        message_id = await self._post_status(interaction, job, text, reply_to)
+        message_id = await self._post_status(interaction, job, text, reply_to, in_channel=request.channel_id is not None)
         self.messenger.attach(job, message_id, text if message_id is not None else None)
         return job
 
@@ -109,8 +113,16 @@ class JobStarter:
         return PicturesExpired(self.store.reuse_s)
 
     async def _post_status(self, interaction: discord.Interaction, job: Job, text: str,
-                           reply_to: int | None) -> int | None:
-        """The job's public status message: a reply to the result it came from, else a followup."""
+                           reply_to: int | None, *, in_channel: bool = False) -> int | None:
+        """The job's public status message: a reply to the result it came from, a message in the
+        job's own channel (``in_channel``), else a followup."""
+        if in_channel:
+            try:
+                channel = interaction.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+                return (await channel.send(text, view=cancel_view(job.job_id))).id
+            except discord.HTTPException as exc:  # the job still runs; its result tries the channel, then a DM
+                log.warning("status message could not be created", extra={"job_id": job.job_id, "status": exc.status})
+                return None
         if reply_to is not None:
             channel = interaction.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             try:
@@ -173,10 +185,13 @@ class JobStarter:
         if inputs.style2:
             blend = 0.5 if request.blend is None else request.blend
         parent = request.parent
+        own_channel = request.channel_id is not None  # then the interaction's token is never used for it
         return Job(
-            job_id=self._fresh_id(), user_id=interaction.user.id, channel_id=interaction.channel_id or 0,
+            job_id=self._fresh_id(), user_id=interaction.user.id,
+            channel_id=request.channel_id if own_channel else interaction.channel_id or 0,  # type: ignore[arg-type]
             guild_id=interaction.guild_id, application_id=interaction.application_id,
-            interaction_token=interaction.token, token_created_at=interaction.created_at.timestamp(),
+            interaction_token="" if own_channel else interaction.token,
+            token_created_at=interaction.created_at.timestamp(),
             upload_limit=interaction.filesize_limit, params=self._params(request, blend), content=inputs.content,
             style=inputs.style, style_label=inputs.style_label, style2=inputs.style2,
             style2_label=inputs.style2_label if inputs.style2 else None,
