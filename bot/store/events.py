@@ -77,6 +77,12 @@ class EventRecords(SpoolRoom):
     async def open_events_in(self, guild_id: int) -> list[StyleEvent]:
         return await self._run(self._events, "WHERE state = 'open' AND guild_id = ? ORDER BY closes_at", (guild_id,))
 
+    async def latest_event_in(self, guild_id: int, channel_id: int) -> StyleEvent | None:
+        """The event started last in that channel (or with its entries in that thread), whatever its state."""
+        rows = await self._run(self._events, "WHERE guild_id = ? AND (channel_id = ? OR thread_id = ?) "
+                               "ORDER BY created_at DESC LIMIT 1", (guild_id, channel_id, channel_id))
+        return rows[0] if rows else None
+
     def _events(self, where: str, args: tuple) -> list[StyleEvent]:
         return [_event(row) for row in self.db.execute(f"SELECT * FROM events {where}", args)]
 

@@ -124,9 +124,12 @@ class EventCloser:
             except (StoreError, OSError, ValueError):
                 log.exception("the gallery could not be drawn", extra={"event_id": event.event_id})
                 return self._failed(event)
+            under_card = discord.MessageReference(message_id=event.card_message_id or 0, channel_id=event.channel_id,
+                                                  guild_id=event.guild_id, fail_if_not_exists=False)
             message = await self.cards.say(event, _closing_text(event, ranked, waiting), in_thread=False,
                                            mention=[s.entry.user_id for s in ranked if s.place == 1],
-                                           file=discord.File(io.BytesIO(data), f"{GALLERY_BASENAME}.{ext}"))
+                                           file=discord.File(io.BytesIO(data), f"{GALLERY_BASENAME}.{ext}"),
+                                           reference=under_card)
             if message is None:
                 return self._failed(event)
             await self.store.set_event_fields(event.event_id, gallery_message_id=message.id)

@@ -44,6 +44,7 @@ __all__ = ["EventHost", "EntryModal", "StyleEvents", "style_events"]
 log = logging.getLogger(__name__)
 
 _NOT_HERE = "This button does not belong to an event the bot knows here."
+_RECENT_S = 7 * 86400.0  # a late entry is told when the channel's last event closed, within this
 
 
 class EntryModal(discord.ui.Modal):
@@ -161,9 +162,11 @@ class EventHost:
         events = await self.store.open_events_in(interaction.guild_id or 0)
         event = next((e for e in events if here in (e.channel_id, e.thread_id) or parent == e.channel_id), None)
         if event is None:
-            await interaction.response.send_message("There is no open event in this channel. A member with Manage "
-                                                    "Events can start one with `/stylebot event start`.",
-                                                    ephemeral=True)
+            last = await self.store.latest_event_in(interaction.guild_id or 0, parent or here or 0)
+            text = (str(closed_refusal(last)) if last is not None and time.time() - last.closes_at < _RECENT_S else
+                    "There is no open event in this channel. A member with Manage Events can start one with "
+                    "`/stylebot event start`.")
+            await interaction.response.send_message(text, ephemeral=True)
             return
         await self.enter(interaction, event.event_id, picture)
 
