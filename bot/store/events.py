@@ -91,6 +91,16 @@ class EventRecords(SpoolRoom):
         return await self._run(lambda: (self.db.execute("SELECT style_png FROM events WHERE event_id = ?",
                                                         (event_id,)).fetchone() or (None,))[0])
 
+    def _purge_events(self, cutoff: float) -> int:
+        """Forget events that ended before ``cutoff``, with their entries and votes (on the store's thread)."""
+        ids = [r[0] for r in self.db.execute("SELECT event_id FROM events WHERE state != 'open' AND closes_at < ?",
+                                             (cutoff,))]
+        with transaction(self.db):
+            for event_id in ids:
+                for table in ("event_votes", "event_entries", "events"):
+                    self.db.execute(f"DELETE FROM {table} WHERE event_id = ?", (event_id,))
+        return len(ids)
+
     # ------------------------------------------------------------------ entries
 
     async def add_entry(self, entry: Entry) -> None:

@@ -362,6 +362,7 @@ class JobStore(SavedStyles, EventRecords):
             self.db.execute("DELETE FROM usage WHERE at < ?", (now - QUOTA_WINDOW_S,))
         for job_id in ids:
             self._remove_files(job_id)
+        self._purge_events(cutoff)  # ended events, their entries' pictures and votes, after the same retention
         return len(ids)
 
     # ------------------------------------------------------------------ saved styles

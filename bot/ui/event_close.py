@@ -119,19 +119,17 @@ class EventCloser:
                 return True  # posted meanwhile
             try:
                 ranked, shown, waiting = await self._standings(event)
-                data, ext = await asyncio.to_thread(gallery_picture, event.title, shown, len(ranked),
-                                                    event.upload_limit)
+                files = await self._gallery_files(event, ranked, shown)
             except (StoreError, OSError, ValueError):
                 log.exception("the gallery could not be drawn", extra={"event_id": event.event_id})
-                return self._failed(event)
+                return await self._failed(event)
             under_card = discord.MessageReference(message_id=event.card_message_id or 0, channel_id=event.channel_id,
                                                   guild_id=event.guild_id, fail_if_not_exists=False)
             message = await self.cards.say(event, _closing_text(event, ranked, waiting), in_thread=False,
                                            mention=[s.entry.user_id for s in ranked if s.place == 1],
-                                           file=discord.File(io.BytesIO(data), f"{GALLERY_BASENAME}.{ext}"),
-                                           reference=under_card)
+                                           files=files, reference=under_card)
             if message is None:
-                return self._failed(event)
+                return await self._failed(event)
             await self.store.set_event_fields(event.event_id, gallery_message_id=message.id)
             await self.cards.finish(event, entries=len(ranked), standings=ranked, gallery_url=message.jump_url)
             if event.thread_id:
@@ -143,25 +141,31 @@ class EventCloser:
         if event.gallery_message_id in (None, _NO_GALLERY):
             return
         ranked, shown, waiting = await self._standings(event)
-        data, ext = await asyncio.to_thread(gallery_picture, event.title, shown, len(ranked), event.upload_limit)
+        files = await self._gallery_files(event, ranked, shown)
         channel = self.cards.client.get_partial_messageable(event.channel_id, guild_id=event.guild_id)
         message = channel.get_partial_message(event.gallery_message_id)  # type: ignore[arg-type]
         try:
-            await message.edit(content=_closing_text(event, ranked, waiting),
-                               attachments=[discord.File(io.BytesIO(data), f"{GALLERY_BASENAME}.{ext}")])
+            await message.edit(content=_closing_text(event, ranked, waiting), attachments=files)
         except discord.HTTPException as exc:
             log.info("gallery not redrawn", extra={"event_id": event.event_id, "status": exc.status})
         await self.cards.finish(event, entries=len(ranked), standings=ranked, gallery_url=message.jump_url)
 
-    def _failed(self, event: StyleEvent) -> bool:
+    async def _failed(self, event: StyleEvent) -> bool:
         """A gallery that could not be posted is tried again a few times, then given up (logged)."""
         tries = self._failures[event.event_id] = self._failures.get(event.event_id, 0) + 1
         if tries < 5:
             return False
         log.error("the event's gallery could not be posted; giving up", extra={"event_id": event.event_id})
-        asyncio.get_running_loop().create_task(self.store.set_event_fields(event.event_id,
-                                                                          gallery_message_id=_NO_GALLERY))
+        await self.store.set_event_fields(event.event_id, gallery_message_id=_NO_GALLERY)
         return True
+
+    async def _gallery_files(self, event: StyleEvent, ranked: list[Standing],
+                             shown: list[tuple[Standing, bytes | None]]) -> list[discord.File]:
+        """The gallery picture (none when no entry was painted)."""
+        if not ranked:
+            return []
+        data, ext = await asyncio.to_thread(gallery_picture, event.title, shown, len(ranked), event.upload_limit)
+        return [discord.File(io.BytesIO(data), f"{GALLERY_BASENAME}.{ext}")]
 
     async def _standings(self, event: StyleEvent) -> tuple[list[Standing], list[tuple[Standing, bytes | None]], int]:
         """The painted entries in order, the top ones with their pictures, and how many are still being painted."""

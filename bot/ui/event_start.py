@@ -16,8 +16,8 @@ import discord
 from discord import app_commands
 
 from bot.config import Config
-from bot.core.event import MAX_ENTRIES_PER_MEMBER, OPEN_EVENTS_PER_SERVER, StyleEvent, discord_time, new_event_id, \
-    parse_duration
+from bot.core.event import (MAX_ENTRIES_PER_MEMBER, OPEN_EVENTS_PER_SERVER, EventState, StyleEvent, discord_time,
+                            new_event_id, parse_duration)
 from bot.core.refusals import EventRefused, Refused, UploadProblem
 from bot.intake.uploads import UploadChecker
 from bot.render.words import clip
@@ -169,7 +169,7 @@ class EventStarter:
         try:
             card = await self.cards.post(event, thumb)
         except discord.HTTPException as exc:
-            await self.store.end_event(event.event_id, event.state.CANCELLED, time.time())
+            await self.store.end_event(event.event_id, EventState.CANCELLED, time.time())
             raise EventRefused("The bot cannot post in this channel (it needs Send Messages, Embed Links and Attach "
                                f"Files here), so the event was not started. (Discord said {exc.status}.)") from None
         event.card_message_id = card.id

@@ -252,6 +252,15 @@ async def test_a_server_paints_votes_survives_a_restart_and_gets_a_gallery(env: 
     assert str(gallery.id) in field_values(final)["Gallery"]
     assert fake.guild.scheduled_events  # it ended at its own time: Discord closes it, the bot leaves it
 
+    # A moderator of the channel deletes an entry after the close: it leaves the gallery and the standings.
+    shown = gallery.attachments[0].data
+    gone = await fake.click_button(entry["dave"][0], f"nstbot:delete:{job_of['dave']}", user="mod")
+    assert "Deleted" in await private_answer(gone) and fake.messages[entry["dave"][0].id].deleted
+    redrawn = await fake.wait_for(lambda: f"<@{users['dave']}>" not in fake.messages[gallery.id].content
+                                  and fake.messages[gallery.id], timeout=20, what="the gallery drawn again")
+    assert "with 3 entries" in redrawn.content and redrawn.attachments[0].data != shown
+    assert f"3. <@{users['carol']}> · 0 votes" in redrawn.content
+
     # After the close: no more votes, no more entries (told when it closed).
     assert "closed at <t:" in await vote(fake, *entry["bob"], "carol")
     late = await fake.send_message_command("Enter in event", post, user="dave")
