@@ -107,10 +107,10 @@ def card_embed(event: StyleEvent, *, entries: int, standings: Sequence[Standing]
     embed = discord.Embed(title=clip(f"🎨 {event.title}", 256), colour=_COLOURS[event.state])
     style = clip(event.style_label, 200)
     if event.is_open:
-        embed.description = (f"Paint a picture of yours in the style of **{style}**. Press **Join** to enter (or, on a "
-                             f"message with a picture, Apps → **Enter in event**). Entries appear in the thread below, "
-                             f"each with a ⭐ Vote button: {VOTES_PER_MEMBER} votes each, not for your own entry; the "
-                             "counts stay hidden until the close.")
+        embed.description = (f"Paint a picture of yours in the style of **{style}**. Press **Join** to enter (or, "
+                             "on a message with a picture, Apps → **Enter in event**). Entries appear in the thread "
+                             f"below, each with a ⭐ Vote button: {VOTES_PER_MEMBER} votes each, not for your own "
+                             "entry; the counts stay hidden until the close.")
         embed.add_field(name="Closes", value=f"{discord_time(event.closes_at, 'R')} ({discord_time(event.closes_at)})")
     elif event.state is EventState.CANCELLED:
         embed.description = f"Style: **{style}**. This event was cancelled by its host."

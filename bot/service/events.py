@@ -62,8 +62,8 @@ class EventBook(JobEvents):
 
     async def add(self, entry: Entry) -> None:
         """Record a new entry (its job is in line already)."""
-        self._entries[entry.job_id] = entry.event_id
         await self.store.add_entry(entry)
+        self._entries[entry.job_id] = entry.event_id
 
     def forget(self, job_id: str) -> None:
         self._entries.pop(job_id, None)

@@ -134,7 +134,8 @@ class EventCards:
             return
         self._last_edit[event.event_id] = time.monotonic()
         try:
-            await self._channel(event).get_partial_message(event.card_message_id).edit(**fields)  # type: ignore[arg-type]
+            card = self._channel(event).get_partial_message(event.card_message_id)
+            await card.edit(**fields)  # type: ignore[arg-type]
         except discord.HTTPException as exc:  # the card was deleted, or the channel is closed to the bot
             log.info("event card not edited", extra={"event_id": event.event_id, "status": exc.status})
 
@@ -144,7 +145,8 @@ class EventCards:
         channel_id = event.entries_channel_id if in_thread else event.channel_id
         allowed = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(u) for u in mention])
         try:
-            return await self._channel(event, channel_id).send(text, allowed_mentions=allowed, **extra)  # type: ignore[arg-type]
+            channel = self._channel(event, channel_id)
+            return await channel.send(text, allowed_mentions=allowed, **extra)  # type: ignore[arg-type]
         except discord.HTTPException as exc:
             log.warning("event message not sent", extra={"event_id": event.event_id, "status": exc.status})
             return None

@@ -133,7 +133,8 @@ class EventCloser:
             await self.store.set_event_fields(event.event_id, gallery_message_id=message.id)
             await self.cards.finish(event, entries=len(ranked), standings=ranked, gallery_url=message.jump_url)
             if event.thread_id:
-                await self.cards.say(event, f"🏁 The event has closed. The gallery and the winners: {message.jump_url}")
+                await self.cards.say(event, f"🏁 The event has closed. The gallery and the winners: "
+                                            f"{message.jump_url}")
             return True
 
     async def redraw(self, event: StyleEvent) -> None:
@@ -179,7 +180,8 @@ class EventCloser:
 
 
 def _closing_text(event: StyleEvent, ranked: list[Standing], waiting: int) -> str:
-    lines = [f"🏁 **{clip(event.title, 100)}** has closed with {len(ranked)} entr{'y' if len(ranked) == 1 else 'ies'}."]
+    entries = "entry" if len(ranked) == 1 else "entries"
+    lines = [f"🏁 **{clip(event.title, 100)}** has closed with {len(ranked)} {entries}."]
     if ranked:
         lines.append("Standings (votes were hidden until now):")
         lines += [f"{s.place}. <@{s.entry.user_id}> · {gallery_caption(s).rsplit(' · ', 1)[1]}"

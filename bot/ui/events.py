@@ -29,7 +29,6 @@ from bot.render.words import clip
 from bot.service.events import EventBook
 from bot.service.scheduler import Scheduler
 from bot.service.server_settings import ServerSettings
-from bot.store.errors import StoreError
 from bot.store.job_store import JobStore
 from bot.ui.access import servers_only
 from bot.ui.errors import answer_error
@@ -87,8 +86,6 @@ class EventHost:
 
     # ------------------------------------------------------------------ registering
 
-    # ------------------------------------------------------------------ registering
-
     def register(self, tree: app_commands.CommandTree) -> None:
         menu = app_commands.ContextMenu(name="Enter in event", callback=self.enter_from_message)
         menu.guild_only = True
@@ -140,11 +137,13 @@ class EventHost:
 
     # ------------------------------------------------------------------ entering
 
-    async def _check_entry(self, event: StyleEvent, user_id: int) -> None:
-        """Refuse an entry the event does not take now (closed, or the member's entries used up)."""
+    async def _check_entry(self, event: StyleEvent, user_id: int, holding: int = 0) -> None:
+        """Refuse an entry the event does not take now (closed, or the member's entries used up,
+        counting those being checked now; ``holding``: this one is among them)."""
         if not event.is_open or time.time() >= event.closes_at:
             raise closed_refusal(event)
-        made = await self.store.entries_of(event.event_id, user_id) + self._entering.get((event.event_id, user_id), 0)
+        made = (await self.store.entries_of(event.event_id, user_id)
+                + self._entering.get((event.event_id, user_id), 0) - holding)
         if made >= event.per_member:
             each = "one entry" if event.per_member == 1 else f"{event.per_member} entries"
             raise EventRefused(f"This event takes {each} per member, and you have entered already. Delete an entry "
@@ -178,20 +177,26 @@ class EventHost:
             await interaction.followup.send(_NOT_HERE, ephemeral=True)
             return
         key = (event.event_id, interaction.user.id)
+        self._entering[key] = self._entering.get(key, 0) + 1  # held before the check: two forms at once are two
         try:
-            await self._check_entry(event, interaction.user.id)
-        except Refused as exc:
-            await interaction.followup.send(str(exc), ephemeral=True)
-            return
-        self._entering[key] = self._entering.get(key, 0) + 1
-        try:
-            request = JobRequest(event.preset, channel_id=event.entries_channel_id,
+            try:
+                await self._check_entry(event, interaction.user.id, holding=1)
+            except Refused as exc:
+                await interaction.followup.send(str(exc), ephemeral=True)
+                return
+
+            async def record(job: Job) -> None:  # before the job is in line, so it is an entry from its start
+                await self.book.add(self._entry(interaction, event, job))
+
+            request = JobRequest(event.preset, channel_id=event.entries_channel_id, on_accepted=record,
                                  notes=[f"🎨 Your entry in **{clip(event.title, 80)}**: it appears in <#"
                                         f"{event.entries_channel_id}> when painted, with a ⭐ Vote button."])
             job = await self.starter.start(interaction, request, lambda admission: self._gather(
                 admission, event, picture))
             if job is not None:
-                await self._entered(interaction, event, job)
+                log.info("event entry", extra={"event_id": event.event_id, "job_id": job.job_id,
+                                               "user_id": interaction.user.id})
+                self.cards.entries_changed(event)
         finally:
             left = self._entering.get(key, 1) - 1
             if left:
@@ -212,17 +217,11 @@ class EventHost:
                                 "host.")
         return JobInputs(content, style_png, event.style_label)
 
-    async def _entered(self, interaction: discord.Interaction, event: StyleEvent, job: Job) -> None:
+    @staticmethod
+    def _entry(interaction: discord.Interaction, event: StyleEvent, job: Job) -> Entry:
         member = interaction.user
-        entry = Entry(event_id=event.event_id, job_id=job.job_id, user_id=member.id,
-                      author=clip(getattr(member, "display_name", None) or member.name, 40), entered_at=time.time())
-        try:
-            await self.book.add(entry)
-        except StoreError:  # the job runs and is delivered all the same; it is just not in the event
-            log.exception("an entry could not be recorded", extra={"event_id": event.event_id, "job_id": job.job_id})
-            return
-        log.info("event entry", extra={"event_id": event.event_id, "job_id": job.job_id, "user_id": member.id})
-        self.cards.entries_changed(event)
+        return Entry(event_id=event.event_id, job_id=job.job_id, user_id=member.id,
+                     author=clip(getattr(member, "display_name", None) or member.name, 40), entered_at=time.time())
 
     # ------------------------------------------------------------------ voting and deleting
 

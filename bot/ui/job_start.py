@@ -53,6 +53,9 @@ class JobRequest:
     # Post the status message and the result in this channel, never through the interaction
     # (a style event's entries go to its thread); None: where the command was used.
     channel_id: int | None = None
+    # Called once the job is recorded, before it is put in line (a style event records its entry
+    # then, before the job can finish); a StoreError there refuses the job.
+    on_accepted: Callable[[Job], Awaitable[None]] | None = None
 
 
 # Gathers a request's pictures once its turn to be checked came.
@@ -88,7 +91,7 @@ class JobStarter:
                 async with self.checker.admit(interaction.user.id, interaction.guild_id) as admission:
                     inputs = await gather(admission)
                 job = self._new_job(interaction, request, inputs)
-                await self._accept(job, hold)
+                await self._accept(job, hold, request.on_accepted)
         except Refused as exc:
             log.info("stylize refused", extra={"user_id": interaction.user.id, "guild_id": interaction.guild_id,
                                                "reason": str(exc), "why": exc.reason, "remix": request.remix})
@@ -104,7 +107,8 @@ class JobStarter:
             await interaction.edit_original_response(content="\n".join(accepted))
         except discord.HTTPException:
             pass  # only the private acknowledgement is lost
-        message_id = await self._post_status(interaction, job, text, reply_to, in_channel=request.channel_id is not None)
+        message_id = await self._post_status(interaction, job, text, reply_to,
+                                             in_channel=request.channel_id is not None)
         self.messenger.attach(job, message_id, text if message_id is not None else None)
         return job
 
@@ -153,7 +157,7 @@ class JobStarter:
         self.settings.check_preset(guild_id, preset)
         return preset
 
-    async def _accept(self, job: Job, hold: Hold) -> None:
+    async def _accept(self, job: Job, hold: Hold, on_accepted: Callable[[Job], Awaitable[None]] | None = None) -> None:
         """Record ``job`` (with its pictures), then put it in line in the place ``hold`` kept; raises Refused."""
         try:
             await self.ledger.accept(job, daily_limit=self.settings.daily_limit(job.guild_id),
@@ -173,6 +177,15 @@ class JobStarter:
             log.exception("a job could not be recorded; refusing it", extra={"job_id": job.job_id})
             raise StorageUnavailable("The bot cannot record new jobs right now (the operator can see why in "
                                      "its logs). Please try again later.") from None
+        if on_accepted is not None:
+            try:
+                await on_accepted(job)
+            except StoreError:
+                log.exception("a job's companion record could not be written; refusing it",
+                              extra={"job_id": job.job_id})
+                await self.ledger.discard(job)
+                raise StorageUnavailable("The bot cannot record new jobs right now (the operator can see why in "
+                                         "its logs). Please try again later.") from None
         try:
             self.scheduler.submit(job, hold)  # the line may have closed while the pictures were written
         except Refused:

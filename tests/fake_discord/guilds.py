@@ -268,7 +268,8 @@ class GuildsMixin:
             return _form_error("entity_type", "BASE_TYPE_CHOICES", "The fake only implements external events (3).")
         location = str((p.get("entity_metadata") or {}).get("location") or "")
         if not 1 <= len(location) <= 100:
-            return _form_error("entity_metadata.location", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+            return _form_error("entity_metadata.location", "BASE_TYPE_BAD_LENGTH",
+                               "Must be between 1 and 100 in length.")
         try:
             start = datetime.fromisoformat(str(p["scheduled_start_time"]))
             end = datetime.fromisoformat(str(p["scheduled_end_time"]))
