@@ -108,6 +108,11 @@ class DiscordConfig:
     dev_guild_ids: Annotated[tuple[Whole, ...], BeforeValidator(_env_list)] = ()
     interaction_ttl_s: Annotated[Number, Field(ge=1.0)] = 900.0  # how long Discord honours an interaction token
     interaction_margin_s: Annotated[Number, Field(ge=0.0)] = 60.0  # deliver by channel message when less is left
+    # Gateway shards in all (0: as many as Discord recommends) and those this process runs (empty: all)
+    shard_count: Annotated[Whole, Field(ge=0, le=100_000)] = 0
+    shard_ids: Annotated[tuple[Annotated[Whole, Field(ge=0)], ...], BeforeValidator(_env_list)] = ()
+    # REST calls a second the bot allows itself, interaction answers aside (Discord's global limit: 50)
+    calls_per_second: Annotated[Whole, Field(ge=1, le=50)] = 40
 
 
 @with_config(_TABLE)

@@ -215,6 +215,13 @@ def _check(config: Config) -> None:
         raise ConfigError(f"discord.gateway_url must start with ws:// or wss://, not {d.gateway_url!r}")
     if d.interaction_margin_s >= d.interaction_ttl_s:
         raise ConfigError("discord.interaction_margin_s must be smaller than discord.interaction_ttl_s")
+    if d.shard_ids and not d.shard_count:
+        raise ConfigError("discord.shard_ids needs discord.shard_count: the shard count of the whole bot")
+    if any(i >= d.shard_count for i in d.shard_ids):
+        raise ConfigError(f"discord.shard_ids must be below discord.shard_count ({d.shard_count}), "
+                          f"not {list(d.shard_ids)}")
+    if len(set(d.shard_ids)) != len(d.shard_ids):
+        raise ConfigError("discord.shard_ids lists a shard twice")
     weights = config.engine.weights
     if not weights:
         raise ConfigError("engine.weights must be imagenet, random or the path of a weights file")

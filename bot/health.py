@@ -1,8 +1,9 @@
 """Health and metrics: ``/healthz`` and ``/metrics`` (Prometheus) on a small aiohttp server.
 
 Off by default; ``[health] port`` turns it on. ``/healthz`` answers 200 with a JSON body when
-the gateway is connected, at least one worker is alive and the job store can be written,
-503 (same body, saying which check failed) otherwise. ``/metrics`` is the Prometheus text
+no gateway shard of this process has been down for more than a minute (a reconnect is not an
+outage), at least one worker is alive and the job store can be written, 503 (same body,
+saying which check failed, and each shard's state) otherwise. ``/metrics`` is the Prometheus text
 format from :class:`Metrics`, which keeps its own registry (several bots in one test process
 do not share counters).
 
@@ -18,7 +19,14 @@ Metrics (all prefixed ``stylebot_``):
   invalid_input, timeout, worker_died, out_of_memory, shutdown, error);
 * ``job_duration_seconds``: histogram of finished jobs, from start on a worker to the result;
 * ``deliveries_total{path}``: messages that reached a requester, by path (interaction,
-  channel, dm); ``delivery_failures_total``: results or notices no path could deliver.
+  channel, dm); ``delivery_failures_total``: results or notices no path could deliver;
+* ``discord_calls_total{kind}``: REST calls sent to Discord: ``urgent`` and ``background``
+  (status edits) took a slot in the call budget; ``interaction`` (answers through an
+  interaction's webhook) and ``callback`` (deferrals) are outside Discord's global limit;
+  ``discord_rate_limited_total{route,scope}``: 429 answers; ``discord_calls_waiting``: calls
+  waiting for a slot in the budget (:mod:`bot.service.call_budget`);
+* ``shard_connected{shard}``, ``shard_latency_seconds{shard}``, ``shard_guilds{shard}``: each
+  of this process's gateway shards.
 """
 
 from __future__ import annotations
@@ -37,22 +45,25 @@ from nst_core.pool.base import FAILURE_KINDS
 
 from bot.core.job import ROUTES
 from bot.core.refusals import REASONS
+from bot.core.shards import ShardStatus
 
-__all__ = ["Metrics", "HealthServer", "HealthCheck", "OUTCOMES", "PATHS", "REFUSALS"]
+__all__ = ["Metrics", "HealthServer", "HealthCheck", "OUTCOMES", "PATHS", "REFUSALS", "DISCORD_CALL_KINDS"]
 
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("finished", *FAILURE_KINDS)
 PATHS = ROUTES
 REFUSALS = REASONS  # every refusal class's label, shown at 0 from the start
+DISCORD_CALL_KINDS = ("urgent", "background", "interaction", "callback")
 _DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 
 class _Live:
     """Collector for values read at scrape time from the scheduler, the pool and the store."""
 
-    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+    def __init__(self, read: Callable[[], dict[str, float]], shards: Callable[[], list[ShardStatus]] | None) -> None:
         self._read = read
+        self._shards = shards
 
     def describe(self) -> list:
         return []  # nothing to read before the bot is fully built; names cannot clash anyway
@@ -66,18 +77,37 @@ class _Live:
         for name, help_text in (("queue_length", "Jobs waiting in line"),
                                 ("jobs_running", "Jobs running on a worker"),
                                 ("workers_alive", "Worker processes ready or busy"),
-                                ("spool_bytes", "Bytes of job files in the spool")):
+                                ("spool_bytes", "Bytes of job files in the spool"),
+                                ("discord_calls_waiting", "Discord calls waiting for a slot in the call budget")):
             if name in values:
                 yield GaugeMetricFamily(f"stylebot_{name}", help_text, value=values[name])
         if "worker_restarts" in values:
             yield CounterMetricFamily("stylebot_worker_restarts", "Replacement worker processes started",
                                       value=values["worker_restarts"])
+        if self._shards is not None:
+            yield from _shard_families(self._shards())
+
+
+def _shard_families(shards: list[ShardStatus]) -> Any:
+    connected = GaugeMetricFamily("stylebot_shard_connected", "1 while the gateway shard is connected",
+                                  labels=["shard"])
+    latency = GaugeMetricFamily("stylebot_shard_latency_seconds", "The shard's last heartbeat round trip",
+                                labels=["shard"])
+    guilds = GaugeMetricFamily("stylebot_shard_guilds", "Servers on the shard", labels=["shard"])
+    for shard in shards:
+        label = [str(shard.shard_id)]
+        connected.add_metric(label, 1.0 if shard.connected else 0.0)
+        if shard.latency_ms is not None:
+            latency.add_metric(label, shard.latency_ms / 1000.0)
+        guilds.add_metric(label, shard.guilds)
+    yield from (connected, latency, guilds)
 
 
 class Metrics:
     """The bot's Prometheus metrics; ``live`` returns the scrape-time values (see the module)."""
 
-    def __init__(self, live: Callable[[], dict[str, float]] | None = None) -> None:
+    def __init__(self, live: Callable[[], dict[str, float]] | None = None,
+                 shards: Callable[[], list[ShardStatus]] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.accepted = Counter("stylebot_jobs_accepted", "Jobs accepted into the line", registry=self.registry)
         self.refused = Counter("stylebot_requests_refused", "/stylize requests refused, by reason", ["reason"],
@@ -89,6 +119,12 @@ class Metrics:
                                   registry=self.registry)
         self.delivery_failures = Counter("stylebot_delivery_failures",
                                          "Results or notices that no path could deliver", registry=self.registry)
+        self.discord_calls = Counter("stylebot_discord_calls", "REST calls sent to Discord, by kind", ["kind"],
+                                     registry=self.registry)
+        self.rate_limited = Counter("stylebot_discord_rate_limited", "429 answers from Discord, by route and scope",
+                                    ["route", "scope"], registry=self.registry)
+        for kind in DISCORD_CALL_KINDS:
+            self.discord_calls.labels(kind)
         for outcome in OUTCOMES:  # every series exists from the start, at 0
             self.jobs.labels(outcome)
         for path in PATHS:
@@ -96,7 +132,7 @@ class Metrics:
         for reason in REFUSALS:
             self.refused.labels(reason)
         if live is not None:
-            self.registry.register(_Live(live))
+            self.registry.register(_Live(live, shards))
 
     def job_ended(self, outcome: str, seconds: float | None = None) -> None:
         self.jobs.labels(outcome if outcome in OUTCOMES else "error").inc()
@@ -105,6 +141,12 @@ class Metrics:
 
     def delivered(self, path: str) -> None:
         self.deliveries.labels(path).inc()
+
+    def discord_call(self, kind: str) -> None:
+        self.discord_calls.labels(kind).inc()
+
+    def discord_rate_limited(self, route: str, scope: str) -> None:
+        self.rate_limited.labels(route, scope).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

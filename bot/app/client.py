@@ -6,6 +6,14 @@ in line, undelivered results delivered), log in, sync commands (:mod:`bot.app.sy
 connect to the gateway, and start the worker pool in the background (jobs wait in line
 until it is warm). No privileged intents are used.
 
+The gateway is sharded (``AutoShardedClient``): as many shards as Discord recommends, or
+``[discord] shard_count`` with this process's ``shard_ids``. IDENTIFYs are spaced by
+Discord's ``max_concurrency`` (:class:`~bot.core.shards.IdentifyGate`), and each shard's
+state is followed for ``/healthz``, ``/metrics`` and ``/stylebot status``. Caches are kept
+small for a bot in many servers: guilds, their channels and roles (the GUILDS intent: what a
+permission check needs), no members, no chunking at start-up, no message cache. Every REST
+call takes a slot in the call budget (:mod:`bot.delivery.discord_calls`).
+
 Shutdown (SIGTERM or SIGINT): stop taking jobs, let running jobs finish (``[shutdown]
 running_jobs = "finish"``, within ``timeout_s``) or stop them (``"cancel"``), deliver what is
 pending, then close. Jobs still waiting, and running jobs that were stopped, are paused, not
@@ -16,7 +24,9 @@ failed: their requesters are told, the job store keeps them, and the next start 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import math
 from typing import Any, Awaitable, Callable
 
 import discord
@@ -28,12 +38,15 @@ from bot.app.recovery import recover
 from bot.app.sync import sync_commands
 from bot.config import Config
 from bot.core.events import Fanout
+from bot.core.shards import DOWN_TOO_LONG_S, IdentifyGate, ShardStatus, ShardWatch
+from bot.delivery.discord_calls import CallTracer
 from bot.delivery.messenger import Messenger
 from bot.health import HealthServer, Metrics
 from bot.intake.library import StyleLibrary
 from bot.intake.uploads import UploadChecker
 from bot.render.event_card import EventButton, VoteButton
 from bot.render.views import ButtonClient, CancelButton, ResultButton
+from bot.service.call_budget import CallBudget, Priority, calls_as
 from bot.service.events import EventBook
 from bot.service.ledger import Ledger
 from bot.service.scheduler import Scheduler
@@ -62,7 +75,18 @@ class StyleBot(ButtonClient):
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # no voice here: no warning
         intents = discord.Intents.none()
         intents.guilds = True  # channel and permission data; nothing privileged
-        super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
+        gateway = config.discord
+        self.metrics = Metrics(live=self._live_metrics, shards=self.shard_statuses)
+        self.call_budget = CallBudget(gateway.calls_per_second)
+        tracer = CallTracer(self.call_budget, api_base=lambda: discord.http.Route.BASE, metrics=self.metrics)
+        super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none(),
+                         http_trace=tracer.trace_config(),
+                         shard_count=gateway.shard_count or None, shard_ids=list(gateway.shard_ids) or None,
+                         member_cache_flags=discord.MemberCacheFlags.none(), chunk_guilds_at_startup=False,
+                         max_messages=None)
+        self._serve_interactions_as_their_server()
+        self.shard_watch = ShardWatch()
+        self.identify_gate = IdentifyGate()  # max_concurrency 1 until Discord says more (setup_hook)
         self.config = config
         self.force_sync = force_sync
         self.tree = app_commands.CommandTree(self)
@@ -70,7 +94,6 @@ class StyleBot(ButtonClient):
         self.pool, self.store, self.checker, self._new_pool = pool, store, checker, new_pool
         storage, limits = config.storage, config.limits
         # The one place the parts are made and joined, each before whatever uses it.
-        self.metrics = Metrics(live=self._live_metrics)
         self.ledger = Ledger(self.store)
         self.scheduler = Scheduler(self.pool, self.ledger, per_user_waiting=limits.per_user_waiting,
                                    queue_max=limits.queue_max, per_guild_waiting=limits.per_guild_waiting,
@@ -80,7 +103,7 @@ class StyleBot(ButtonClient):
         self.messenger = Messenger(self, self.ledger, edit_interval_s=config.progress.edit_interval_s,
                                    interaction_ttl_s=config.discord.interaction_ttl_s,
                                    interaction_margin_s=config.discord.interaction_margin_s,
-                                   metrics=self.metrics, delivery=config.delivery,
+                                   metrics=self.metrics, delivery=config.delivery, budget=self.call_budget,
                                    retention_s=storage.retention_hours * 3600.0,
                                    result_view=ResultViews(store=self.store, settings=self.settings,
                                                            max_strength=limits.max_strength,
@@ -94,7 +117,7 @@ class StyleBot(ButtonClient):
                               settings=self.settings, checker=self.checker, scheduler=self.scheduler)
         self.event_host, self._event_closer = events.host, events.closer  # the event buttons' handlers
         StyleCommands(config, scheduler=self.scheduler, starter=starter, gatherer=gatherer,
-                      settings=self.settings, events=events.starter).register(self.tree)
+                      settings=self.settings, shards=self.shard_statuses, events=events.starter).register(self.tree)
         MessageCommands(starter, gatherer, checker=self.checker, store=self.store,
                         api_base=config.discord.api_base).register(self.tree)
         events.host.register(self.tree)
@@ -108,8 +131,20 @@ class StyleBot(ButtonClient):
         self._shut_down = False
         self._pool_started = False  # start() is called once a pool, even if its supervisor restarts the loop
 
+    def _serve_interactions_as_their_server(self) -> None:
+        """Each interaction's handlers run in tasks made while its event is parsed; they copy
+        the context, so their Discord calls count as their server's urgent calls in the budget."""
+        parsers = self._connection.parsers
+        parse = parsers["INTERACTION_CREATE"]
+
+        def parse_interaction(data: Any) -> None:
+            with calls_as(Priority.URGENT, int(data.get("guild_id") or 0)):
+                parse(data)
+        parsers["INTERACTION_CREATE"] = parse_interaction
+
     async def setup_hook(self) -> None:
         self.add_dynamic_items(CancelButton, ResultButton, EventButton, VoteButton)
+        await self._learn_gateway()
         # Before the gateway connects: jobs from before a restart go back in line ahead of new ones.
         await self.settings.load()
         await self.events.load()
@@ -118,6 +153,50 @@ class StyleBot(ButtonClient):
         self._supervise("store-purge", self._purge)
         self._supervise("workers", self._run_workers)
         await sync_commands(self, self.tree, self.config, force=self.force_sync)
+
+    async def _learn_gateway(self) -> None:
+        """Ask Discord for the recommended shard count and the identify concurrency."""
+        try:
+            recommended, _, limits = await self.http.get_bot_gateway()
+        except (discord.HTTPException, discord.GatewayNotFound, OSError) as exc:
+            log.warning("gateway information unavailable; identifying one shard at a time",
+                        extra={"error": str(exc)})
+            return
+        if self.shard_count is None:
+            self.shard_count = recommended
+        self.identify_gate = IdentifyGate(int(limits.get("max_concurrency", 1)))
+        self.shard_watch.expect(self.shard_ids or range(self.shard_count))
+        log.info("gateway", extra={"shard_count": self.shard_count, "recommended": recommended,
+                                   "shard_ids": list(self.shard_ids or range(self.shard_count)),
+                                   "max_concurrency": self.identify_gate.max_concurrency,
+                                   "session_starts_left": limits.get("remaining")})
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        waited = await self.identify_gate.wait_turn(shard_id or 0)
+        log.info("identifying", extra={"shard_id": shard_id, "waited_s": round(waited, 2)})
+
+    async def on_shard_connect(self, shard_id: int) -> None:
+        self.shard_watch.connected(shard_id)
+
+    async def on_shard_resumed(self, shard_id: int) -> None:
+        self.shard_watch.connected(shard_id)
+
+    async def on_shard_disconnect(self, shard_id: int) -> None:
+        self.shard_watch.disconnected(shard_id)
+        log.warning("gateway shard disconnected", extra={"shard_id": shard_id})
+
+    def shard_statuses(self) -> list[ShardStatus]:
+        """This process's shards now: connected, latency, servers."""
+        guilds = collections.Counter(guild.shard_id for guild in self.guilds)
+        statuses = []
+        for shard_id in self.shard_watch.shard_ids:
+            down_for = self.shard_watch.down_for(shard_id)
+            info = self.get_shard(shard_id)
+            latency = info.latency if info is not None and down_for is None else math.nan
+            statuses.append(ShardStatus(shard_id, connected=down_for is None,
+                                        latency_ms=round(latency * 1000, 1) if math.isfinite(latency) else None,
+                                        guilds=guilds[shard_id], down_for_s=down_for))
+        return statuses
 
     def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """Run a background loop for the bot's lifetime: a failure is logged and the loop
@@ -149,14 +228,18 @@ class StyleBot(ButtonClient):
         stats = self.pool.stats()
         return {"queue_length": len(self.scheduler.line), "jobs_running": len(self.scheduler.running()),
                 "workers_alive": stats.workers_alive, "worker_restarts": stats.restarts,
-                "spool_bytes": self.store.spool_bytes}
+                "spool_bytes": self.store.spool_bytes, "discord_calls_waiting": self.call_budget.waiting}
 
     async def health_checks(self) -> dict[str, dict[str, Any]]:
         """What ``/healthz`` reports: gateway connected, workers alive, job store writable."""
-        ws = self.ws
-        gateway = {"ok": bool(self.is_ready() and not self.is_closed() and ws is not None and ws.open)}
-        if gateway["ok"]:
-            gateway["latency_ms"] = round(self.latency * 1000, 1)
+        shards = self.shard_statuses()
+        gateway: dict[str, Any] = {
+            # a shard reconnecting is not an outage; one down for a minute is (or none known after one)
+            "ok": (not any(shard.down_too_long for shard in shards) if shards
+                   else self.shard_watch.age_s() <= DOWN_TOO_LONG_S),
+            "shards": [{"id": shard.shard_id, "connected": shard.connected, "latency_ms": shard.latency_ms,
+                        "guilds": shard.guilds, "down_for_s": None if shard.down_for_s is None
+                        else round(shard.down_for_s, 1)} for shard in shards]}
         workers: dict[str, Any] = {"ok": self.scheduler.pool_ready and self.pool.workers_alive > 0,
                                    "alive": self.pool.workers_alive, "capacity": self.pool.capacity,
                                    "starting": not self.scheduler.pool_ready and self.scheduler.accepting
@@ -171,7 +254,8 @@ class StyleBot(ButtonClient):
         return {"gateway": gateway, "workers": workers, "store": store}
 
     async def on_ready(self) -> None:
-        log.info("connected", extra={"user": str(self.user), "guilds": len(self.guilds)})
+        log.info("connected", extra={"user": str(self.user), "guilds": len(self.guilds),
+                                     "shards": self.shard_watch.shard_ids})
 
     async def _run_workers(self) -> None:
         """Start the pool, then follow it: while no worker can start, ``/stylize`` refuses at

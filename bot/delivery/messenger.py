@@ -25,6 +25,7 @@ from bot.service.ledger import Ledger
 from bot.delivery.outbox import Outbox, Sent
 from bot.delivery.status import StatusBoard, log_failure
 from bot.render.views import cancel_view
+from bot.service.call_budget import CallBudget, Priority, calls_as
 
 if TYPE_CHECKING:
     from bot.health import Metrics
@@ -40,11 +41,12 @@ class Messenger:
     def __init__(self, client: discord.Client, ledger: Ledger, *, edit_interval_s: float, interaction_ttl_s: float,
                  interaction_margin_s: float, metrics: "Metrics | None" = None,
                  delivery: DeliveryConfig | None = None, retention_s: float = 7 * 86400.0,
-                 result_view: Callable[[Job], discord.ui.View | None] | None = None) -> None:
+                 result_view: Callable[[Job], discord.ui.View | None] | None = None,
+                 budget: CallBudget | None = None) -> None:
         self.ledger = ledger
         self.metrics = metrics
         self.board = StatusBoard(client, edit_interval_s=edit_interval_s, interaction_ttl_s=interaction_ttl_s,
-                                 interaction_margin_s=interaction_margin_s)
+                                 interaction_margin_s=interaction_margin_s, budget=budget)
         self.outbox = Outbox(client, ledger, self.board, delivery=delivery, metrics=metrics,
                              retention_s=retention_s, spawn=self.spawn, result_view=result_view)
         self._tasks: set[asyncio.Task] = set()
@@ -139,8 +141,10 @@ class Messenger:
     # -- background work
 
     def spawn(self, coro: Awaitable[Any], job: Job) -> None:
-        """Run ``coro`` (a delivery for ``job``) in the background; :meth:`drain` waits for it."""
-        task = asyncio.get_running_loop().create_task(coro, name=f"deliver-{job.job_id}")  # type: ignore[arg-type]
+        """Run ``coro`` (a delivery for ``job``) in the background; :meth:`drain` waits for it.
+        Its Discord calls are urgent ones of the job's server in the call budget."""
+        with calls_as(Priority.URGENT, job.guild_id or 0):  # the task copies this context
+            task = asyncio.get_running_loop().create_task(coro, name=f"deliver-{job.job_id}")  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(log_failure)

@@ -2,7 +2,11 @@
 
 :class:`StatusBoard` keeps each job's message current through a :class:`StatusUpdater` (the
 latest text wins, at most one edit per ``edit_interval_s``, because Discord rate-limits
-edits). An edit goes through the interaction's webhook while its token is valid, then through
+edits). Progress and place-in-line edits are background calls in the bot's budget of Discord
+calls (:mod:`bot.service.call_budget`): each waits for a slot *before* its text is chosen, so
+an edit that waited sends the newest text, and the ones overtaken meanwhile are never sent.
+The last edit of a job (done, failed, cancelled) is urgent: the result follows it.
+An edit goes through the interaction's webhook while its token is valid, then through
 the channel (the bot may edit its own message there). Texts come from :mod:`bot.render.words`.
 """
 
@@ -18,6 +22,7 @@ import discord
 
 from bot.render import words
 from bot.core.job import Job
+from bot.service.call_budget import CallBudget, Caller, Priority, calls_as, prepaid
 
 __all__ = ["StatusBoard", "StatusUpdater", "token_usable", "log_failure"]
 
@@ -46,10 +51,13 @@ class StatusUpdater:
     """
 
     def __init__(self, edit: Callable[[str, bool], Awaitable[bool]], interval: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, budget: CallBudget | None = None,
+                 guild_id: int = 0) -> None:
         self._edit = edit  # (text, final) -> False when the message can no longer be edited
         self._interval = interval
         self._clock = clock
+        self._budget = budget
+        self._guild_id = guild_id
         self._wanted: str | None = None
         self._shown: str | None = None
         self._final = False
@@ -109,24 +117,54 @@ class StatusUpdater:
                     except asyncio.TimeoutError:
                         pass
             self._changed.clear()
-            text, final = self._wanted, self._final
-            if text is not None and (text != self._shown or final) and not self._gone:
+            if self._due():
+                # the slot first: texts that arrive meanwhile replace this one
+                priority = await self._take_slot()
+                text, final = self._wanted, self._final
                 try:
-                    if not await self._edit(text, final):
-                        self._gone = True
+                    with calls_as(priority, self._guild_id), prepaid(1 if self._budget is not None else 0):
+                        if not await self._edit(text or "", final):
+                            self._gone = True
                 except Exception:
                     log.exception("status edit failed")
                 self._shown, self._last = text, self._clock()
-            if final:
-                return
+                if final:
+                    return
+            elif self._final:
+                return  # the message is gone: nothing more to show
+
+    async def _take_slot(self) -> Priority:
+        """Wait for a slot in the call budget: a background one for a progress or place edit,
+        an urgent one for the last edit, also when it arrives while a background one is awaited."""
+        if self._final or self._budget is None:
+            if self._budget is not None:
+                await self._budget.take(Caller(Priority.URGENT, self._guild_id))
+            return Priority.URGENT
+        background = asyncio.ensure_future(self._budget.take(Caller(Priority.BACKGROUND, self._guild_id)))
+        final = asyncio.ensure_future(self._final_set.wait())
+        try:
+            await asyncio.wait({background, final}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            final.cancel()
+        if background.done() and not background.cancelled() and background.exception() is None:
+            return Priority.BACKGROUND
+        background.cancel()
+        await asyncio.gather(background, return_exceptions=True)
+        await self._budget.take(Caller(Priority.URGENT, self._guild_id))
+        return Priority.URGENT
+
+    def _due(self) -> bool:
+        """Whether the wanted text still has to be sent."""
+        return self._wanted is not None and (self._wanted != self._shown or self._final) and not self._gone
 
 
 class StatusBoard:
     """Every job's status message: its text (header and current line) and its edits."""
 
     def __init__(self, client: discord.Client, *, edit_interval_s: float, interaction_ttl_s: float,
-                 interaction_margin_s: float) -> None:
+                 interaction_margin_s: float, budget: CallBudget | None = None) -> None:
         self.client = client
+        self.budget = budget
         self.edit_interval_s = edit_interval_s
         self.ttl_s = interaction_ttl_s
         self.margin_s = interaction_margin_s
@@ -145,7 +183,8 @@ class StatusBoard:
         if updater is None:
             async def edit(text: str, final: bool) -> bool:
                 return await self._edit_status(job, job.status_message_id, text, final)
-            updater = self._updaters[job.job_id] = StatusUpdater(edit, self.edit_interval_s)
+            updater = self._updaters[job.job_id] = StatusUpdater(edit, self.edit_interval_s, budget=self.budget,
+                                                                 guild_id=job.guild_id or 0)
             header = words.status_header(job.job_id, job.preset, _styles(job))
             if job.parent_id:
                 header += "\n" + words.remix_line(job.remix, job.parent_id)

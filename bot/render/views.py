@@ -22,7 +22,7 @@ class ButtonHandlers(Protocol):
     async def press(self, interaction: discord.Interaction, action: str, job_id: str) -> None: ...
 
 
-class ButtonClient(discord.Client):
+class ButtonClient(discord.AutoShardedClient):
     """A client whose buttons' presses go to :attr:`buttons` (None until it is wired)."""
 
     buttons: ButtonHandlers | None = None

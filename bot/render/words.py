@@ -13,6 +13,7 @@ import math
 from typing import Any, Sequence
 
 from bot.core.line import GuildLine, LineStatus
+from bot.core.shards import ShardStatus
 
 __all__ = [
     "format_duration", "format_bytes", "progress_bar", "time_left", "status_header", "waiting_line",
@@ -204,6 +205,21 @@ def line_status_text(status: LineStatus, guild: GuildLine | None = None) -> str:
                      f"{guild.per_guild_waiting} waiting{where}")
     if not status.accepting:
         lines.append("The bot is shutting down and not taking new jobs.")
+    return "\n".join(lines)
+
+
+def gateway_text(shards: list[ShardStatus], shard_count: int, guild_shard: int) -> str:
+    """``/stylebot status``: the gateway shards, in one line unless some are down."""
+    mine = next((shard for shard in shards if shard.shard_id == guild_shard), None)
+    latency = f", {mine.latency_ms:.0f} ms" if mine is not None and mine.latency_ms is not None else ""
+    down = [shard for shard in shards if not shard.connected]
+    total = f"{shard_count} shard{'s' if shard_count != 1 else ''}"
+    if len(shards) < shard_count:
+        total += f" ({len(shards)} in this process)"
+    state = "all connected" if not down else f"{len(shards) - len(down)} connected"
+    lines = [f"**Gateway:** {total}, {state}; this server is on shard {guild_shard}{latency}"]
+    lines += [f"Shard {shard.shard_id} is reconnecting (down for {format_duration(shard.down_for_s or 0.0)})"
+              for shard in down[:5]]
     return "\n".join(lines)
 
 

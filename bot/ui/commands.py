@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+from typing import Callable
 
 import discord
 from discord import app_commands
 
 from bot.config import Config
 from bot.core.refusals import ChannelNotAllowed, UploadProblem
+from bot.core.shards import ShardStatus, shard_of
 from bot.intake.uploads import Admission
 from bot.render import words
 from bot.service.scheduler import Scheduler
@@ -45,6 +47,10 @@ class StylebotGroup(app_commands.Group, name="stylebot", description="Style bot 
     async def status(self, interaction: discord.Interaction) -> None:
         scheduler = self.style_commands.scheduler
         text = words.line_status_text(scheduler.status(), scheduler.guild_status(interaction.guild_id))
+        shards = self.style_commands.shards()
+        if shards:
+            count = interaction.client.shard_count or 1
+            text += "\n" + words.gateway_text(shards, count, shard_of(interaction.guild_id or 0, count))
         await interaction.response.send_message(text, ephemeral=True)
 
     @app_commands.command(name="styles", description="Show the style library: numbered, labelled thumbnails")
@@ -92,8 +98,10 @@ class StyleCommands:
     """``/stylize`` and the command groups; registers them on a command tree."""
 
     def __init__(self, config: Config, *, scheduler: Scheduler, starter: JobStarter, gatherer: PictureGatherer,
-                 settings: ServerSettings, events: EventStarter | None = None) -> None:
+                 settings: ServerSettings, shards: Callable[[], list[ShardStatus]] = list,
+                 events: EventStarter | None = None) -> None:
         self.config = config
+        self.shards = shards  # this process's gateway shards, for /stylebot status
         self.events = events  # gives /stylebot its "event" group
         self.scheduler = scheduler
         self.starter = starter

@@ -18,6 +18,7 @@ from bot.core.event import Standing, StyleEvent
 from bot.delivery.status import log_failure
 from bot.render.event_card import STYLE_THUMB, card_embed, card_view
 from bot.render.words import clip
+from bot.service.call_budget import Priority, calls_as
 from bot.store.errors import StoreError
 from bot.store.job_store import JobStore
 
@@ -99,7 +100,8 @@ class EventCards:
         if event.event_id in self._refreshing or event.card_message_id is None:
             return
         self._refreshing.add(event.event_id)
-        task = asyncio.get_running_loop().create_task(self._refresh(event.event_id), name="event-card")
+        with calls_as(Priority.BACKGROUND, event.guild_id):  # the task copies this: a count can wait its turn
+            task = asyncio.get_running_loop().create_task(self._refresh(event.event_id), name="event-card")
         task.add_done_callback(log_failure)
 
     async def _refresh(self, event_id: str) -> None:

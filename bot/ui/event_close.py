@@ -22,6 +22,7 @@ import discord
 from bot.core.event import GALLERY_MOST, EventState, Standing, StyleEvent, standings
 from bot.render.gallery import GALLERY_BASENAME, gallery_caption, gallery_picture
 from bot.render.words import clip
+from bot.service.call_budget import Priority, calls_as
 from bot.service.events import EventBook
 from bot.service.scheduler import Scheduler
 from bot.store.errors import StoreError
@@ -64,10 +65,12 @@ class EventCloser:
                 log.exception("open events unreadable; trying again soon")
                 events, owed = [], []
             for event in [e for e in events if e.closes_at <= now]:
-                await self.close(event, by_user=None)
+                with calls_as(Priority.URGENT, event.guild_id):  # Discord calls for that server, in its turn
+                    await self.close(event, by_user=None)
             retry = False
             for event in owed:
-                retry |= not await self._gallery(event)
+                with calls_as(Priority.URGENT, event.guild_id):
+                    retry |= not await self._gallery(event)
             later = [e.closes_at for e in events if e.closes_at > now]
             wait = min([_IDLE_S, *(t - now for t in later)] + ([_RETRY_S] if retry else []))
             try:

@@ -126,6 +126,10 @@ def test_environment_overrides_any_key(tmp_path):
     ("[discord]\napi_base = 'discord.com'\n", {}, r"discord\.api_base must start with http"),
     ("[discord]\ndev_guild_ids = [1, 'x']\n", {}, r"discord\.dev_guild_ids\[1\] must be a whole number"),
     ("[pool]\ndevices = 'gpu'\n", {}, r"pool\.devices must be auto, cpu or GPU ids"),
+    ("[discord]\nshard_ids = [0, 1]\n", {}, r"discord\.shard_ids needs discord\.shard_count"),
+    ("[discord]\nshard_count = 4\nshard_ids = [3, 4]\n", {}, r"shard_ids must be below discord\.shard_count \(4\)"),
+    ("[discord]\nshard_count = 4\nshard_ids = [1, 1]\n", {}, r"discord\.shard_ids lists a shard twice"),
+    ("", {"NSTBOT_DISCORD__CALLS_PER_SECOND": "60"}, r"discord\.calls_per_second must be a whole number from 1 to 50"),
     ("[progress]\nedit_interval_s = true\n", {}, r"progress\.edit_interval_s must be a number"),
     ("", {"NSTBOT_LIMITS__PER_USER_WAITING": "two"},
      r"limits\.per_user_waiting must be a whole number.*\(set by NSTBOT_LIMITS__PER_USER_WAITING\)"),
@@ -166,6 +170,8 @@ def test_lists_from_the_environment_and_the_file_agree(tmp_path):
     for ids in ("123,456", " 123 , 456 ", "[123, 456]"):
         assert load_config(None, env={"NSTBOT_DISCORD__DEV_GUILD_IDS": ids}).discord.dev_guild_ids == (123, 456)
     assert load_config(None, env={"NSTBOT_DISCORD__DEV_GUILD_IDS": "42"}).discord.dev_guild_ids == (42,)
+    sharded = load_config(None, env={"NSTBOT_DISCORD__SHARD_COUNT": "8", "NSTBOT_DISCORD__SHARD_IDS": "4,5,6,7"})
+    assert (sharded.discord.shard_count, sharded.discord.shard_ids) == (8, (4, 5, 6, 7))
     assert load_config(None, env={"NSTBOT_DISCORD__DEV_GUILD_IDS": ""}).discord.dev_guild_ids == ()
     with pytest.raises(ConfigError, match=r"discord\.dev_guild_ids must be a list, not '1,2'$"):
         load_config(write(tmp_path, "[discord]\ndev_guild_ids = '1,2'\n"), env={})  # the file has real lists

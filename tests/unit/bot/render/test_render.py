@@ -345,3 +345,14 @@ async def test_status_updater_stops_editing_a_message_that_is_gone():
     updater.set("c", final=True)
     await updater.wait_closed(2)
     assert calls == ["a"]
+
+
+def test_gateway_text_names_the_servers_shard_and_the_shards_that_are_down():
+    from bot.core.shards import ShardStatus
+
+    up = [ShardStatus(0, True, 41.6, 250, None), ShardStatus(1, True, 38.0, 251, None)]
+    assert words.gateway_text(up, 2, 1) == "**Gateway:** 2 shards, all connected; this server is on shard 1, 38 ms"
+    half = [ShardStatus(2, True, 50.0, 240, None), ShardStatus(3, False, None, 245, 95.0)]
+    text = words.gateway_text(half, 4, 2)
+    assert text.startswith("**Gateway:** 4 shards (2 in this process), 1 connected; this server is on shard 2, 50 ms")
+    assert text.endswith("\nShard 3 is reconnecting (down for 2 min)")
