@@ -79,7 +79,6 @@ class EventStarter:
 
         return group
 
-
     async def start(self, interaction: discord.Interaction, title: str, duration: str, library_style: str | None,
                     style: discord.Attachment | None, preset: str | None, per_member: int) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)

@@ -190,6 +190,11 @@ async def test_a_server_paints_votes_survives_a_restart_and_gets_a_gallery(env: 
         "content": picture(fake), "style": picture(fake, STYLE_PNG, "style.png"), "preset": "fast"})
     job_of = {name: await accepted(inter) for name, inter in entries.items()}
     b_job_id = await accepted(b_job)
+    # The other server sees nothing of this server's event.
+    b_post = await fake.post_user_message(env.b_general, user="zed", attachments=[picture(fake)])
+    elsewhere = await fake.send_message_command("Enter in event", b_post, user="zed", guild=env.b,
+                                                channel=env.b_general)
+    assert "no open event in this channel" in await private_answer(elsewhere)
     assert all(f"<#{thread.id}>" in inter.original.content for inter in entries.values())
     # One entry per member (the default): a second Join is refused at once, privately.
     again = await fake.click_button(card, f"nstbot:event-join:{event_id}", user="alice")
