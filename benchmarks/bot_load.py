@@ -1,5 +1,8 @@
 """Load on the real bot process through the fake Discord (a script, not a test).
 
+With ``--shards N`` it runs the many-servers scenario instead (``--servers 1000 --shards 4``:
+a sharded bot in 1,000 servers, 3,000 commands in 60 s): see ``bot_scale.py``.
+
     python benchmarks/bot_load.py [--servers 40,10] [--commands 200] [--seconds 10] [--workers 1]
                                   [--queue-max 20] [--per-guild 10] [--per-user 2] [--hostile 20]
                                   [--attack 50] [--attack-victims 6]
@@ -761,9 +764,16 @@ async def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--servers", default="40,10", help="members per server, comma-separated (50: one server)")
-    parser.add_argument("--commands", type=int, default=200, help="0: skip phase 1")
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--servers", default=None,
+                        help="members per server, comma-separated (50: one server; default 40,10); with --shards: "
+                             "the number of servers (default 1000)")
+    parser.add_argument("--shards", type=int, default=0,
+                        help="run the many-servers scenario of bot_scale.py on this many shards instead")
+    parser.add_argument("--members", type=int, default=3, help="with --shards: members per server")
+    parser.add_argument("--max-concurrency", type=int, default=1, help="with --shards: Discord's identify concurrency")
+    parser.add_argument("--calls-per-second", type=int, default=40, help="with --shards: the bot's call budget")
+    parser.add_argument("--commands", type=int, default=None, help="0: skip phase 1 (default 200; with --shards 3000)")
+    parser.add_argument("--seconds", type=float, default=None, help="default 10 (with --shards 60)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--queue-max", type=int, default=20)
     parser.add_argument("--per-guild", type=int, default=10, help="[limits] per_guild_waiting")
@@ -783,4 +793,15 @@ if __name__ == "__main__":
                              "--attack-victims of server B's jobs)")
     parser.add_argument("--drain-timeout", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=5)
-    sys.exit(asyncio.run(main(parser.parse_args())))
+    arguments = parser.parse_args()
+    if arguments.shards:
+        from bot_scale import scale
+
+        arguments.servers = arguments.servers or "1000"
+        arguments.commands = 3000 if arguments.commands is None else arguments.commands
+        arguments.seconds = 60.0 if arguments.seconds is None else arguments.seconds
+        sys.exit(asyncio.run(scale(arguments)))
+    arguments.servers = arguments.servers or "40,10"
+    arguments.commands = 200 if arguments.commands is None else arguments.commands
+    arguments.seconds = 10.0 if arguments.seconds is None else arguments.seconds
+    sys.exit(asyncio.run(main(arguments)))

@@ -13,7 +13,7 @@ Pointing discord.py at the fake (in the bot process, before ``client.start``/``l
     await client.start(fake.bot_token)
 
 A plain ``Client`` never calls ``GET /gateway``; it connects to ``DEFAULT_GATEWAY``
-directly (``AutoShardedClient`` calls ``GET /gateway/bot``, also served).
+directly (``AutoShardedClient`` calls ``GET /gateway/bot``, also served: see Shards below).
 ``fake.env()`` returns ``DISCORD_TOKEN``, ``DISCORD_API_BASE``, ``DISCORD_GATEWAY_URL``,
 ``DISCORD_APPLICATION_ID``, ``DISCORD_GUILD_ID`` for a subprocess.
 
@@ -41,7 +41,8 @@ try to reconnect from).
 
 Construction: ``FakeDiscord(token_ttl=900.0, interaction_deadline=3.0, bot_token=None,
 bot_name="StyleBot", heartbeat_interval=41.25, attachment_size_limit=10 MiB, app_flags=0,
-allowed_privileged_intents=None, with_defaults=True)``.
+allowed_privileged_intents=None, with_defaults=True, shards=1, max_concurrency=1,
+rate_limits=None)``.
 
 * ``token_ttl``: seconds an interaction token is valid for webhook routes (followups,
   @original); afterwards they answer 401 ``{"code": 50027, "message": "Invalid Webhook Token"}``.
@@ -51,6 +52,10 @@ allowed_privileged_intents=None, with_defaults=True)``.
   the dispatch, else 404 ``10062 Unknown interaction`` (``None`` disables).
 * ``allowed_privileged_intents``: ``None`` records intents only; an int enforces, closing
   the gateway with 4014 when other privileged intents are requested.
+* ``shards`` / ``max_concurrency``: the shard count the gateway requires and the identify
+  concurrency it announces (see Shards below).
+* ``rate_limits``: a ``RateLimits(...)`` turns Discord's REST rate limits on (see Rate limits
+  below); ``None`` (the default) never limits and sends no ``X-RateLimit-*`` headers.
 * ``with_defaults``: one guild ``fake.guild`` ("Fake Guild"), one text channel
   ``fake.channel`` ("general"), users ``owner`` (guild owner; also the application owner),
   ``alice``, ``bob``, ``mod`` (has MANAGE_MESSAGES). The bot is a member with a managed role
@@ -65,7 +70,11 @@ the gateway with 4004.
 Entities (records in :mod:`fake_discord.models`; anywhere a user/channel/guild is expected
 you may pass the record, its id, or for users the username):
 
-* ``add_guild(name, id=None, owner=None, everyone_permissions=...) -> Guild``
+* ``add_guild(name, id=None, owner=None, everyone_permissions=..., shard=None) -> Guild``: ids are
+  snowflakes a millisecond apart so guilds spread over shards; ``shard`` picks an id on that shard.
+* ``add_guilds(count, members=3, name="Guild", shard=None) -> [Guild]``: many guilds at once, each
+  with a "general" text channel and *members* new users ``guild-<k>-member<j>`` (1,000 guilds with
+  3 members take ~30 ms; usernames are indexed, so ``user("guild-7-member0")`` is O(1)).
 * ``add_channel(name, guild=None, type=0, id=None, topic=None) -> Channel``
 * ``add_user(username, id=None, guild=None, join=True, permissions=0, roles=(), global_name=None,
   bot=False, nick=None, locale="en-US") -> User`` (``permissions`` creates and assigns a role)
@@ -204,16 +213,54 @@ session → op 9 ``false``); op 8 member requests answered; ``compress=zlib-stre
 (binary zlib frames with the sync-flush suffix). ``identify_payloads`` (token stripped),
 ``intents`` / ``privileged_intents`` (of the latest IDENTIFY), ``resume_payloads``,
 ``presence_updates``, ``gateway_received``, ``session`` / ``sessions``, ``await wait_ready()``,
-``await dispatch(event, data)`` (raw DISPATCH), ``await gateway_reconnect()`` (op 7),
-``await gateway_disconnect(code=4000)``.
+``await dispatch(event, data, shard=None)`` (raw DISPATCH; to the shard of ``data["guild_id"]``
+unless *shard* is given), ``await gateway_reconnect(shard=None)`` (op 7),
+``await gateway_disconnect(code=4000, shard=None)`` (the latest session's socket, or *shard*'s).
+
+Shards (``shards.py`` has the details): ``GET /gateway/bot`` answers ``"shards": N`` and
+``session_start_limit`` (``total`` 1000, ``remaining`` less one per accepted IDENTIFY,
+``reset_after``, ``max_concurrency``). An IDENTIFY without ``shard`` when N > 1, or with a count
+other than N, is closed with 4011 (discord.py raises ``ConnectionClosed`` with ``code == 4011``); a
+shard id ≥ its count with 4010. A guild is served by shard ``(guild_id >> 22) % N``, DMs by shard 0:
+each shard's READY (``shard: [id, N]``) lists only its guilds, GUILD_CREATE comes only for those,
+and every later guild event (interactions, members' messages, ``dispatch``) goes to the current
+session of the guild's shard. ``wait_ready(timeout=15, shards=None)`` waits for every shard (or
+those listed) and returns the lowest one's session. Test-facing: ``shard_count``,
+``max_concurrency``, ``shard_of(guild)``, ``guilds_on_shard(i)``, ``guild_on_shard(i, members=2)``
+(the first guild there, or a new one), ``shard_session(i)`` (current session),
+``sessions_by_shard()`` (``{i: [sessions, oldest first]}``; ``GatewaySession.shard_id``),
+``shard_identifies`` (``ShardIdentify(t, shard_id, shard_count, accepted, close_code,
+invalid_session, session_id)`` per IDENTIFY), ``identify_concurrency_violations(window=5.0)``
+(pairs of IDENTIFYs of one bucket ``shard_id % max_concurrency`` under 5 s apart; recorded, not
+refused), ``await take_shard_down(i)`` (closes its socket with 4000, then answers its RESUMEs and
+IDENTIFYs with op 9 until ``bring_shard_up(i)``), ``shards_down``. discord.py's
+``AutoShardedClient`` launches shards one by one and sleeps 5 s before every IDENTIFY but the
+first (``before_identify_hook``), ignoring ``max_concurrency`` unless the bot overrides the hook.
+
+Rate limits (``ratelimits.py`` has the details), with ``rate_limits=RateLimits(global_per_s=50,
+routes=discord_route_limits(), default=RouteLimit(50, 1.0), interaction_webhooks_global=False)``:
+a global limit of ``global_per_s`` requests in any 1 s over the calls made with the bot token
+(interaction callbacks and interaction-token webhooks exempt, as on Discord) and per-route
+buckets ``RouteLimit(limit, per, bucket=None)`` keyed by ``"METHOD /template"`` (e.g. ``"POST
+/channels/{channel_id}/messages"``: 5 per 5 s per channel) and the major parameters (channel,
+guild, webhook id + token). Admitted answers carry ``X-RateLimit-Limit/-Remaining/-Reset/
+-Reset-After/-Bucket``; refusals are 429 ``{"message", "retry_after", "global"}`` with
+``Retry-After``, ``X-RateLimit-Scope`` (``user``/``global``), ``X-RateLimit-Global: true`` for
+global ones, and ``Via``. discord.py sleeps before an exhausted route bucket and retries a 429
+after ``retry_after``, but does not pace itself against the global limit. ``rate_limited``
+lists every 429 as ``RateLimitHit(t, method, path, route, bucket, is_global, retry_after,
+scope)`` (injected 429s too, scope ``shared``); ``rate_limiter.config`` may be changed while
+running. ``calls_per_second(since=None, until=None, global_only=False) -> CallRate(peak, mean,
+total, seconds)``: the bot's API calls (CDN excluded, 429s included), the peak over any 1 s.
 
 Records / waiting: ``requests`` (every HTTP request as ``RequestRecord(method, path, query, t,
-json, files, status, response, fault, authorized)``), ``requests_to(path_regex, method=None)``,
+json, files, status, response, fault, authorized, api)``), ``requests_to(path_regex, method=None)``,
 ``unhandled`` (requests no route matched: 404), ``events`` (``Event(kind, t, data)``; kinds:
 request, fault, interaction_create, callback, followup, message_create, message_edit,
 message_delete, webhook_edit, token_rejected, commands_put, command_upsert, dm_channel,
 attachment_download, typing, reaction_add, gateway_connect, gateway_disconnect, gateway_op,
-gateway_dispatch, identify, ready, resumed), ``events_of(kind)``, ``messages`` (id → record),
+gateway_dispatch, identify, ready, resumed, rate_limited, shard_down, shard_up), ``events_of(kind)``,
+``messages`` (id → record),
 ``messages_in(channel, include_ephemeral=False, include_deleted=False, author=None)`` (every
 author's, oldest first; ``author=fake.bot_user`` or a username keeps one author's),
 ``dms_to(user)`` (the bot's DMs to *user*), ``interactions``, ``await wait_for(predicate,
@@ -222,13 +269,14 @@ returns its truthy value; raises ``asyncio.TimeoutError`` describing the last ev
 ``await wait_for_event(kind, predicate, timeout, since=None)``, ``await wait_for_message(channel=None,
 predicate=None, dm_to=None, from_bot=True)`` (the bot's messages unless ``from_bot=False``).
 
-Rate-limit headers are never sent (discord.py copes: it only reads them when
-``X-Ratelimit-Remaining`` is present). JSON bodies are sent with ``Content-Type:
+Without ``rate_limits`` no rate-limit headers are sent (discord.py copes: it only reads them
+when ``X-Ratelimit-Remaining`` is present). JSON bodies are sent with ``Content-Type:
 application/json`` exactly — discord.py ignores JSON labelled ``...; charset=utf-8``.
 
 Code layout: ``server.py`` assembles ``FakeDiscord`` from one mixin module per concern (its
-docstring lists them: gateway, guilds, messages, attachments, commands, interactions, webhooks,
-recording, faults); records and bit constants live in ``models.py``.
+docstring lists them: gateway, shards, guilds, messages, attachments, commands, interactions,
+webhooks, recording, faults) and the rate limiter (``ratelimits.py``); records and bit constants
+live in ``models.py``.
 """
 
 from .models import (
@@ -250,11 +298,15 @@ from .models import (
     StoredFile,
     User,
 )
+from .ratelimits import RateLimitHit, RateLimits, RouteLimit, discord_route_limits
+from .recording import CallRate
 from .server import FakeDiscord, FakeDiscordError, GatewaySession
+from .shards import ShardIdentify
 
 __all__ = [
     "ApplicationFlags",
     "AttachmentRecord",
+    "CallRate",
     "CallbackRecord",
     "Channel",
     "Event",
@@ -269,8 +321,13 @@ __all__ = [
     "MessageFlags",
     "MessageRecord",
     "Permissions",
+    "RateLimitHit",
+    "RateLimits",
     "RequestRecord",
     "Role",
+    "RouteLimit",
+    "ShardIdentify",
     "StoredFile",
     "User",
+    "discord_route_limits",
 ]

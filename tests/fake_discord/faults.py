@@ -27,12 +27,14 @@ class FaultsMixin:
         path otherwise (``/attachments/x.png``). ``method=None`` matches any method.
         ``delay`` sleeps first; ``status=None`` with a delay only delays, then serves normally.
         ``times=None`` = forever. ``status=429`` answers a proper rate-limit (``Via`` header,
-        ``retry_after`` body) that discord.py retries.
+        ``retry_after`` body, ``X-RateLimit-Scope: shared``) that discord.py retries; it is
+        recorded in ``fake.rate_limited`` with scope ``shared``.
         """
         headers: Dict[str, str] = {}
         if status == 429:
             headers["Via"] = "1.1 google"
             headers["Retry-After"] = str(retry_after)
+            headers["X-RateLimit-Scope"] = "shared"  # a resource's limit, not the bot's (fake.rate_limited)
             if body is None:
                 body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False,
                         "code": 0}

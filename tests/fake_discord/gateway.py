@@ -1,8 +1,9 @@
 """The fake gateway: the ``/gateway`` websocket, sessions, READY/GUILD_CREATE, dispatch, RESUME.
 
-HELLO → IDENTIFY (token and intents checked; closes 4004/4013/4014) → READY + one GUILD_CREATE per
-guild; heartbeats ACKed; RESUME replays the session's missed dispatches then RESUMED (unknown
-session → op 9); op 8 member requests answered with one GUILD_MEMBERS_CHUNK;
+HELLO → IDENTIFY (token, intents, shard checked; closes 4004/4013/4014, 4010/4011 — see
+``shards.py``) → READY + one GUILD_CREATE per guild of the session's shard; heartbeats ACKed;
+RESUME replays the session's missed dispatches then RESUMED (unknown session, or a shard taken
+down → op 9); op 8 member requests answered with one GUILD_MEMBERS_CHUNK;
 ``compress=zlib-stream`` honoured. Also ``GET /gateway`` and ``GET /gateway/bot``.
 """
 
@@ -10,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 import zlib
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from aiohttp import WSMsgType, web
 
 from .common import API_PREFIX, _json, log
 from .models import Intents
+from .shards import ShardIdentify
 
 
 class _GatewayConnection:
@@ -68,6 +71,8 @@ class GatewaySession:
         self.identify = identify
         self.intents: Optional[int] = identify.get("intents")
         self.shard = identify.get("shard")
+        #: the shard this session serves (0 unsharded)
+        self.shard_id: int = int(self.shard[0]) if self.shard else 0
         self.seq = 0
         self.buffer: List[Dict[str, Any]] = []
         self.connection: Optional[_GatewayConnection] = None
@@ -108,35 +113,49 @@ class GatewayMixin:
         """Privileged intent bits requested in the latest IDENTIFY (0 = none)."""
         return (self.intents or 0) & Intents.PRIVILEGED
 
-    async def wait_ready(self, timeout: float = 15.0) -> GatewaySession:
-        """Wait until a client identified and got READY + all GUILD_CREATEs."""
-        return await self.wait_for(lambda: self.session if (self.session and self.session.ready.is_set()
-                                                           and self.session.connected) else None,
-                                   timeout, what="gateway READY")
+    async def wait_ready(self, timeout: float = 15.0, *, shards: Optional[Iterable[int]] = None) -> GatewaySession:
+        """Wait until every shard (or those in *shards*) has a connected session that got READY and
+        all its GUILD_CREATEs; returns the session of the lowest such shard (unsharded: the session)."""
+        wanted = sorted(range(self.shard_count) if shards is None else shards)
 
-    async def dispatch(self, event: str, data: Any) -> int:
-        """Send a raw DISPATCH event to the current session; returns its sequence number."""
-        session = await self.wait_ready()
+        def ready() -> Optional[GatewaySession]:
+            sessions = [self._shard_sessions.get(i) for i in wanted]
+            if all(s is not None and s.ready.is_set() and s.connected for s in sessions):
+                return sessions[0]
+            return None
+        return await self.wait_for(ready, timeout, what=f"gateway READY on shard(s) {wanted}")
+
+    async def dispatch(self, event: str, data: Any, *, shard: Optional[int] = None) -> int:
+        """Send a raw DISPATCH event; returns its sequence number. It goes to *shard*'s session, by
+        default to the shard of ``data["guild_id"]`` (shard 0 without one)."""
+        if shard is None:
+            gid = data.get("guild_id") if isinstance(data, dict) else None
+            shard = self.shard_of(int(gid)) if gid else 0
+        session = await self.wait_ready(shards=[shard])
         return await session.dispatch(event, data)
 
-    async def gateway_reconnect(self) -> None:
-        """Send op 7 RECONNECT (discord.py then RESUMEs on a new connection)."""
-        if self.session and self.session.connection:
-            await self.session.connection.send({"op": 7, "d": None})
+    def _session_to_control(self, shard: Optional[int]) -> Optional[GatewaySession]:
+        return self.session if shard is None else self._shard_sessions.get(shard)
 
-    async def gateway_disconnect(self, code: int = 4000) -> None:
-        """Close the current gateway socket with *code* (4000 → discord.py resumes)."""
-        if self.session and self.session.connection:
-            await self.session.connection.close(code, b"fake disconnect")
+    async def gateway_reconnect(self, *, shard: Optional[int] = None) -> None:
+        """Send op 7 RECONNECT to the latest session (or *shard*'s); discord.py then RESUMEs."""
+        session = self._session_to_control(shard)
+        if session and session.connection:
+            await session.connection.send({"op": 7, "d": None})
+
+    async def gateway_disconnect(self, code: int = 4000, *, shard: Optional[int] = None) -> None:
+        """Close the latest session's socket (or *shard*'s) with *code* (4000 → discord.py resumes)."""
+        session = self._session_to_control(shard)
+        if session and session.connection:
+            await session.connection.close(code, b"fake disconnect")
 
     # -- REST: where the gateway is --------------------------------------------
     async def _get_gateway(self, request: web.Request) -> web.Response:
         return _json({"url": self.gateway_url})
 
     async def _get_gateway_bot(self, request: web.Request) -> web.Response:
-        return _json({"url": self.gateway_url, "shards": 1,
-                      "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 14400000,
-                                              "max_concurrency": 1}})
+        return _json({"url": self.gateway_url, "shards": self.shard_count,
+                      "session_start_limit": self._session_start_limit()})
 
     # -- the websocket ---------------------------------------------------------
     async def _ws_gateway(self, request: web.Request) -> web.StreamResponse:
@@ -205,15 +224,28 @@ class GatewayMixin:
                 (intents & Intents.PRIVILEGED) & ~self.allowed_privileged_intents:
             await conn.close(4014, b"Disallowed intent(s).")
             return
+        shard_id, shard_count, refusal = self._shard_of_identify(d.get("shard"))
+        ident = ShardIdentify(t=time.monotonic(), shard_id=shard_id, shard_count=shard_count, accepted=False)
+        self.shard_identifies.append(ident)
+        if refusal is not None:
+            ident.close_code = refusal[0]
+            await conn.close(*refusal)
+            return
+        if shard_id in self.shards_down:
+            ident.invalid_session = True
+            await conn.send({"op": 9, "d": False})
+            return
         session = GatewaySession(self, uuid.uuid4().hex, d)
+        ident.accepted, ident.session_id = True, session.id
         self.sessions[session.id] = session
         session.connection = conn
         conn.session = session
-        self.session = session
+        self.session = self._shard_sessions[session.shard_id] = session
+        guilds = self.guilds_on_shard(session.shard_id)
         ready: Dict[str, Any] = {
             "v": 10,
             "user": self._me_json(),
-            "guilds": [{"id": str(g.id), "unavailable": True} for g in self.guilds.values()],
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
             "session_id": session.id,
             "session_type": "normal",
             "resume_gateway_url": self.gateway_url,
@@ -228,10 +260,10 @@ class GatewayMixin:
             "_trace": ["fake-gateway"],
         }
         if d.get("shard") is not None:
-            ready["shard"] = d["shard"]
-        self._record("identify", {"intents": intents, "session_id": session.id})
+            ready["shard"] = [shard_id, shard_count]
+        self._record("identify", {"intents": intents, "session_id": session.id, "shard": d.get("shard")})
         await session.dispatch("READY", ready)
-        for g in self.guilds.values():
+        for g in guilds:
             await session.dispatch("GUILD_CREATE", g.to_json())
         session.ready.set()
         self._record("ready", session)
@@ -242,13 +274,13 @@ class GatewayMixin:
         if d.get("token") != self.bot_token:
             await conn.close(4004, b"Authentication failed.")
             return
-        if session is None:
+        if session is None or session.shard_id in self.shards_down:
             await conn.send({"op": 9, "d": False})
             return
         old = session.connection
         session.connection = conn
         conn.session = session
-        self.session = session
+        self.session = self._shard_sessions[session.shard_id] = session
         session.resumes += 1
         if old is not None and old is not conn:
             await old.close(4000, b"session resumed elsewhere")

@@ -184,7 +184,7 @@ class InteractionsMixin:
     async def _send_interaction(self, payload: Dict[str, Any], *, name: str, user: User, guild: Optional[Guild],
                                 channel: Channel, message_id: Optional[int] = None,
                                 token_ttl: Optional[float] = None) -> InteractionRecord:
-        session = await self.wait_ready()
+        session = await self._wait_session_for(guild)  # the guild's shard (DMs: shard 0)
         rec = InteractionRecord(self, id=int(payload["id"]), token=payload["token"], type=payload["type"],
                                 name=name, user=user, guild_id=guild.id if guild else None, channel_id=channel.id,
                                 payload=payload, ttl=self.token_ttl if token_ttl is None else token_ttl,

@@ -151,7 +151,7 @@ class MessagesMixin:
             msg.message_reference = self._reference_json(target)
             msg.referenced = target
         self._add_message(msg)
-        session = self.session
+        session = self._session_for_guild(ch.guild_id)  # the guild's shard (DMs: shard 0)
         if dispatch and session is not None and session.ready.is_set():
             intents = session.intents or 0
             if intents & (Intents.DIRECT_MESSAGES if ch.is_dm else Intents.GUILD_MESSAGES):

@@ -2,7 +2,7 @@
 
 Every request, gateway op, message and callback is appended to ``fake.events`` through
 ``_record``, which also wakes the coroutines blocked in ``wait_for``; tests read the records
-(``events_of``, ``requests_to``) or wait on a predicate over them.
+(``events_of``, ``requests_to``, ``calls_per_second``) or wait on a predicate over them.
 """
 
 from __future__ import annotations
@@ -10,11 +10,23 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
 from .models import Event, RequestRecord
+from .ratelimits import counts_toward_global
 
 WaitPredicate = Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class CallRate:
+    """API calls per second over a span (``FakeDiscord.calls_per_second``)."""
+
+    peak: int  #: the most calls in any 1 s (a sliding window)
+    mean: float  #: calls / seconds
+    total: int
+    seconds: float
 
 
 class RecordingMixin:
@@ -77,3 +89,26 @@ class RecordingMixin:
         """Recorded requests whose path matches regex *path* (``re.search``)."""
         rx = re.compile(path)
         return [r for r in self.requests if rx.search(r.path) and (method is None or r.method == method.upper())]
+
+    def calls_per_second(self, since: Optional[float] = None, until: Optional[float] = None, *,
+                         global_only: bool = False) -> CallRate:
+        """The bot's API calls per second between monotonic times *since* (default: the first
+        call) and *until* (default: now): the peak over any 1 s and the mean (over at least 1 s).
+        The attachment CDN is not the API and is left out; 429s count (they were calls).
+        ``global_only`` counts only the calls Discord counts toward the global limit (with the bot
+        token, not interaction endpoints; see ``ratelimits.counts_toward_global``)."""
+        limiter = getattr(self, "rate_limiter", None)
+        webhooks = bool(limiter and limiter.config.interaction_webhooks_global)
+        until = time.monotonic() if until is None else until
+        times = [r.t for r in self.requests if r.api and (since is None or r.t >= since) and r.t <= until
+                 and (not global_only or counts_toward_global(r.method, r.path, r.authorized,
+                                                              interaction_webhooks=webhooks))]
+        if not times:
+            return CallRate(peak=0, mean=0.0, total=0, seconds=0.0)
+        peak, first = 0, 0
+        for last, t in enumerate(times):  # requests are recorded in arrival order
+            while t - times[first] >= 1.0:
+                first += 1
+            peak = max(peak, last - first + 1)
+        seconds = until - (times[0] if since is None else since)
+        return CallRate(peak=peak, mean=len(times) / max(seconds, 1.0), total=len(times), seconds=seconds)

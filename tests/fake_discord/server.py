@@ -13,6 +13,8 @@ See the package docstring (``tests/fake_discord/__init__.py``) for the test-faci
 * ``interactions.py``: interactions sent to the bot (``InteractionsMixin``)
 * ``webhooks.py``: the bot's callbacks, followups, webhook edits (``InteractionWebhooksMixin``)
 * ``gateway.py``: the websocket, sessions, READY, RESUME (``GatewayMixin``, ``GatewaySession``)
+* ``shards.py``: which shard serves which guild, shard sessions, shards taken down (``ShardsMixin``)
+* ``ratelimits.py``: the global limit and per-route buckets (``RateLimiter``, asked by the middleware)
 
 Each mixin keeps its state on the one ``FakeDiscord`` instance (created in ``__init__`` below) and
 registers its own routes (``_add_*_routes``, called from ``_setup_routes``).
@@ -51,14 +53,16 @@ from .models import (
     User,
     snowflake,
 )
+from .ratelimits import RateLimiter, RateLimitHit, RateLimits, counts_toward_global, route_of
 from .recording import RecordingMixin
+from .shards import ShardIdentify, ShardsMixin
 from .webhooks import InteractionWebhooksMixin
 
 __all__ = ["FakeDiscord", "FakeDiscordError", "GatewaySession"]
 
 
-class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin, AttachmentsMixin, MessagesMixin,
-                  CommandsMixin, InteractionsMixin, InteractionWebhooksMixin):
+class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, ShardsMixin, GuildsMixin, AttachmentsMixin,
+                  MessagesMixin, CommandsMixin, InteractionsMixin, InteractionWebhooksMixin):
     """A Discord API + gateway double for discord.py. See the package docstring."""
 
     def __init__(
@@ -74,7 +78,12 @@ class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin, Attach
         allowed_privileged_intents: Optional[int] = None,
         with_defaults: bool = True,
         host: str = "127.0.0.1",
+        shards: int = 1,
+        max_concurrency: int = 1,
+        rate_limits: Optional[RateLimits] = None,
     ) -> None:
+        if shards < 1 or max_concurrency < 1:
+            raise ValueError("shards and max_concurrency must be at least 1")
         self.token_ttl = float(token_ttl)
         self.interaction_deadline = interaction_deadline
         self.application_id = snowflake()
@@ -85,6 +94,9 @@ class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin, Attach
         self.allowed_privileged_intents = allowed_privileged_intents
         self.host = host
         self.port: Optional[int] = None
+        self.shard_count = int(shards)
+        self.max_concurrency = int(max_concurrency)
+        self.rate_limiter: Optional[RateLimiter] = RateLimiter(rate_limits) if rate_limits is not None else None
 
         # entities
         self.guild: Optional[Guild] = None
@@ -92,11 +104,13 @@ class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin, Attach
         self._bot_role_ids: Dict[int, int] = {}
         self._bot_permissions = Permissions.DEFAULT_BOT
         self.users: Dict[int, User] = {}
+        self._users_by_name: Dict[str, User] = {}
         self.guilds: Dict[int, Guild] = {}
         self.channels: Dict[int, Channel] = {}
         self._dm_channels: Dict[int, Channel] = {}
         self.bot_user = User(id=self.application_id, username=bot_name, bot=True)
         self.users[self.bot_user.id] = self.bot_user
+        self._users_by_name[bot_name] = self.bot_user
         self.owner = self.add_user("owner", join=False)
         self.bot_permissions = Permissions.DEFAULT_BOT
 
@@ -107,6 +121,7 @@ class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin, Attach
         self._interactions_by_id: Dict[int, InteractionRecord] = {}
         self._interactions_by_token: Dict[str, InteractionRecord] = {}
         self.requests: List[RequestRecord] = []
+        self.rate_limited: List[RateLimitHit] = []
         self.events: List[Event] = []
         self.unhandled: List[RequestRecord] = []
         self._files: Dict[str, Tuple[bytes, Optional[str]]] = {}
@@ -129,6 +144,10 @@ class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin, Attach
         self.resume_payloads: List[Dict[str, Any]] = []
         self.presence_updates: List[Dict[str, Any]] = []
         self.gateway_received: List[Dict[str, Any]] = []
+        # shards: the current session of each shard id, every IDENTIFY's shard, shards kept down
+        self._shard_sessions: Dict[int, GatewaySession] = {}
+        self.shard_identifies: List[ShardIdentify] = []
+        self.shards_down: set = set()
 
         self._waiters: List[asyncio.Future] = []
         self._runner: Optional[web.AppRunner] = None
@@ -267,7 +286,8 @@ class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin, Attach
         rel = self._rel_path(request)
         if request.path == "/gateway" and request.headers.get("Upgrade", "").lower() == "websocket":
             return await handler(request)
-        rec = RequestRecord(method=request.method, path=rel, query=dict(request.query), t=time.monotonic())
+        rec = RequestRecord(method=request.method, path=rel, query=dict(request.query), t=time.monotonic(),
+                            api=request.path.startswith(API_PREFIX + "/"))
         request[_RECORD_KEY] = rec
         self.requests.append(rec)
         response: Optional[web.StreamResponse] = None
@@ -301,6 +321,11 @@ class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin, Attach
                     rec.json, rec.files = body.json, body.files
                     payload = fault.body if fault.body is not None else {
                         "message": f"{fault.status}: injected fault", "code": 0}
+                    if fault.status == 429 and isinstance(payload, dict):
+                        self._note_rate_limited(RateLimitHit(
+                            t=rec.t, method=rec.method, path=rel, route=route_of(rec.method, rel)[0], bucket=None,
+                            is_global=bool(payload.get("global")), retry_after=float(payload.get("retry_after", 0)),
+                            scope="shared"))
                     return _json(payload, status=fault.status, headers=fault.headers)
                 break
         if self._needs_auth(request.method, rel, request.path):
@@ -310,7 +335,22 @@ class FakeDiscord(RecordingMixin, FaultsMixin, GatewayMixin, GuildsMixin, Attach
         if request.body_exists and request.method in ("POST", "PUT", "PATCH"):
             body = await self._body(request)
             rec.json, rec.files = body.json, body.files
-        return await handler(request)
+        limiter = self.rate_limiter
+        if limiter is None or not rec.api:
+            return await handler(request)
+        admission = limiter.admit(request.method, rel, now=rec.t, counts_global=counts_toward_global(
+            request.method, rel, rec.authorized, interaction_webhooks=limiter.config.interaction_webhooks_global))
+        if admission.refused is not None:
+            self._note_rate_limited(admission.refused)
+            return _json(admission.refusal_body(), status=429, headers=admission.headers)
+        response = await handler(request)
+        if admission.headers and not response.prepared:
+            response.headers.update(admission.headers)
+        return response
+
+    def _note_rate_limited(self, hit: RateLimitHit) -> None:
+        self.rate_limited.append(hit)
+        self._record("rate_limited", hit)
 
     async def _unhandled(self, request: web.Request) -> web.Response:
         rec = request.get(_RECORD_KEY)
