@@ -14,7 +14,7 @@ Metrics (all prefixed ``stylebot_``):
 * ``worker_restarts_total``: replacement workers the pool started (crash, timeout, stuck cancel);
 * ``jobs_accepted_total``; ``requests_refused_total{reason}`` (user_limit, server_limit,
   line_full, not_accepting, workers_down, storage, channel, preset, quota, busy, invalid_upload,
-  expired: a result button pressed after its pictures went);
+  expired: a result button pressed after its pictures went; event: a style event's rule);
 * ``jobs_total{outcome}``: ended jobs by outcome (finished, cancelled, or the failure kind:
   invalid_input, timeout, worker_died, out_of_memory, shutdown, error);
 * ``job_duration_seconds``: histogram of finished jobs, from start on a worker to the result;

@@ -37,14 +37,17 @@ from nst_core.pool.base import WorkerPool, WorkerStartError
 from bot.app.recovery import recover
 from bot.app.sync import sync_commands
 from bot.config import Config
+from bot.core.events import Fanout
 from bot.core.shards import DOWN_TOO_LONG_S, IdentifyGate, ShardStatus, ShardWatch
 from bot.delivery.discord_calls import CallTracer
 from bot.delivery.messenger import Messenger
 from bot.health import HealthServer, Metrics
 from bot.intake.library import StyleLibrary
 from bot.intake.uploads import UploadChecker
+from bot.render.event_card import EventButton, VoteButton
 from bot.render.views import ButtonClient, CancelButton, ResultButton
 from bot.service.call_budget import CallBudget, Priority, calls_as
+from bot.service.events import EventBook
 from bot.service.ledger import Ledger
 from bot.service.scheduler import Scheduler
 from bot.service.server_settings import ServerSettings
@@ -52,6 +55,7 @@ from bot.store.job_store import JobStore
 from bot.ui.buttons import ResultButtons, ResultViews
 from bot.ui.commands import StyleCommands
 from bot.ui.errors import answer_error
+from bot.ui.events import style_events
 from bot.ui.gather import PictureGatherer
 from bot.ui.job_start import JobStarter
 from bot.ui.message_commands import MessageCommands
@@ -95,23 +99,31 @@ class StyleBot(ButtonClient):
                                    queue_max=limits.queue_max, per_guild_waiting=limits.per_guild_waiting,
                                    max_pixels=limits.max_pixels, job_timeout_s=config.pool.job_timeout_s)
         self.settings = ServerSettings(limits, self.store)
+        self.events = EventBook(self.store)
         self.messenger = Messenger(self, self.ledger, edit_interval_s=config.progress.edit_interval_s,
                                    interaction_ttl_s=config.discord.interaction_ttl_s,
                                    interaction_margin_s=config.discord.interaction_margin_s,
                                    metrics=self.metrics, delivery=config.delivery, budget=self.call_budget,
                                    retention_s=storage.retention_hours * 3600.0,
                                    result_view=ResultViews(store=self.store, settings=self.settings,
-                                                           max_strength=limits.max_strength))
+                                                           max_strength=limits.max_strength,
+                                                           entry_of=self.events.event_of))
+        self.ledger.watcher = Fanout(self.messenger, self.events)  # an event's entries keep their picture
         library = StyleLibrary(config.styles.path, builtin=config.styles.builtin)
         gatherer = PictureGatherer(limits, config.engine.picture_side, library, self.store)
         starter = JobStarter(config.engine, scheduler=self.scheduler, ledger=self.ledger, settings=self.settings,
                              checker=self.checker, messenger=self.messenger, store=self.store, metrics=self.metrics)
+        events = style_events(self, config, store=self.store, book=self.events, starter=starter, gatherer=gatherer,
+                              settings=self.settings, checker=self.checker, scheduler=self.scheduler)
+        self.event_host, self._event_closer = events.host, events.closer  # the event buttons' handlers
         StyleCommands(config, scheduler=self.scheduler, starter=starter, gatherer=gatherer,
-                      settings=self.settings, shards=self.shard_statuses).register(self.tree)
+                      settings=self.settings, shards=self.shard_statuses, events=events.starter).register(self.tree)
         MessageCommands(starter, gatherer, checker=self.checker, store=self.store,
                         api_base=config.discord.api_base).register(self.tree)
+        events.host.register(self.tree)
         self.buttons = ResultButtons(starter, store=self.store, settings=self.settings, ledger=self.ledger,
-                                     scheduler=self.scheduler, max_strength=limits.max_strength)
+                                     scheduler=self.scheduler, max_strength=limits.max_strength,
+                                     on_delete=events.host.entry_deleted)
         self.health = (HealthServer(config.health.host, config.health.port, self.metrics, self.health_checks)
                        if config.health.port else None)
         self.shutdown_requested = asyncio.Event()
@@ -131,11 +143,13 @@ class StyleBot(ButtonClient):
         parsers["INTERACTION_CREATE"] = parse_interaction
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(CancelButton, ResultButton)
+        self.add_dynamic_items(CancelButton, ResultButton, EventButton, VoteButton)
         await self._learn_gateway()
         # Before the gateway connects: jobs from before a restart go back in line ahead of new ones.
         await self.settings.load()
+        await self.events.load()
         await recover(self.store, self.ledger, self.scheduler, self.messenger)
+        self._supervise("events", self._event_closer.run)  # its first pass closes what fell due while down
         self._supervise("store-purge", self._purge)
         self._supervise("workers", self._run_workers)
         await sync_commands(self, self.tree, self.config, force=self.force_sync)

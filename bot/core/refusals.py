@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Refused", "UserLimitReached", "ServerLimitReached", "LineFull", "NotAccepting", "WorkersUnavailable",
     "StorageUnavailable", "NotInServer", "ChannelNotAllowed", "PresetNotAllowed", "QuotaReached", "ChecksBusy",
-    "UploadProblem", "PicturesExpired", "REASONS", "SHUTTING_DOWN",
+    "UploadProblem", "PicturesExpired", "EventRefused", "REASONS", "SHUTTING_DOWN",
 ]
 
 SHUTTING_DOWN = "The bot is shutting down and is not taking new jobs. Please try again in a few minutes."
@@ -164,6 +164,12 @@ class PicturesExpired(UploadProblem):
         super().__init__(
             f"The pictures of this result have expired (they are kept for {reuse_s / 3600:g} hours after delivery, "
             "or until the result is deleted), so this button no longer works. Run /stylize again with them.")
+
+
+class EventRefused(Refused):
+    """A style event's rule (:mod:`bot.core.event`): closed, entries or votes used up, not the host..."""
+
+    reason = "event"
 
 
 def _all(kind: type[Refused]) -> list[type[Refused]]:

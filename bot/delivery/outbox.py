@@ -223,7 +223,8 @@ class Outbox:
                 files.append(discord.File(io.BytesIO(chart), words.CHART_FILENAME))
             if compare is not None:
                 files.append(discord.File(io.BytesIO(compare[0]), f"{drawings.BEFORE_AFTER_BASENAME}.{compare[1]}"))
-            made = {"content": words.result_content(job.user_id, job.job_id, late=route != "interaction"),
+            made = {"content": words.result_content(job.user_id, job.job_id,
+                                                           late=route != "interaction" and bool(job.interaction_token)),
                     "embed": embeds.result_embed(summary, chart=chart is not None, **embed_args), "files": files}
             if view is not None and route != "dm":  # the buttons work in the server, not in a DM
                 made["view"] = view

@@ -40,6 +40,7 @@ from bot.core.rules import GuildSettings, QUOTA_WINDOW_S
 from bot.core.refusals import QuotaReached
 from bot.store.errors import PicturesGone, StoreError
 from bot.store.room import CONTENT, OPEN, RESULT, RESULT_META, STYLE, STYLE2
+from bot.store.events import EventRecords
 from bot.store.saved_styles import SavedStyles
 from bot.store.spool import chmod, remove, tree_size, write_file
 
@@ -59,8 +60,9 @@ _UPDATABLE = frozenset({
 })
 
 
-class JobStore(SavedStyles):
-    """Jobs in SQLite at ``db_path``, their files under ``spool_dir``; use from one event loop."""
+class JobStore(SavedStyles, EventRecords):
+    """Jobs in SQLite at ``db_path``, their files under ``spool_dir``, members' saved styles and
+    style events (:class:`EventRecords`); use from one event loop."""
 
     def __init__(self, db_path: str | Path, spool_dir: str | Path, *, spool_max_bytes: int = 2 << 30,
                  retention_s: float = 7 * 86400.0, reuse_s: float = 86400.0, server_share: float = 1.0,
@@ -360,6 +362,7 @@ class JobStore(SavedStyles):
             self.db.execute("DELETE FROM usage WHERE at < ?", (now - QUOTA_WINDOW_S,))
         for job_id in ids:
             self._remove_files(job_id)
+        self._purge_events(cutoff)  # ended events, their entries' pictures and votes, after the same retention
         return len(ids)
 
     # ------------------------------------------------------------------ saved styles

@@ -8,6 +8,7 @@ pictures are kept for remixes, and members' saved styles. Version 5: the bytes e
 folder and each saved style hold, so one server's part of the spool is a cheap sum (its share,
 :class:`bot.store.job_store.JobStore`'s ``server_share``). An older database gets the columns at 0; the
 store fills them from the files on disk when it opens (it measures the spool at every open).
+Version 6: style events (:mod:`bot.core.event`), their entries (each a job) and votes.
 """
 
 from __future__ import annotations
@@ -86,8 +87,49 @@ CREATE TABLE IF NOT EXISTS saved_styles (
     bytes INTEGER NOT NULL DEFAULT 0,        -- version 5: the picture's size in the spool
     PRIMARY KEY (guild_id, user_id)
 );
+-- version 6: style events, their entries and votes (bot.store.events)
+CREATE TABLE IF NOT EXISTS events (
+    event_id TEXT PRIMARY KEY,
+    guild_id INTEGER NOT NULL,
+    channel_id INTEGER NOT NULL,
+    host_id INTEGER NOT NULL,
+    title TEXT NOT NULL,
+    style_label TEXT NOT NULL,
+    library_style TEXT,                      -- NULL: the style picture is style_png
+    style_png BLOB,                          -- an attached style, as the bot prepared it
+    preset TEXT NOT NULL,
+    per_member INTEGER NOT NULL,
+    closes_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    upload_limit INTEGER NOT NULL,
+    state TEXT NOT NULL,                     -- open, closed, cancelled
+    card_message_id INTEGER,
+    thread_id INTEGER,
+    scheduled_event_id INTEGER,
+    gallery_message_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS events_open ON events (state, closes_at);
+CREATE TABLE IF NOT EXISTS event_entries (
+    job_id TEXT PRIMARY KEY,                 -- the entry's job (jobs.job_id; that record may be purged first)
+    event_id TEXT NOT NULL,
+    user_id INTEGER NOT NULL,
+    author TEXT NOT NULL,
+    entered_at REAL NOT NULL,
+    message_id INTEGER,
+    removed INTEGER NOT NULL DEFAULT 0,
+    thumb BLOB                               -- a small JPEG of the result, for the gallery
+);
+CREATE INDEX IF NOT EXISTS event_entries_event ON event_entries (event_id, user_id);
+CREATE TABLE IF NOT EXISTS event_votes (
+    event_id TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    voter_id INTEGER NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (job_id, voter_id)
+);
+CREATE INDEX IF NOT EXISTS event_votes_voter ON event_votes (event_id, voter_id);
 """
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Version 4: columns added to the jobs table of an older database.
 JOBS_COLUMNS_4 = (("parent_id", "TEXT"), ("remix", "TEXT"), ("style2_label", "TEXT"),
                   ("compare", "INTEGER NOT NULL DEFAULT 0"), ("kept_until", "REAL"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from typing import Awaitable, Callable
 
 import discord
 
@@ -25,6 +26,7 @@ from bot.core.refusals import UploadProblem
 from bot.core.remix import MIN_STRENGTH, REMIXES, TOWARDS_ORIGINAL, DoublePress, RemixRefused, next_preset, remix
 from bot.intake.uploads import Admission
 from bot.render import drawings
+from bot.render.event_card import entry_view
 from bot.render.views import result_view
 from bot.service.ledger import Ledger
 from bot.service.scheduler import Scheduler
@@ -47,15 +49,19 @@ _MAX_DRAWINGS_ASKED = 8  # before | after presses being drawn or waiting, over a
 class ResultViews:
     """Which buttons a result gets, by what can work for it here."""
 
-    def __init__(self, *, store: JobStore, settings: ServerSettings, max_strength: float) -> None:
+    def __init__(self, *, store: JobStore, settings: ServerSettings, max_strength: float,
+                 entry_of: Callable[[str], str | None] = lambda job_id: None) -> None:
         self.store = store
         self.settings = settings
         self.max_strength = max_strength
+        self.entry_of = entry_of  # the style event a job is an entry of, if any
 
     def __call__(self, job: Job) -> discord.ui.View:
-        """The buttons for ``job``'s result: no remixes when pictures are not kept, no Sharper
-        when there is no sharper preset this server allows, no More or Less style at their
-        ends, no Compare when it is attached."""
+        """The buttons for ``job``'s result: an event's entry gets Vote and Delete; otherwise no
+        remixes when pictures are not kept, no Sharper when there is no sharper preset this
+        server allows, no More or Less style at their ends, no Compare when it is attached."""
+        if self.entry_of(job.job_id) is not None:
+            return entry_view(job.job_id)
         hide: list[str] = []
         if self.store.reuse_s <= 0:
             hide += [*REMIXES, "compare"]
@@ -76,8 +82,10 @@ class ResultButtons:
     """What the buttons under a result and the Cancel button under a status message do."""
 
     def __init__(self, starter: JobStarter, *, store: JobStore, settings: ServerSettings, ledger: Ledger,
-                 scheduler: Scheduler, max_strength: float) -> None:
+                 scheduler: Scheduler, max_strength: float,
+                 on_delete: Callable[[Job], Awaitable[None]] | None = None) -> None:
         self.starter = starter
+        self.on_delete = on_delete  # a deleted result leaves the style event it was an entry of
         self.store = store
         self.settings = settings
         self.ledger = ledger
@@ -245,5 +253,7 @@ class ResultButtons:
                 await self.ledger.strip(child)
             elif child.kept_until is not None:
                 await self.ledger.forget_pictures(child)
+        if self.on_delete is not None:
+            await self.on_delete(parent)
         log.info("result deleted", extra={"job_id": job_id, "by": interaction.user.id})
         await interaction.followup.send(f"Deleted the result of job `{job_id}`.", ephemeral=True)

@@ -1,5 +1,5 @@
-"""The slash commands: ``/stylize``, ``/stylebot`` (status, styles, cancel) and, from
-:mod:`bot.ui.admin`, ``/stylebot-settings``.
+"""The slash commands: ``/stylize``, ``/stylebot`` (status, styles, cancel; ``event start`` from
+:mod:`bot.ui.event_start`) and, from :mod:`bot.ui.admin`, ``/stylebot-settings``.
 
 ``/stylize`` acknowledges at once (an ephemeral "thinking" reply, so every refusal can be
 private) and hands the request to :class:`~bot.ui.job_start.JobStarter`, with the way to
@@ -28,6 +28,7 @@ from bot.ui.access import channel_ids, may_cancel, servers_only
 from bot.ui.admin import SettingsGroup
 from bot.ui.cancel import cancel_job
 from bot.ui.errors import answer_error
+from bot.ui.event_start import EventStarter
 from bot.ui.gather import JobInputs, PictureGatherer
 from bot.ui.job_start import JobRequest, JobStarter
 
@@ -97,9 +98,11 @@ class StyleCommands:
     """``/stylize`` and the command groups; registers them on a command tree."""
 
     def __init__(self, config: Config, *, scheduler: Scheduler, starter: JobStarter, gatherer: PictureGatherer,
-                 settings: ServerSettings, shards: Callable[[], list[ShardStatus]] = list) -> None:
+                 settings: ServerSettings, shards: Callable[[], list[ShardStatus]] = list,
+                 events: EventStarter | None = None) -> None:
         self.config = config
         self.shards = shards  # this process's gateway shards, for /stylebot status
+        self.events = events  # gives /stylebot its "event" group
         self.scheduler = scheduler
         self.starter = starter
         self.gatherer = gatherer
@@ -163,7 +166,10 @@ class StyleCommands:
             await answer_error(interaction, error)
 
         tree.add_command(servers_only(stylize))
-        tree.add_command(servers_only(StylebotGroup(self)))
+        group = StylebotGroup(self)
+        if self.events is not None:
+            group.add_command(self.events.group())
+        tree.add_command(servers_only(group))
         tree.add_command(servers_only(SettingsGroup(self.settings, self.config.limits,
                                                     lambda: self.scheduler.per_guild_waiting)))
 

@@ -50,6 +50,12 @@ class JobRequest:
     parent: Job | None = None  # a remix: the job whose result's button was pressed
     remix: str | None = None
     notes: list[str] = field(default_factory=list)  # lines for the "accepted" reply
+    # Post the status message and the result in this channel, never through the interaction
+    # (a style event's entries go to its thread); None: where the command was used.
+    channel_id: int | None = None
+    # Called once the job is recorded, before it is put in line (a style event records its entry
+    # then, before the job can finish); a StoreError there refuses the job.
+    on_accepted: Callable[[Job], Awaitable[None]] | None = None
 
 
 # Gathers a request's pictures once its turn to be checked came.
@@ -85,7 +91,7 @@ class JobStarter:
                 async with self.checker.admit(interaction.user.id, interaction.guild_id) as admission:
                     inputs = await gather(admission)
                 job = self._new_job(interaction, request, inputs)
-                await self._accept(job, hold)
+                await self._accept(job, hold, request.on_accepted)
         except Refused as exc:
             log.info("stylize refused", extra={"user_id": interaction.user.id, "guild_id": interaction.guild_id,
                                                "reason": str(exc), "why": exc.reason, "remix": request.remix})
@@ -94,13 +100,15 @@ class JobStarter:
             return None
         # From here on the job is in line: a failed message must not lose it, only its status display.
         text = self.messenger.current_text(job)
-        accepted = [f"✅ Job `{job.job_id}` accepted. Its progress is shown below, and you will be mentioned "
+        where = f"in <#{job.channel_id}>" if request.channel_id is not None else "below"
+        accepted = [f"✅ Job `{job.job_id}` accepted. Its progress is shown {where}, and you will be mentioned "
                     "when the result is ready.", *request.notes]
         try:
             await interaction.edit_original_response(content="\n".join(accepted))
         except discord.HTTPException:
             pass  # only the private acknowledgement is lost
-        message_id = await self._post_status(interaction, job, text, reply_to)
+        message_id = await self._post_status(interaction, job, text, reply_to,
+                                             in_channel=request.channel_id is not None)
         self.messenger.attach(job, message_id, text if message_id is not None else None)
         return job
 
@@ -109,8 +117,16 @@ class JobStarter:
         return PicturesExpired(self.store.reuse_s)
 
     async def _post_status(self, interaction: discord.Interaction, job: Job, text: str,
-                           reply_to: int | None) -> int | None:
-        """The job's public status message: a reply to the result it came from, else a followup."""
+                           reply_to: int | None, *, in_channel: bool = False) -> int | None:
+        """The job's public status message: a reply to the result it came from, a message in the
+        job's own channel (``in_channel``), else a followup."""
+        if in_channel:
+            try:
+                channel = interaction.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+                return (await channel.send(text, view=cancel_view(job.job_id))).id
+            except discord.HTTPException as exc:  # the job still runs; its result tries the channel, then a DM
+                log.warning("status message could not be created", extra={"job_id": job.job_id, "status": exc.status})
+                return None
         if reply_to is not None:
             channel = interaction.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             try:
@@ -141,7 +157,7 @@ class JobStarter:
         self.settings.check_preset(guild_id, preset)
         return preset
 
-    async def _accept(self, job: Job, hold: Hold) -> None:
+    async def _accept(self, job: Job, hold: Hold, on_accepted: Callable[[Job], Awaitable[None]] | None = None) -> None:
         """Record ``job`` (with its pictures), then put it in line in the place ``hold`` kept; raises Refused."""
         try:
             await self.ledger.accept(job, daily_limit=self.settings.daily_limit(job.guild_id),
@@ -161,6 +177,15 @@ class JobStarter:
             log.exception("a job could not be recorded; refusing it", extra={"job_id": job.job_id})
             raise StorageUnavailable("The bot cannot record new jobs right now (the operator can see why in "
                                      "its logs). Please try again later.") from None
+        if on_accepted is not None:
+            try:
+                await on_accepted(job)
+            except StoreError:
+                log.exception("a job's companion record could not be written; refusing it",
+                              extra={"job_id": job.job_id})
+                await self.ledger.discard(job)
+                raise StorageUnavailable("The bot cannot record new jobs right now (the operator can see why in "
+                                         "its logs). Please try again later.") from None
         try:
             self.scheduler.submit(job, hold)  # the line may have closed while the pictures were written
         except Refused:
@@ -173,10 +198,13 @@ class JobStarter:
         if inputs.style2:
             blend = 0.5 if request.blend is None else request.blend
         parent = request.parent
+        own_channel = request.channel_id is not None  # then the interaction's token is never used for it
         return Job(
-            job_id=self._fresh_id(), user_id=interaction.user.id, channel_id=interaction.channel_id or 0,
+            job_id=self._fresh_id(), user_id=interaction.user.id,
+            channel_id=request.channel_id if own_channel else interaction.channel_id or 0,  # type: ignore[arg-type]
             guild_id=interaction.guild_id, application_id=interaction.application_id,
-            interaction_token=interaction.token, token_created_at=interaction.created_at.timestamp(),
+            interaction_token="" if own_channel else interaction.token,
+            token_created_at=interaction.created_at.timestamp(),
             upload_limit=interaction.filesize_limit, params=self._params(request, blend), content=inputs.content,
             style=inputs.style, style_label=inputs.style_label, style2=inputs.style2,
             style2_label=inputs.style2_label if inputs.style2 else None,

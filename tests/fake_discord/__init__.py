@@ -128,7 +128,11 @@ they first wait for a READY session):
   only takes its own user; string-select ``values`` must be options, within ``min_values``..
   ``max_values`` (else ``FakeDiscordError``). ``payload["message"]`` is the clicked message, flags included.
 * ``await submit_modal(rec, {custom_id: value}, user=None)`` (type 5) after the bot answered
-  *rec* with a modal (callback 9).
+  *rec* with a modal (callback 9). A text input takes a string, a select a list of values, a
+  file upload (type 19, usually inside a label, type 18) a list of ``add_attachment`` dicts or
+  names: as Discord sends them, its ``values`` are attachment ids and the attachments are in
+  ``data.resolved.attachments`` (a count outside ``min_values``..``max_values`` raises
+  ``FakeDiscordError``).
 
 ``InteractionRecord``: ``id``, ``token``, ``type``, ``name``, ``user``, ``guild_id``,
 ``channel_id``, ``payload`` (what was dispatched), ``message_id`` (component: clicked message),
@@ -170,7 +174,15 @@ stored with ``description: ""`` and no ``options``.
 
 Channel messages: ``POST/GET/PATCH/DELETE /channels/{id}/messages[/{mid}]`` (json or
 multipart), ``POST /users/@me/channels`` (DMs), typing, reactions, plus GET routes for
-users/guilds/channels/members/roles. Validation: content > 2000 chars / > 10 embeds →
+users/guilds/channels/members/roles. Threads: ``POST /channels/{id}/messages/{mid}/threads``
+makes a public thread (type 11, its id the message's, one per message, 400 ``160004`` for a
+second; the bot needs ``CREATE_PUBLIC_THREADS`` there, else 403 ``50013``): a channel in
+``fake.channels`` with the parent's permissions, listed under ``threads`` in GUILD_CREATE,
+recorded as a ``thread_create`` event. Scheduled events: ``POST``/``GET
+/guilds/{id}/scheduled-events`` and ``DELETE .../{event_id}`` (external events; the bot needs
+``MANAGE_EVENTS`` in the guild, else 403 ``50013``; a start in the past or an end before it
+answers 400), kept in ``guild.scheduled_events``, events ``scheduled_event_create`` /
+``scheduled_event_delete``. Validation: content > 2000 chars / > 10 embeds →
 400 ``50035``; empty message → 400 ``50006``; uploads over ``attachment_size_limit`` → 413 ``40005``.
 Replies: a POST with ``message_reference`` (``{"message_id", "channel_id", "guild_id",
 "fail_if_not_exists"}``, as ``Message.reply`` sends) to a live, non-ephemeral message of the same

@@ -4,11 +4,15 @@ Test-facing builders (``add_guild``, ``add_guilds`` (many at once), ``add_channe
 ``set_overwrite``...) and lookups (``user``, ``dm_channel``, ``permissions_of``), plus the REST reads
 discord.py makes of them:
 ``/users/@me``, ``/users/{id}``, ``POST /users/@me/channels`` (DMs), ``/applications/@me``,
-``/channels/{id}``, ``/guilds/{id}`` (+ ``/channels``, ``/roles``, ``/members/{user}``).
+``/channels/{id}``, ``/guilds/{id}`` (+ ``/channels``, ``/roles``, ``/members/{user}``), and a
+guild's scheduled events (``POST``/``GET /guilds/{id}/scheduled-events``, ``DELETE .../{event}``:
+the bot needs Manage Events, else 403 ``50013``; kept in ``Guild.scheduled_events``, recorded as
+``scheduled_event_create`` / ``scheduled_event_delete`` events).
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from aiohttp import web
@@ -16,6 +20,7 @@ from aiohttp import web
 from .common import (
     API_PREFIX,
     INVALID_RECIPIENTS,
+    MISSING_PERMISSIONS,
     UNKNOWN_CHANNEL,
     UNKNOWN_GUILD,
     UNKNOWN_MEMBER,
@@ -24,6 +29,7 @@ from .common import (
     _error,
     _form_error,
     _json,
+    _no_content,
 )
 from .models import Channel, Guild, Member, Permissions, Role, User, as_id, snowflake, spread_snowflake
 
@@ -44,6 +50,9 @@ class GuildsMixin:
         r.add_get(a + "/guilds/{guild_id}/channels", self._get_guild_channels)
         r.add_get(a + "/guilds/{guild_id}/roles", self._get_guild_roles)
         r.add_get(a + "/guilds/{guild_id}/members/{user_id}", self._get_member)
+        r.add_post(a + "/guilds/{guild_id}/scheduled-events", self._create_scheduled_event)
+        r.add_get(a + "/guilds/{guild_id}/scheduled-events", self._list_scheduled_events)
+        r.add_delete(a + "/guilds/{guild_id}/scheduled-events/{event_id}", self._delete_scheduled_event)
 
     # -- building the world (test-facing) --------------------------------------
     def add_guild(self, name: str = "Guild", *, id: Optional[int] = None, owner: Any = None,
@@ -254,6 +263,72 @@ class GuildsMixin:
             "approximate_guild_count": len(self.guilds),
             "integration_types_config": {"0": {}},
         })
+
+    # -- REST: scheduled events ------------------------------------------------
+    def _events_guild(self, request: web.Request) -> Tuple[Optional[Guild], Optional[web.Response]]:
+        g = self.guilds.get(int(request.match_info["guild_id"]))
+        if g is None:
+            return None, _error(404, UNKNOWN_GUILD, "Unknown Guild")
+        if not g.permissions_of(self.bot_user.id) & Permissions.MANAGE_EVENTS:
+            return None, _error(403, MISSING_PERMISSIONS, "Missing Permissions")
+        return g, None
+
+    async def _create_scheduled_event(self, request: web.Request) -> web.Response:
+        """An external event (entity type 3), as Discord validates it: a name of 1-100, guild-only
+        privacy (2), a location, a start in the future and an end after it."""
+        g, err = self._events_guild(request)
+        if err:
+            return err
+        assert g is not None
+        p = (await self._body(request)).json or {}
+        name = str(p.get("name") or "")
+        if not 1 <= len(name) <= 100:
+            return _form_error("name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+        if p.get("privacy_level") != 2:
+            return _form_error("privacy_level", "BASE_TYPE_CHOICES", "Value must be one of {2}.")
+        if p.get("entity_type") != 3:
+            return _form_error("entity_type", "BASE_TYPE_CHOICES", "The fake only implements external events (3).")
+        location = str((p.get("entity_metadata") or {}).get("location") or "")
+        if not 1 <= len(location) <= 100:
+            return _form_error("entity_metadata.location", "BASE_TYPE_BAD_LENGTH",
+                               "Must be between 1 and 100 in length.")
+        try:
+            start = datetime.fromisoformat(str(p["scheduled_start_time"]))
+            end = datetime.fromisoformat(str(p["scheduled_end_time"]))
+        except (KeyError, ValueError):
+            return _form_error("scheduled_start_time", "DATE_TIME_TYPE_PARSE", "Could not parse the date.")
+        if start <= datetime.now(timezone.utc):
+            return _form_error("scheduled_start_time", "GUILD_SCHEDULED_EVENT_SCHEDULE_PAST",
+                               "Cannot schedule event in the past.")
+        if end <= start:
+            return _form_error("scheduled_end_time", "GUILD_SCHEDULED_EVENT_END_BEFORE_START",
+                               "Cannot schedule event to end before starting.")
+        eid = snowflake()
+        data = {"id": str(eid), "guild_id": str(g.id), "channel_id": None, "creator_id": str(self.bot_user.id),
+                "creator": self.bot_user.to_json(), "name": name, "description": p.get("description"),
+                "scheduled_start_time": start.isoformat(), "scheduled_end_time": end.isoformat(),
+                "privacy_level": 2, "status": 1, "entity_type": 3, "entity_id": None,
+                "entity_metadata": {"location": location}, "user_count": 0, "image": None, "recurrence_rule": None}
+        g.scheduled_events[eid] = data
+        self._record("scheduled_event_create", data)
+        return _json(data)
+
+    async def _list_scheduled_events(self, request: web.Request) -> web.Response:
+        g = self.guilds.get(int(request.match_info["guild_id"]))
+        if g is None:
+            return _error(404, UNKNOWN_GUILD, "Unknown Guild")
+        return _json(list(g.scheduled_events.values()))
+
+    async def _delete_scheduled_event(self, request: web.Request) -> web.Response:
+        g, err = self._events_guild(request)
+        if err:
+            return err
+        assert g is not None
+        data = g.scheduled_events.pop(int(request.match_info["event_id"]), None)
+        if data is None:
+            return _error(404, 10070, "Unknown Guild Scheduled Event")
+        self._record("scheduled_event_delete", data)
+        return _no_content()
 
     # -- REST: guilds, channels, DMs -------------------------------------------
     async def _get_guild(self, request: web.Request) -> web.Response:

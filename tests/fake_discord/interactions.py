@@ -85,19 +85,22 @@ class InteractionsMixin:
             raise FakeDiscordError(f"user {u.username} is not a member of guild {g.name}")
         return u, g, ch
 
+    def _upload(self, value: Any) -> Dict[str, Any]:
+        """An uploaded file's attachment object: an ``add_attachment`` dict, record or name."""
+        if isinstance(value, str) and value in self._attachments_by_name:
+            return self._attachments_by_name[value].to_json()
+        if isinstance(value, AttachmentRecord):
+            return value.to_json()
+        if isinstance(value, dict):
+            return value
+        raise FakeDiscordError(f"an upload needs an add_attachment() dict, got {value!r}")
+
     def _resolve_value(self, opt_type: int, value: Any, resolved: Dict[str, Dict[str, Any]],
                        guild: Optional[Guild]) -> Any:
         if opt_type in _OPTION_VALUE_TYPES:
             return _OPTION_VALUE_TYPES[opt_type](value)
         if opt_type == 11:  # attachment
-            if isinstance(value, str) and value in self._attachments_by_name:
-                att = self._attachments_by_name[value].to_json()
-            elif isinstance(value, AttachmentRecord):
-                att = value.to_json()
-            elif isinstance(value, dict):
-                att = value
-            else:
-                raise FakeDiscordError(f"attachment option needs an add_attachment() dict, got {value!r}")
+            att = self._upload(value)
             resolved.setdefault("attachments", {})[str(att["id"])] = att
             return str(att["id"])
         if opt_type in (6, 9) and not isinstance(value, Role):
@@ -348,7 +351,9 @@ class InteractionsMixin:
                            user: Any = None) -> InteractionRecord:
         """Submit the modal the bot opened (callback type 9) on *interaction*.
 
-        *values* maps text-input custom_id → string (select custom_id → list of strings).
+        *values* maps text-input custom_id → string (select custom_id → list of strings; file
+        upload custom_id → list of ``add_attachment`` dicts or their names, sent as Discord does:
+        the component's ``values`` are attachment ids, the attachments in ``data.resolved``).
         """
         modal = interaction.modal
         if modal is None:
@@ -366,13 +371,24 @@ class InteractionsMixin:
                 return None
             if t == 4:
                 return {"type": 4, "id": comp.get("id", 0), "custom_id": cid, "value": str(values.get(cid, ""))}
+            if t == 19:  # a file upload: the attachments go to data.resolved, the values name them
+                files = [self._upload(a) for a in values.get(cid, [])]
+                lo, hi = int(comp.get("min_values") or 1), int(comp.get("max_values") or 1)
+                if comp.get("required", True) and not lo <= len(files) <= hi:
+                    raise FakeDiscordError(f"file upload {cid!r} takes {lo}..{hi} files, got {len(files)}")
+                uploads.update((str(f["id"]), f) for f in files)
+                return {"type": 19, "id": comp.get("id", 0), "custom_id": cid, "values": [str(f["id"]) for f in files]}
             return {"type": t, "id": comp.get("id", 0), "custom_id": cid, "values": list(values.get(cid, []))}
 
+        uploads: Dict[str, Dict[str, Any]] = {}
         comps = [c for c in map(convert, modal.get("components", [])) if c]
         u = self.user(user) if user is not None else interaction.user
         ch = self.channels[interaction.channel_id]
         g = self.guilds.get(interaction.guild_id) if interaction.guild_id else None
-        payload = self._base_interaction(5, {"custom_id": modal["custom_id"], "components": comps}, u, ch, g)
+        data: Dict[str, Any] = {"custom_id": modal["custom_id"], "components": comps}
+        if uploads:
+            data["resolved"] = {"attachments": uploads}
+        payload = self._base_interaction(5, data, u, ch, g)
         if interaction.message_id is not None and interaction.message_id in self.messages:
             payload["message"] = self._msg_json(self.messages[interaction.message_id])
         return await self._send_interaction(payload, name=modal["custom_id"], user=u, guild=g, channel=ch,

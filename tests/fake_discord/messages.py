@@ -17,6 +17,7 @@ from aiohttp import web
 
 from .common import (
     API_PREFIX,
+    INVALID_FORM_BODY,
     CANNOT_EDIT_OTHERS_MESSAGE,
     CANNOT_EXECUTE_ON_DM,
     CANNOT_SEND_EMPTY_MESSAGE,
@@ -58,6 +59,7 @@ class MessagesMixin:
         r.add_patch(a + "/messages/{message_id}", self._edit_message)
         r.add_delete(a + "/messages/{message_id}", self._delete_message)
         r.add_post(a + "/typing", self._typing)
+        r.add_post(a + "/messages/{message_id}/threads", self._start_thread)
         r.add_put(a + "/messages/{message_id}/reactions/{emoji}/@me", self._add_reaction)
         r.add_delete(a + "/messages/{message_id}/reactions/{emoji}/@me", self._remove_reaction)
 
@@ -417,6 +419,37 @@ class MessagesMixin:
         msg.deleted = True
         self._record("message_delete", msg)
         return _no_content()
+
+    async def _start_thread(self, request: web.Request) -> web.Response:
+        """``POST /channels/{id}/messages/{mid}/threads``: a public thread under a message, as
+        Discord makes it (its id is the message's; one per message; the bot needs Create Public
+        Threads in the channel). Recorded as a ``thread_create`` event."""
+        ch, err = self._channel_or_error(request)
+        if err:
+            return err
+        msg, err = self._channel_message(ch, request)  # type: ignore[arg-type]
+        if err:
+            return err
+        assert ch is not None and msg is not None
+        if ch.is_dm or ch.is_thread:
+            return _error(400, INVALID_FORM_BODY, "Cannot start a thread here")
+        refused = self._refusal(ch)
+        if refused is not None:
+            return refused
+        if not self.guilds[ch.guild_id].permissions_in(self.bot_user.id, ch) & Permissions.CREATE_PUBLIC_THREADS:
+            return _error(403, MISSING_PERMISSIONS, "Missing Permissions")
+        payload = (await self._body(request)).json or {}
+        name = str(payload.get("name") or "")
+        if not 1 <= len(name) <= 100:
+            return _form_error("name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+        if msg.id in self.channels:
+            return _error(400, 160004, "A thread has already been created for this message")
+        thread = Channel(id=msg.id, type=11, name=name, guild_id=ch.guild_id, parent_id=ch.id,
+                         owner_id=self.bot_user.id)
+        self.guilds[ch.guild_id].channels[thread.id] = thread
+        self.channels[thread.id] = thread
+        self._record("thread_create", thread)
+        return _json(thread.to_json(), status=201)
 
     async def _typing(self, request: web.Request) -> web.Response:
         ch, err = self._channel_or_error(request)

@@ -50,7 +50,9 @@ class Permissions:
     MANAGE_ROLES = 1 << 28
     MANAGE_WEBHOOKS = 1 << 29
     USE_APPLICATION_COMMANDS = 1 << 31
+    MANAGE_EVENTS = 1 << 33
     MANAGE_THREADS = 1 << 34
+    CREATE_PUBLIC_THREADS = 1 << 35
     SEND_MESSAGES_IN_THREADS = 1 << 38
     MODERATE_MEMBERS = 1 << 40
 
@@ -68,6 +70,7 @@ class Permissions:
         | USE_EXTERNAL_EMOJIS
         | CHANGE_NICKNAME
         | USE_APPLICATION_COMMANDS
+        | CREATE_PUBLIC_THREADS
         | SEND_MESSAGES_IN_THREADS
     )
     #: what the bot's managed role gets by default
@@ -305,10 +308,15 @@ class Channel:
     recipient: Optional[User] = None  # DM channels only
     # role or member id -> (type 0 role / 1 member, allow bits, deny bits)
     overwrites: Dict[int, Tuple[int, int, int]] = field(default_factory=dict)
+    owner_id: Optional[int] = None  # threads only: who started it
 
     @property
     def is_dm(self) -> bool:
         return self.type == 1
+
+    @property
+    def is_thread(self) -> bool:
+        return self.type in (10, 11, 12)
 
     @property
     def mention(self) -> str:
@@ -339,6 +347,12 @@ class Channel:
         }
         if self.type in (0, 5):
             data.update(topic=self.topic, rate_limit_per_user=0, last_message_id=None)
+        if self.is_thread:  # what discord.py's Thread needs
+            data.pop("permission_overwrites")
+            data.update(owner_id=str(self.owner_id) if self.owner_id else None, rate_limit_per_user=0,
+                        last_message_id=None, member_count=1, message_count=0, total_message_sent=0,
+                        thread_metadata={"archived": False, "auto_archive_duration": 10080, "locked": False,
+                                         "archive_timestamp": iso_now(), "create_timestamp": iso_now()})
         if self.type == 2:
             data.update(bitrate=64000, user_limit=0, rtc_region=None, rate_limit_per_user=0, last_message_id=None)
         return data
@@ -352,6 +366,7 @@ class Guild:
     channels: Dict[int, Channel] = field(default_factory=dict)
     members: Dict[int, Member] = field(default_factory=dict)
     roles: Dict[int, Role] = field(default_factory=dict)
+    scheduled_events: Dict[int, Dict[str, Any]] = field(default_factory=dict)  # id -> what Discord answered
     locale: str = "en-US"
 
     @property
@@ -379,6 +394,8 @@ class Guild:
         perms = self.permissions_of(user_id)
         if perms == Permissions.ALL:
             return perms
+        if channel.is_thread and channel.parent_id in self.channels:  # a thread has its parent's permissions
+            channel = self.channels[channel.parent_id]
         member = self.members.get(user_id)
         roles = set(member.roles) if member is not None else set()
 
@@ -441,11 +458,11 @@ class Guild:
             "member_count": len(self.members),
             "voice_states": [],
             "members": [m.to_json() for m in self.members.values()],
-            "channels": [c.to_json() for c in self.channels.values()],
-            "threads": [],
+            "channels": [c.to_json() for c in self.channels.values() if not c.is_thread],
+            "threads": [c.to_json() for c in self.channels.values() if c.is_thread],
             "presences": [],
             "stage_instances": [],
-            "guild_scheduled_events": [],
+            "guild_scheduled_events": list(self.scheduled_events.values()),
             "soundboard_sounds": [],
         }
 

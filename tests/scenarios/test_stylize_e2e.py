@@ -169,7 +169,8 @@ class TestBot:
         await rec.wait_until(lambda r: r.autocomplete_choices is not None, timeout=10)
         # the built-in paintings first, then the operator's folder
         assert [c["value"] for c in rec.autocomplete_choices] == [
-            "starry-night", "great-wave", "composition-vii", "mosaic", "waves"]
+            "starry-night", "great-wave", "composition-vii", "the-scream", "shipwreck-of-the-minotaur",
+            "woman-with-a-hat", "mosaic", "waves"]
 
     async def test_stylize_with_two_attachments_end_to_end(self, env_a: Env):
         fake = env_a.fake

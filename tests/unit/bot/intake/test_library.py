@@ -19,7 +19,8 @@ from bot.core.refusals import UploadProblem
 
 pytestmark = pytest.mark.timeout(60)
 
-BUILTIN = ["starry-night", "great-wave", "composition-vii"]
+BUILTIN = ["starry-night", "great-wave", "composition-vii", "the-scream", "shipwreck-of-the-minotaur",
+           "woman-with-a-hat"]
 
 
 def picture(path: Path, size: tuple[int, int] = (24, 16), seed: int = 0) -> Path:
@@ -255,7 +256,8 @@ title = "Nocturne with a Starry Sky"
     assert [s.name for s in library.search("gogh")] == ["starry-night"]
     assert [s.name for s in library.search("  Hokusai ")] == ["great-wave"]
     assert [s.name for s in library.search("kandinsky")] == ["composition-vii"]
-    assert [s.name for s in library.search("the")] == ["starry-night", "great-wave", "the-kiss"]
+    assert [s.name for s in library.search("the")] == ["starry-night", "great-wave", "the-scream",
+                                                    "shipwreck-of-the-minotaur", "the-kiss"]
     assert library.search("no such painting") == []
 
 
@@ -264,7 +266,7 @@ def test_search_with_empty_text_lists_everything_up_to_the_limit(tmp_path):
     library = StyleLibrary(styles)
     assert [s.name for s in library.search("")] == library.names()[:25]
     assert len(library.search("", limit=5)) == 5
-    assert len(library.search("s", limit=100)) == 33  # every name or title with an s
+    assert len(library.search("s", limit=100)) == 36  # every name, title or artist with an s
 
 
 # --------------------------------------------------------------------------- reading

@@ -222,4 +222,4 @@ async def test_a_version_3_database_gains_the_new_columns(tmp_path, clock):
             await s.kept_pictures("00000000ab")
         await s.save_style(6, 1, "x.png", b"x", ttl_s=10)
     db = sqlite3.connect(tmp_path / "db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6

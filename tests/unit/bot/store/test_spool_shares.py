@@ -291,7 +291,7 @@ async def test_a_version_4_database_gets_its_sizes_from_the_files(tmp_path, cloc
         assert await s.saved_style(A, 1) == ("mine.png", b"m" * 321)
     db = sqlite3.connect(tmp_path / "jobs.sqlite3")
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         assert db.execute("SELECT bytes FROM saved_styles").fetchone()[0] == 321
     finally:
         db.close()
