@@ -8,12 +8,13 @@ will start; :class:`LineStatus` and :class:`GuildLine` are what ``/stylebot stat
 from __future__ import annotations
 
 import collections
+import heapq
 import itertools
 import statistics
 from dataclasses import dataclass
-from typing import Generic, Hashable, Iterable, TypeVar
+from typing import Generic, Hashable, Iterable, Sequence, TypeVar
 
-__all__ = ["FairLine", "DurationStats", "estimate_start", "LineStatus", "GuildLine"]
+__all__ = ["FairLine", "DurationStats", "estimate_start", "start_estimates", "LineStatus", "GuildLine"]
 
 T = TypeVar("T")
 
@@ -205,6 +206,24 @@ class DurationStats:
         if not values:
             values = [s for _, s in self._recent]
         return statistics.fmean(values) if values else None
+
+
+def start_estimates(durations: Sequence[float | None], running_left: Iterable[float],
+                    workers: int) -> list[float | None]:
+    """Seconds until each item of a line starts, in one pass: the i-th is
+    ``estimate_start(durations[:i], running_left, workers)``. An item whose own duration is
+    unknown still gets its estimate; those behind it get None. A line of N costs N log W,
+    not the N² of asking for each item's estimate in turn."""
+    free = sorted(list(running_left)[:max(1, workers)])
+    free += [0.0] * (max(1, workers) - len(free))
+    heapq.heapify(free)
+    estimates: list[float | None] = []
+    for duration in durations:
+        estimates.append(free[0])
+        if duration is None:
+            break
+        heapq.heapreplace(free, free[0] + duration)  # the worker that frees up first takes it
+    return estimates + [None] * (len(durations) - len(estimates))
 
 
 def estimate_start(ahead: Iterable[float], running_left: Iterable[float], workers: int) -> float:

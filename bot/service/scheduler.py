@@ -21,7 +21,7 @@ from nst_core.pool.base import Failed, Finished, JobHandle, PoolError, Progress,
 
 from bot.core.events import JobEvents
 from bot.core.job import Job, JobState
-from bot.core.line import DurationStats, FairLine, GuildLine, LineStatus, estimate_start
+from bot.core.line import DurationStats, FairLine, GuildLine, LineStatus, estimate_start, start_estimates
 from bot.core.refusals import LineFull, NotAccepting, ServerLimitReached, UserLimitReached, WorkersUnavailable
 
 __all__ = ["Scheduler", "Hold", "WORKERS_DOWN_NOTE"]
@@ -119,6 +119,14 @@ class Scheduler:
         if any(d is None for d in durations) or any(r is None for r in running):
             return None
         return estimate_start(durations, running, self.pool.capacity or 1)  # type: ignore[arg-type]
+
+    def _estimates(self, order: list[Job]) -> list[float | None]:
+        """Each waiting job's estimate, as :meth:`_estimate` of the jobs ahead of it, in one pass."""
+        running = [self._time_left(j) for j in self._jobs.values() if j.job_id in self._handles]
+        if not self.pool_ready or any(r is None for r in running):
+            return [None] * len(order)
+        return start_estimates([self.durations.average(j.preset) for j in order], running,  # type: ignore[arg-type]
+                               self.pool.capacity or 1)
 
     def _time_left(self, job: Job) -> float | None:
         """Remaining seconds of a running job: from its progress rate, else recent times."""
@@ -231,8 +239,7 @@ class Scheduler:
         """Tell every waiting job whose place (or estimate) changed where it stands now."""
         order = self.line.order()
         note = WORKERS_DOWN_NOTE if self.workers_down else None
-        for i, job in enumerate(order):
-            eta = self._estimate(order[:i])
+        for i, (job, eta) in enumerate(zip(order, self._estimates(order))):
             eta_key = None if eta is None else round(eta / 5.0) * 5.0  # ignore jitter below 5 s
             if self._announced.get(job.job_id) != (i + 1, eta_key, note):
                 self._announced[job.job_id] = (i + 1, eta_key, note)

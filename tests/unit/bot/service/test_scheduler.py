@@ -9,7 +9,9 @@ import pytest
 
 from bot.core.job import Job, JobState
 from bot.service.ledger import Ledger
-from bot.core.line import DurationStats, FairLine, estimate_start
+import random
+
+from bot.core.line import DurationStats, FairLine, estimate_start, start_estimates
 from bot.core.refusals import LineFull, NotAccepting, UserLimitReached
 from bot.service.scheduler import Scheduler
 from nst_core.params import StylizeParams
@@ -88,6 +90,41 @@ def test_estimates():
         stats.add(preset, s)
     assert stats.average("fast") == 3 and stats.average("best") == 30
     assert stats.average("balanced") == 12  # no history for it: all recent jobs
+
+
+def test_a_whole_lines_estimates_in_one_pass_match_each_items_own():
+    rng = random.Random(7)
+    for _ in range(50):
+        durations = [rng.choice([5.0, 12.5, 60.0]) for _ in range(rng.randint(0, 30))]
+        running = [rng.uniform(0, 30) for _ in range(rng.randint(0, 3))]
+        workers = rng.randint(1, 3)
+        assert start_estimates(durations, running, workers) == \
+            [estimate_start(durations[:i], running, workers) for i in range(len(durations))]
+    # an unknown duration: its own estimate stands, the ones behind it cannot be told
+    assert start_estimates([10.0, None, 10.0], [5.0], 1) == [5.0, 15.0, None]
+
+
+async def test_telling_a_long_line_its_places_costs_one_pass_not_one_per_job_ahead():
+    # A line of 400 waiting jobs is told its places on every change. Asking each job's
+    # estimate from the jobs ahead of it cost 80,000 duration lookups per change, and with
+    # 1,000 servers sending commands that stalled the bot's event loop for seconds.
+    s, pool, rec = make(per_user_waiting=1, queue_max=500)
+    for user in range(401):
+        s.submit(job(user))
+    await settle()
+    lookups = 0
+    average = s.durations.average
+
+    def counted(preset=None):
+        nonlocal lookups
+        lookups += 1
+        return average(preset)
+
+    s.durations.average = counted  # type: ignore[method-assign]
+    s.durations.add("fast", 2.0)  # estimates become known: every place and time is told again
+    s.pump()
+    assert rec.last_position(s.line.order()[-1].job_id) == 400
+    assert lookups <= 2 * 400, lookups
 
 
 # --------------------------------------------------------------------------- scheduler with a fake pool
