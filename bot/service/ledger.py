@@ -8,6 +8,7 @@ messages that follow. No Discord here.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,7 @@ class Ledger:
         self.watcher: JobEvents = watcher if watcher is not None else _Unwatched()
         self.clock = clock
         self._stripped: set[str] = set()  # results on their way whose original was deleted
+        self._moved: dict[str, int] = {}  # places announced this turn of the loop, not yet recorded
 
     # -- the one place a state changes
 
@@ -107,8 +109,18 @@ class Ledger:
 
     def job_waiting(self, job: Job, position: int, eta_s: float | None, note: str | None = None) -> None:
         job.position = position
-        self._note(job, position=position)
+        if self.store is not None:
+            # The scheduler tells the whole line at once: its places are recorded together, at the
+            # end of this turn of the loop. They only order the line again after a restart.
+            if not self._moved:
+                asyncio.get_running_loop().call_soon(self._record_places)
+            self._moved[job.job_id] = position
         self.watcher.job_waiting(job, position, eta_s, note)
+
+    def _record_places(self) -> None:
+        moved, self._moved = self._moved, {}
+        if self.store is not None and moved:
+            self.store.note_positions(moved)
 
     def job_started(self, job: Job, worker: str | None = None) -> None:
         self._move(job, JobState.RUNNING)

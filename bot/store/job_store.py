@@ -225,6 +225,16 @@ class JobStore(SavedStyles, EventRecords):
         elif remove_inputs:
             self._remove_inputs(job_id)
 
+    def note_positions(self, positions: dict[str, int]) -> None:
+        """Record waiting jobs' places in line, all in one transaction (a long line moves
+        together: one write per change of the line, not one per job)."""
+        rows = [(position, job_id) for job_id, position in positions.items()]
+        self._submit(self._positions, rows)
+
+    def _positions(self, rows: list[tuple[int, str]]) -> None:
+        with transaction(self.db):
+            self.db.executemany("UPDATE jobs SET position = ? WHERE job_id = ?", rows)
+
     def note_restored(self, job_ids: Iterable[str]) -> None:
         """Count a restart against each job and put it back to waiting."""
         ids = list(job_ids)
