@@ -150,11 +150,15 @@ async def scale(args: argparse.Namespace) -> int:
         sent_s = time.monotonic() - t0
         print(f"commands sent:            {len(inters)} within {sent_s:.1f} s", flush=True)
         deadline = time.monotonic() + args.drain_timeout
+        settled: dict[int, tuple[str, str | None]] = {}  # answered commands (an answer does not change)
         while time.monotonic() < deadline:
-            outcomes = [outcome_of(i) for i in inters]
-            jobs = {job for outcome, job in outcomes if job}
-            waiting_answer = sum(1 for outcome, _ in outcomes if outcome == "no answer")
-            if not waiting_answer and jobs <= ended_jobs(fake):
+            for inter in inters:
+                if inter.id not in settled and (outcome := outcome_of(inter))[0] != "no answer":
+                    settled[inter.id] = outcome
+            jobs = {job for _, job in settled.values() if job}
+            # a command never acknowledged (it missed its 3 s) gets no answer: not waited for
+            unanswered = [i for i in inters if i.id not in settled and i.acknowledged]
+            if not unanswered and jobs <= ended_jobs(fake):
                 break
             await asyncio.sleep(2.0)
         drained_s = time.monotonic() - t0

@@ -125,7 +125,8 @@ class Scheduler:
         running = [self._time_left(j) for j in self._jobs.values() if j.job_id in self._handles]
         if not self.pool_ready or any(r is None for r in running):
             return [None] * len(order)
-        return start_estimates([self.durations.average(j.preset) for j in order], running,  # type: ignore[arg-type]
+        averages = {preset: self.durations.average(preset) for preset in {j.preset for j in order}}
+        return start_estimates([averages[j.preset] for j in order], running,  # type: ignore[arg-type]
                                self.pool.capacity or 1)
 
     def _time_left(self, job: Job) -> float | None:
