@@ -16,9 +16,8 @@ itself guarantees:
   could not be delivered loses its inputs at once; its result stays until ``retention_hours``
   (with the job's record), or until the room is needed (:mod:`bot.store.room`).
 
-:meth:`JobStore.open` upgrades an older database in place (:mod:`bot.store.schema`) and
-measures the spool at every open (so the recorded sizes match the files even after a crash
-between the two). SQLite runs on a thread of its own (:mod:`bot.store.database`).
+:meth:`JobStore.open` upgrades an older database (:mod:`bot.store.schema`) and measures the
+spool (sizes match the files even after a crash). SQLite has a thread (:mod:`bot.store.database`).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable
 
 from nst_core.pool.base import Finished
 
@@ -47,8 +46,6 @@ from bot.store.spool import chmod, remove, tree_size, write_file
 __all__ = ["JobStore"]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 _STATES = frozenset(s.value for s in JobState)
 _ENDED = ", ".join(f"'{s.value}'" for s in JobState if s.ended)
@@ -212,8 +209,7 @@ class JobStore(SavedStyles, EventRecords):
         await self._run(self._update, job_id, fields, remove_files, remove_inputs)
 
     def _update(self, job_id: str, fields: dict[str, Any], remove_files: bool, remove_inputs: bool = False) -> None:
-        unknown = set(fields) - _UPDATABLE
-        if unknown:
+        if unknown := set(fields) - _UPDATABLE:
             raise ValueError(f"not a job field: {sorted(unknown)}")
         if "state" in fields and fields["state"] not in _STATES:
             raise ValueError(f"not a job state: {fields['state']!r}")
@@ -226,10 +222,8 @@ class JobStore(SavedStyles, EventRecords):
             self._remove_inputs(job_id)
 
     def note_positions(self, positions: dict[str, int]) -> None:
-        """Record waiting jobs' places in line, all in one transaction (a long line moves
-        together: one write per change of the line, not one per job)."""
-        rows = [(position, job_id) for job_id, position in positions.items()]
-        self._submit(self._positions, rows)
+        """Record waiting jobs' places in line in one transaction: a long line moves together."""
+        self._submit(self._positions, [(position, job_id) for job_id, position in positions.items()])
 
     def _positions(self, rows: list[tuple[int, str]]) -> None:
         with transaction(self.db):
@@ -237,8 +231,7 @@ class JobStore(SavedStyles, EventRecords):
 
     def note_restored(self, job_ids: Iterable[str]) -> None:
         """Count a restart against each job and put it back to waiting."""
-        ids = list(job_ids)
-        self._submit(self._restored, ids)
+        self._submit(self._restored, list(job_ids))
 
     def _restored(self, job_ids: list[str]) -> None:
         now = self.clock()
