@@ -14,11 +14,31 @@ __all__ = ["gram_matrix", "layer_norms", "content_loss", "style_loss", "tv_loss"
 
 
 def gram_matrix(features: tf.Tensor) -> tf.Tensor:
-    """(1, H, W, C) activations -> (C, C) Gram matrix divided by the number of positions."""
-    channels = tf.shape(features)[-1]
-    flat = tf.reshape(features, (-1, channels))
-    positions = tf.cast(tf.shape(flat)[0], features.dtype)
-    return tf.matmul(flat, flat, transpose_a=True) / positions
+    """(1, H, W, C) activations -> float32 (C, C) Gram matrix divided by the number of positions.
+
+    bfloat16 activations are multiplied in bfloat16 (the matrix units accumulate in float32;
+    bfloat16 has float32's range, so the sums cannot overflow); float16 ones are cast to
+    float32 first, since a Gram entry easily exceeds float16's largest value, 65504.
+    """
+    if features.dtype == tf.float16:
+        features = tf.cast(features, tf.float32)
+    return _flat_gram(tf.reshape(features, (-1, tf.shape(features)[-1])))
+
+
+@tf.custom_gradient
+def _flat_gram(flat: tf.Tensor):
+    """(N, C) -> (C, C) float32 F^T F / N, with a one-matmul gradient.
+
+    The symbolic gradient of matmul(F, F, transpose_a=True) is two (N, C) x (C, C) matmuls
+    and an add; since both operands are F it is F (U + U^T) / N, a single matmul.
+    """
+    positions = tf.cast(tf.shape(flat)[0], tf.float32)
+    gram = tf.cast(tf.matmul(flat, flat, transpose_a=True), tf.float32) / positions
+
+    def gradient(upstream: tf.Tensor) -> tf.Tensor:
+        return tf.matmul(flat, tf.cast((upstream + tf.transpose(upstream)) / positions, flat.dtype))
+
+    return gram, gradient
 
 
 def layer_norms(targets: list[tf.Tensor], normalize: bool) -> tf.Tensor:
@@ -29,8 +49,10 @@ def layer_norms(targets: list[tf.Tensor], normalize: bool) -> tf.Tensor:
 
 
 def content_loss(features: list[tf.Tensor], targets: list[tf.Tensor], norms: tf.Tensor) -> tf.Tensor:
-    """Mean over layers of the mean squared feature distance."""
-    per_layer = [tf.reduce_mean(tf.square(f - t)) / norms[i] for i, (f, t) in enumerate(zip(features, targets))]
+    """Mean over layers of the mean squared feature distance (features in any precision, targets float32)."""
+    per_layer = [
+        tf.reduce_mean(tf.square(tf.cast(f, tf.float32) - t)) / norms[i] for i, (f, t) in enumerate(zip(features, targets))
+    ]
     return tf.add_n(per_layer) / len(per_layer)
 
 
