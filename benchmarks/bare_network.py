@@ -4,6 +4,8 @@ The bare pass is VGG's forward to the deepest layer the engine uses and the back
 input pixels, nothing else (one compiled function, the same precision policy and weights).
 Both sides are timed in alternating rounds in one process and the medians compared, so the
 ratio does not depend on the machine's speed, and contention from other work hits both.
+Each side is timed twice: wall time, and the process's CPU time (all threads), which other
+tenants on a shared machine disturb far less.
 """
 
 from __future__ import annotations
@@ -38,28 +40,34 @@ def bare_pass(params: StylizeParams) -> Callable[[tf.Tensor], tf.Tensor]:
     return forward_backward
 
 
-def engine_seconds_per_step(engine, content, style, params: StylizeParams, steps: int) -> float:
-    """Seconds per step of ``engine`` at one scale, from its progress events' times and steps.
+def _now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def engine_seconds_per_step(engine, content, style, params: StylizeParams, steps: int) -> tuple[float, float]:
+    """Wall and CPU seconds per step of ``engine`` at one scale, from its progress events.
 
     The first event is only a start mark: it follows the targets' computation.
     """
-    stamps: list[tuple[int, float]] = []
+    stamps: list[tuple[int, tuple[float, float]]] = []
     engine.stylize(content, style, params.replace(iterations=steps + 1, scales=1),
-                   on_progress=lambda e: stamps.append((e.step, time.perf_counter())))
+                   on_progress=lambda e: stamps.append((e.step, _now())))
     (first_step, first), (last_step, last) = stamps[0], stamps[-1]
-    return (last - first) / (last_step - first_step)
+    return tuple((b - a) / (last_step - first_step) for a, b in zip(first, last))
 
 
-def bare_seconds_per_pass(forward_backward, pixels: tf.Tensor, passes: int) -> float:
-    started = time.perf_counter()
+def bare_seconds_per_pass(forward_backward, pixels: tf.Tensor, passes: int) -> tuple[float, float]:
+    """Wall and CPU seconds per forward + backward pass."""
+    started = _now()
     for _ in range(passes):
         grad = forward_backward(pixels)
     grad.numpy()  # waits for the last pass
-    return (time.perf_counter() - started) / passes
+    return tuple((b - a) / passes for a, b in zip(started, _now()))
 
 
 def engine_against_bare(engine, content, style, params: StylizeParams, *, steps: int, rounds: int) -> dict:
-    """Median seconds of our step and of the bare pass, and the median of the rounds' ratios."""
+    """Median wall seconds of our step and of the bare pass, and the medians of the rounds' ratios
+    (``ratio`` in wall time, ``cpu_ratio`` in CPU time)."""
     forward_backward = bare_pass(params)
     pixels = tf.constant(content[None].astype("float32"))
     engine_seconds_per_step(engine, content, style, params, 1)  # traces, loads, caches the style
@@ -68,5 +76,6 @@ def engine_against_bare(engine, content, style, params: StylizeParams, *, steps:
     for _ in range(rounds):
         ours.append(engine_seconds_per_step(engine, content, style, params, steps))
         bare.append(bare_seconds_per_pass(forward_backward, pixels, steps))
-    return {"engine": statistics.median(ours), "bare": statistics.median(bare),
-            "ratio": statistics.median(o / b for o, b in zip(ours, bare))}
+    return {"engine": statistics.median(o[0] for o in ours), "bare": statistics.median(b[0] for b in bare),
+            "ratio": statistics.median(o[0] / b[0] for o, b in zip(ours, bare)),
+            "cpu_ratio": statistics.median(o[1] / b[1] for o, b in zip(ours, bare))}

@@ -60,7 +60,7 @@ def main() -> None:
                 engine_seconds_per_step(engine, content, style, params, 2)
                 memory = f", {peak_memory_mib():.0f} MiB peak"
             print(f"{resolve_precision(precision):>14} {size:>5} px: ours {m['engine'] * 1000:.1f} ms/step, bare network "
-                  f"{m['bare'] * 1000:.1f} ms, ratio {m['ratio']:.2f}x{memory}", flush=True)
+                  f"{m['bare'] * 1000:.1f} ms, ratio {m['ratio']:.2f}x{memory}", flush=True)  # CPU time says little on a GPU
     if not gpus:
         return
     engine = Engine()
