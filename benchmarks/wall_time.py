@@ -6,8 +6,8 @@
 Starts one warm worker process per checkout (each imports that checkout's ``nst_core``),
 then runs the preset on the shared content picture in both, alternately, with a different
 style picture each round (so no style target comes from the cache), and prints each run's
-wall time, the medians and their ratio. Both workers share the machine, so contention from
-other work hits both alike. Random weights by default: the time does not depend on them.
+wall time and its worker's CPU time (steadier on a shared machine), the medians and their
+ratios. Both workers share the machine, so contention from other work hits both alike. Random weights by default: the time does not depend on them.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ def worker(preset: str, precision: str, weights: str) -> None:
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         style = load(Path(line.strip()))
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         result = engine.stylize(content, style, params)
-        print(json.dumps({"seconds": time.perf_counter() - started, "steps": result.summary.iterations}), flush=True)
+        print(json.dumps({"seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu,
+                          "steps": result.summary.iterations}), flush=True)
 
 
 class Worker:
@@ -83,6 +84,7 @@ def main() -> None:
     here = Path(__file__).resolve().parents[1]
     sides = {"other": Worker(args.against.resolve(), args), "this": Worker(here, args)}
     seconds: dict[str, list[float]] = {name: [] for name in sides}
+    cpu: dict[str, list[float]] = {name: [] for name in sides}
     pictures = styles()
     for index in range(args.rounds):
         style = pictures[index % len(pictures)]
@@ -90,12 +92,15 @@ def main() -> None:
         for name in order:
             run = sides[name].run(style)
             seconds[name].append(run["seconds"])
-            print(f"round {index + 1} {name:>5}: {run['seconds']:7.1f} s, {run['steps']} steps ({style.name})", flush=True)
+            cpu[name].append(run["cpu"])
+            print(f"round {index + 1} {name:>5}: {run['seconds']:7.1f} s, CPU {run['cpu']:7.1f} s, {run['steps']} steps "
+                  f"({style.name})", flush=True)
     for worker_ in sides.values():
         worker_.close()
-    other, this = statistics.median(seconds["other"]), statistics.median(seconds["this"])
-    print(f"{args.preset} ({args.precision} precision): {args.against} {other:.1f} s, this checkout {this:.1f} s, "
-          f"speed-up {other / this:.2f}x (medians of {args.rounds})")
+    for label, figures in (("wall", seconds), ("CPU", cpu)):
+        other, this = statistics.median(figures["other"]), statistics.median(figures["this"])
+        print(f"{args.preset} ({args.precision} precision), {label} time: {args.against} {other:.1f} s, this checkout "
+              f"{this:.1f} s, speed-up {other / this:.2f}x (medians of {args.rounds})")
 
 
 if __name__ == "__main__":
