@@ -55,3 +55,18 @@ def test_bfloat16_features_give_a_float32_gram_and_gradient_close_to_float32():
 def test_float16_features_beyond_its_range_do_not_overflow():
     f = tf.cast(tf.fill((1, 4, 4, 2), 400.0), tf.float16)  # 400^2 = 160000 > float16's 65504
     assert np.allclose(gram_matrix(f).numpy(), 160000.0)
+
+
+def test_total_variation_and_its_gradient_match_tensorflows():
+    from nst_core.losses import tv_loss
+
+    image = tf.constant(np.random.default_rng(4).uniform(0, 255, (1, 7, 5, 3)).astype(np.float32))
+    image = tf.concat([image, image[:, -1:]], axis=1)  # a repeated row: differences of exactly zero
+    results = []
+    for loss in (tv_loss, lambda x: tf.reduce_sum(tf.image.total_variation(x)) / (8 * 5)):
+        with tf.GradientTape() as tape:
+            tape.watch(image)
+            value = loss(image)
+        results.append((value.numpy(), tape.gradient(value, image).numpy()))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-7)
