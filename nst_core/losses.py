@@ -16,9 +16,10 @@ __all__ = ["gram_matrix", "layer_norms", "content_loss", "style_loss", "tv_loss"
 def gram_matrix(features: tf.Tensor) -> tf.Tensor:
     """(1, H, W, C) activations -> float32 (C, C) Gram matrix divided by the number of positions.
 
-    bfloat16 activations are multiplied in bfloat16 (the matrix units accumulate in float32;
-    bfloat16 has float32's range, so the sums cannot overflow); float16 ones are cast to
-    float32 first, since a Gram entry easily exceeds float16's largest value, 65504.
+    bfloat16 activations are multiplied in bfloat16: the kernel accumulates in float32 and
+    rounds the result to bfloat16 (TensorFlow has no CPU kernel with a float32 result), which
+    is then cast; bfloat16 has float32's range, so no entry can overflow. float16 activations
+    are cast to float32 first, since a Gram entry easily exceeds float16's largest value, 65504.
     """
     if features.dtype == tf.float16:
         features = tf.cast(features, tf.float32)
