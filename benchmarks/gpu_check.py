@@ -1,24 +1,30 @@
-"""GPU check (about 2-3 minutes on one GPU): step times, peak memory, balanced wall time.
+"""GPU check (a few minutes on one GPU): our step against the bare network, memory, balanced wall time.
 
-    python benchmarks/gpu_check.py
+    python benchmarks/gpu_check.py [--sizes 512 1024]
+    python benchmarks/gpu_check.py --cpu --sizes 64   # only checks that the script runs
 
-Prints our step time at 512 and 1024 px in float32 and mixed precision (float16 on a
-GPU), the peak GPU memory of each, and the wall time of the `balanced` preset at 512 px.
-Uses random VGG19 weights: the time does not depend on the weights' values, and a GPU
-host in a lab often has no internet for the ImageNet download.
+For float32 and mixed precision (float16 on a GPU) at each size it prints our step time, the
+bare VGG19 forward + backward to the deepest layer we use, their ratio (bare_network.py:
+alternating rounds, medians; the same figure step_time.py prints on a CPU) and the peak GPU
+memory of our step, then the wall time of the `balanced` preset at 512 px on a warm engine.
+Random VGG19 weights: the time does not depend on their values, and a GPU host in a lab
+often has no internet for the ImageNet download.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from bare_network import engine_against_bare, engine_seconds_per_step
 from nst_core import StylizeParams
+from nst_core.backbone import resolve_precision
 from nst_core.engine import Engine
 
-STEPS = 20
+STEPS, ROUNDS = 10, 3
 
 
 def synthetic(size: int, seed: int) -> np.ndarray:
@@ -32,20 +38,31 @@ def peak_memory_mib() -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument("--cpu", action="store_true", help="run without a GPU (slow; to check the script)")
+    args = parser.parse_args()
     gpus = tf.config.list_physical_devices("GPU")
-    print(f"TensorFlow {tf.__version__}; GPUs: {[g.name for g in gpus] or 'none (this will be slow)'}")
+    if not gpus and not args.cpu:
+        raise SystemExit("gpu_check: no GPU visible to TensorFlow, so there is nothing to measure here. On a CPU, "
+                         "benchmarks/step_time.py prints the same engine/bare ratio; --cpu runs this script anyway.")
+    steps, rounds = (STEPS, ROUNDS) if gpus else (1, 1)
+    print(f"TensorFlow {tf.__version__}; GPUs: {[g.name for g in gpus] or 'none (--cpu: one short round)'}")
     for precision in ("float32", "mixed"):
         engine = Engine()
-        for size in (512, 1024):
+        for size in args.sizes:
             content, style = synthetic(size, 1), synthetic(size, 2)
-            params = StylizeParams(size=size, weights="random", precision=precision, iterations=STEPS, scales=1)
+            params = StylizeParams(size=size, weights="random", precision=precision)
+            m = engine_against_bare(engine, content, style, params, steps=steps, rounds=rounds)
+            memory = ""
             if gpus:
                 tf.config.experimental.reset_memory_stats("GPU:0")
-            stamps: list[float] = []
-            engine.stylize(content, style, params, on_progress=lambda e: stamps.append(time.perf_counter()))
-            per_step = (stamps[-1] - stamps[1]) / (len(stamps) - 2)  # skip the tracing step and one warm-up
-            memory = f"{peak_memory_mib():8.0f} MiB peak" if gpus else ""
-            print(f"{precision:>8} {size:>5} px: {per_step * 1000:8.1f} ms/step {memory}", flush=True)
+                engine_seconds_per_step(engine, content, style, params, 2)
+                memory = f", {peak_memory_mib():.0f} MiB peak"
+            print(f"{resolve_precision(precision):>14} {size:>5} px: ours {m['engine'] * 1000:.1f} ms/step, bare network "
+                  f"{m['bare'] * 1000:.1f} ms, ratio {m['ratio']:.2f}x{memory}", flush=True)  # CPU time says little on a GPU
+    if not gpus:
+        return
     engine = Engine()
     content, style = synthetic(512, 3), synthetic(512, 4)
     engine.warm_up(StylizeParams(weights="random"))

@@ -99,10 +99,12 @@ def build_feature_model(
 
 
 class FeatureExtractor:
-    """Callable: RGB 0..255 float32 (1, H, W, 3) -> float32 activations, one per layer.
+    """Callable: RGB 0..255 float32 (1, H, W, 3) -> activations, one per layer.
 
-    Caffe preprocessing runs in float32 ahead of the (possibly reduced-precision) network,
-    and activations come back as float32 so Gram matrices keep their range.
+    Caffe preprocessing runs in float32 ahead of the (possibly reduced-precision) network.
+    Activations come back in the network's compute dtype: casting every feature map to
+    float32 (and its gradient back) took about 0.1 s of a 1.2 s bfloat16 step at 512 px in a
+    profile; the losses cast only what they need.
     """
 
     def __init__(self, model: keras.Model, layers: tuple[str, ...]) -> None:
@@ -110,11 +112,10 @@ class FeatureExtractor:
         self.layers = layers
 
     def __call__(self, rgb: tf.Tensor) -> list[tf.Tensor]:
-        bgr = rgb[..., ::-1] - tf.constant(CAFFE_MEAN_BGR, dtype=tf.float32)
+        # tf.reverse, not rgb[..., ::-1]: the strided slice's gradient is a slow kernel.
+        bgr = tf.reverse(rgb, axis=[-1]) - tf.constant(CAFFE_MEAN_BGR, dtype=tf.float32)
         feats = self.model(bgr, training=False)
-        if not isinstance(feats, (list, tuple)):
-            feats = [feats]
-        return [tf.cast(f, tf.float32) for f in feats]
+        return list(feats) if isinstance(feats, (list, tuple)) else [feats]
 
 
 def _load_base(backbone: str, weights: str, policy: str, seed: int) -> keras.Model:

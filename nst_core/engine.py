@@ -205,7 +205,7 @@ class Engine:
 
     def _targets(self, objective: _Objective, params: StylizeParams, content_px: tf.Tensor,
                  styles: list[Image.Image], blend: list[float], longer_side: int) -> tuple:
-        content_feats = objective.features(content_px)[: objective.n_content]
+        content_feats = [tf.cast(f, tf.float32) for f in objective.features(content_px)[: objective.n_content]]
         grams = None
         style_side = max(16, round(longer_side * params.style_scale))
         for img, w in zip(styles, blend):

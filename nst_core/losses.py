@@ -14,11 +14,32 @@ __all__ = ["gram_matrix", "layer_norms", "content_loss", "style_loss", "tv_loss"
 
 
 def gram_matrix(features: tf.Tensor) -> tf.Tensor:
-    """(1, H, W, C) activations -> (C, C) Gram matrix divided by the number of positions."""
-    channels = tf.shape(features)[-1]
-    flat = tf.reshape(features, (-1, channels))
-    positions = tf.cast(tf.shape(flat)[0], features.dtype)
-    return tf.matmul(flat, flat, transpose_a=True) / positions
+    """(1, H, W, C) activations -> float32 (C, C) Gram matrix divided by the number of positions.
+
+    bfloat16 activations are multiplied in bfloat16: the kernel accumulates in float32 and
+    rounds the result to bfloat16 (TensorFlow has no CPU kernel with a float32 result), which
+    is then cast; bfloat16 has float32's range, so no entry can overflow. float16 activations
+    are cast to float32 first, since a Gram entry easily exceeds float16's largest value, 65504.
+    """
+    if features.dtype == tf.float16:
+        features = tf.cast(features, tf.float32)
+    return _flat_gram(tf.reshape(features, (-1, tf.shape(features)[-1])))
+
+
+@tf.custom_gradient
+def _flat_gram(flat: tf.Tensor):
+    """(N, C) -> (C, C) float32 F^T F / N, with a one-matmul gradient.
+
+    The symbolic gradient of matmul(F, F, transpose_a=True) is two (N, C) x (C, C) matmuls
+    and an add; since both operands are F it is F (U + U^T) / N, a single matmul.
+    """
+    positions = tf.cast(tf.shape(flat)[0], tf.float32)
+    gram = tf.cast(tf.matmul(flat, flat, transpose_a=True), tf.float32) / positions
+
+    def gradient(upstream: tf.Tensor) -> tf.Tensor:
+        return tf.matmul(flat, tf.cast((upstream + tf.transpose(upstream)) / positions, flat.dtype))
+
+    return gram, gradient
 
 
 def layer_norms(targets: list[tf.Tensor], normalize: bool) -> tf.Tensor:
@@ -29,8 +50,10 @@ def layer_norms(targets: list[tf.Tensor], normalize: bool) -> tf.Tensor:
 
 
 def content_loss(features: list[tf.Tensor], targets: list[tf.Tensor], norms: tf.Tensor) -> tf.Tensor:
-    """Mean over layers of the mean squared feature distance."""
-    per_layer = [tf.reduce_mean(tf.square(f - t)) / norms[i] for i, (f, t) in enumerate(zip(features, targets))]
+    """Mean over layers of the mean squared feature distance (features in any precision, targets float32)."""
+    per_layer = [
+        tf.reduce_mean(tf.square(tf.cast(f, tf.float32) - t)) / norms[i] for i, (f, t) in enumerate(zip(features, targets))
+    ]
     return tf.add_n(per_layer) / len(per_layer)
 
 
@@ -46,4 +69,30 @@ def tv_loss(image: tf.Tensor) -> tf.Tensor:
     """Total variation per pixel: tf.image.total_variation divided by height * width."""
     shape = tf.shape(image)
     pixels = tf.cast(shape[1] * shape[2], tf.float32)
-    return tf.reduce_sum(tf.image.total_variation(image)) / pixels
+    return _total_variation(image) / pixels
+
+
+@tf.custom_gradient
+def _total_variation(image: tf.Tensor):
+    """Sum of absolute neighbour differences, with a gradient built from pads.
+
+    The symbolic gradient goes through four StridedSliceGrad calls, a slow kernel. Each
+    difference's sign enters the pixel after it with a plus and the pixel before it with a minus.
+    """
+    down = image[:, 1:] - image[:, :-1]
+    right = image[:, :, 1:] - image[:, :, :-1]
+    total = tf.reduce_sum(tf.abs(down)) + tf.reduce_sum(tf.abs(right))
+
+    def gradient(upstream: tf.Tensor) -> tf.Tensor:
+        sd, sr = tf.sign(down), tf.sign(right)
+        grad = _pad(sd, 1, before=True) - _pad(sd, 1, before=False) + _pad(sr, 2, before=True) - _pad(sr, 2, before=False)
+        return upstream * grad
+
+    return total, gradient
+
+
+def _pad(t: tf.Tensor, axis: int, *, before: bool) -> tf.Tensor:
+    """One zero row or column along ``axis`` of an NHWC tensor, before the first or after the last."""
+    paddings = [[0, 0]] * 4
+    paddings[axis] = [1, 0] if before else [0, 1]
+    return tf.pad(t, paddings)
