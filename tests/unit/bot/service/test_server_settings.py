@@ -521,3 +521,30 @@ async def test_a_pool_that_gave_up_at_start_is_replaced_and_jobs_wait_meanwhile(
         for task in bot._tasks:
             task.cancel()
         await bot.close()
+
+
+async def test_healthz_turns_unhealthy_only_when_a_shard_has_been_down_for_a_minute():
+    from bot.app.client import StyleBot
+    from bot.config import Config
+    from bot.core.shards import ShardWatch
+
+    now = [100.0]
+    bot = StyleBot(Config(), pool=ManualPool(), store=None, checker=None)  # type: ignore[arg-type]
+    bot.shard_watch = ShardWatch(clock=lambda: now[0])
+    bot.shard_watch.expect([0, 1])
+    for shard_id in (0, 1):
+        bot.shard_watch.connected(shard_id)
+    try:
+        assert (await bot.health_checks())["gateway"]["ok"]
+        bot.shard_watch.disconnected(1)
+        now[0] += 30
+        gateway = (await bot.health_checks())["gateway"]
+        assert gateway["ok"], gateway  # reconnecting for 30 s: not an outage yet
+        assert [(s["id"], s["connected"], s["down_for_s"]) for s in gateway["shards"]] == [(0, True, None),
+                                                                                          (1, False, 30.0)]
+        now[0] += 31
+        assert not (await bot.health_checks())["gateway"]["ok"]  # /healthz answers 503
+        bot.shard_watch.connected(1)
+        assert (await bot.health_checks())["gateway"]["ok"]
+    finally:
+        await bot.close()
